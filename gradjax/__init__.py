@@ -1,0 +1,66 @@
+"""gradjax: measure, explain and fix vanishing and exploding gradients in deep networks.
+
+Example:
+  >>> import jax, gradjax as gj
+  >>> net = gj.build(gj.NetConfig(depth=32, width=128, activation="tanh", sigma_w=1.0))
+  >>> res = gj.sweep(net, gj.probes.gradient_probe(net), seeds=4, sigma_w=[0.5, 1.0, 2.0])
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from gradjax import probes as probes
+from gradjax.activations import ACTIVATIONS as ACTIVATIONS
+from gradjax.activations import Activation as Activation
+from gradjax.activations import activation_names as activation_names
+from gradjax.activations import derivative as derivative
+from gradjax.activations import get_activation as get_activation
+from gradjax.config import NetConfig as NetConfig
+from gradjax.config import parse_range as parse_range
+from gradjax.errors import GradjaxInputError as GradjaxInputError
+from gradjax.gradients import GradientNorms as GradientNorms
+from gradjax.gradients import LayerGradients as LayerGradients
+from gradjax.gradients import cross_entropy_loss as cross_entropy_loss
+from gradjax.gradients import gradient_norms as gradient_norms
+from gradjax.gradients import layer_gradient_norms as layer_gradient_norms
+from gradjax.gradients import layer_gradients as layer_gradients
+from gradjax.gradients import mse_loss as mse_loss
+from gradjax.initializers import base_weight as base_weight
+from gradjax.initializers import haar_orthogonal as haar_orthogonal
+from gradjax.initializers import init_weight as init_weight
+from gradjax.initializers import scheme_factor as scheme_factor
+from gradjax.jacobians import ChainRuleCheck as ChainRuleCheck
+from gradjax.jacobians import LayerJacobians as LayerJacobians
+from gradjax.jacobians import batch_layer_jacobians as batch_layer_jacobians
+from gradjax.jacobians import chain_product as chain_product
+from gradjax.jacobians import chain_rule_check as chain_rule_check
+from gradjax.jacobians import chain_rule_weight_gradients as chain_rule_weight_gradients
+from gradjax.jacobians import expected_factors as expected_factors
+from gradjax.jacobians import io_jacobian as io_jacobian
+from gradjax.jacobians import jacobian as jacobian
+from gradjax.jacobians import layer_jacobians as layer_jacobians
+from gradjax.models import ForwardTrace as ForwardTrace
+from gradjax.models import Net as Net
+from gradjax.models import build as build
+from gradjax.models import from_nnx as from_nnx
+from gradjax.signal import ForwardStats as ForwardStats
+from gradjax.signal import forward_statistics as forward_statistics
+from gradjax.spectra import SpectrumSummary as SpectrumSummary
+from gradjax.spectra import singular_values as singular_values
+from gradjax.spectra import spectrum_summary as spectrum_summary
+from gradjax.spectra import summarize_spectrum as summarize_spectrum
+from gradjax.sweep import SweepResult as SweepResult
+from gradjax.sweep import sweep as sweep
+
+# --- theory (mean-field) ---
+# --- matrix-free estimators ---
+# --- lyapunov / isometry ---
+# --- normalisation / residual ---
+# --- training ---
+# --- diagnose ---
+
+try:
+    __version__ = version("gradjax")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

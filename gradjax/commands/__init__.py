@@ -1,0 +1,1 @@
+"""The ``gradjax`` subcommands, one module each (see :mod:`gradjax.cli`)."""

@@ -1,0 +1,149 @@
+"""Exact per-layer gradient norms from ``jax.grad``: ||dL/dW_l|| and ||dL/da_l||."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradjax.errors import invalid
+from gradjax.models import Net, Params
+from gradjax.results import pytree_dataclass
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def mse_loss(output: jax.Array, target: jax.Array) -> jax.Array:
+    """Half the squared error, summed over outputs and averaged over the batch."""
+    sq = jnp.sum((output - target) ** 2, axis=-1)
+    return 0.5 * jnp.mean(sq)
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax cross-entropy with integer labels, averaged over the batch."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+LOSSES: dict[str, LossFn] = {"mse": mse_loss, "xent": cross_entropy_loss}
+
+
+def get_loss(loss: str | LossFn) -> LossFn:
+    """Looks up a loss by name (``mse``, ``xent``) or returns a callable unchanged."""
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise invalid("loss", loss, "one of " + ", ".join(LOSSES) + ", or a callable")
+    return LOSSES[loss]
+
+
+@pytree_dataclass
+class LayerGradients:
+    """Full gradients: dL/dparams and dL/da_l for every block.
+
+    Attributes:
+      loss: the loss value.
+      params: dL/dparams, the same pytree as the parameters.
+      activations: dL/da_l, ``(depth, ..., width)``.
+    """
+
+    loss: jax.Array
+    params: Params
+    activations: jax.Array
+
+
+@pytree_dataclass
+class GradientNorms:
+    """Per-layer gradient norms (Frobenius), layer axis first.
+
+    Attributes:
+      loss: the loss value.
+      weights: ``||dL/dW_l||`` for blocks 1..depth, ``(depth,)``.
+      biases: ``||dL/db_l||``, ``(depth,)``.
+      activations: ``||dL/da_l||`` over the whole batch, ``(depth,)``.
+      readout: ``||dL/dW_out||``.
+    """
+
+    loss: jax.Array
+    weights: jax.Array
+    biases: jax.Array
+    activations: jax.Array
+    readout: jax.Array
+
+
+def layer_gradients(
+    net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
+) -> LayerGradients:
+    """Gradients of the loss with respect to every parameter and every block output.
+
+    One backward pass gives both: each block output gets a zero perturbation, and the
+    gradient with respect to it is dL/da_l.
+
+    Args:
+      net: the network.
+      params: its parameters.
+      x: inputs, ``(batch, input_dim)``.
+      y: targets (``(batch, out_dim)`` for ``mse``, integer labels for ``xent``).
+      loss: a loss name or ``loss(output, target) -> scalar``.
+
+    Returns:
+      A :class:`LayerGradients`.
+    """
+    loss_fn = get_loss(loss)
+    net.check_input(x)
+    lead = jnp.shape(x)[:-1]
+    eps = jnp.zeros((net.cfg.depth, *lead, net.cfg.width), net.dtype)
+
+    def objective(p, e):
+        value = loss_fn(net.forward(p, x, perturbations=e).output, y)
+        if jnp.ndim(value) != 0:
+            raise invalid("loss output shape", jnp.shape(value), "a scalar ()")
+        return value
+
+    value, (g_params, g_act) = jax.value_and_grad(objective, argnums=(0, 1))(params, eps)
+    return LayerGradients(loss=value, params=g_params, activations=g_act)
+
+
+def gradient_norms(grads: LayerGradients) -> GradientNorms:
+    """Reduces :class:`LayerGradients` to per-layer Frobenius norms."""
+    g = grads.params
+    norm_rest = lambda a: jnp.sqrt(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=-1))
+    weights = jnp.concatenate(
+        [jnp.linalg.norm(g["input"]["W"])[None], norm_rest(g["hidden"]["W"])]
+    )
+    biases = jnp.concatenate([jnp.linalg.norm(g["input"]["b"])[None], norm_rest(g["hidden"]["b"])])
+    return GradientNorms(
+        loss=grads.loss,
+        weights=weights,
+        biases=biases,
+        activations=norm_rest(grads.activations),
+        readout=jnp.linalg.norm(g["readout"]["W"]),
+    )
+
+
+def layer_gradient_norms(
+    net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
+) -> GradientNorms:
+    """Per-layer gradient norms ``||dL/dW_l||``, ``||dL/db_l||`` and ``||dL/da_l||``.
+
+    Args:
+      net: the network.
+      params: its parameters.
+      x: inputs, ``(batch, input_dim)``.
+      y: targets for ``loss``.
+      loss: a loss name or callable.
+
+    Returns:
+      A :class:`GradientNorms` with a leading layer axis of size ``depth``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradjax as gj
+      >>> net = gj.build(gj.NetConfig(depth=10, width=64, activation="sigmoid"))
+      >>> p = net.init(jax.random.key(0))
+      >>> x = jax.random.normal(jax.random.key(1), (8, 64))
+      >>> g = gj.layer_gradient_norms(net, p, x, jnp.zeros((8, 1)))
+      >>> bool(g.weights[0] < g.weights[-1])  # vanishing towards the input
+      True
+    """
+    return gradient_norms(layer_gradients(net, params, x, y, loss=loss))

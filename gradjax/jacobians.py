@@ -1,0 +1,274 @@
+"""Exact layer Jacobians J_l = da_l/da_{l-1}, the input-output Jacobian and the chain rule.
+
+Per-example Jacobians need a network whose examples do not interact. BatchNorm couples the
+examples of a batch (its mean and variance are the batch's), so for it the meaningful object
+is the Jacobian of the whole batch map ``(B, N) -> (B, N)``; :func:`batch_layer_jacobians`
+computes that one, flattened to ``(B*N, B*N)`` matrices, and every result says which kind it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from gradjax.activations import derivative
+from gradjax.errors import GradjaxInputError, invalid
+from gradjax.gradients import LossFn, get_loss
+from gradjax.models import Net, Params
+from gradjax.results import pytree_dataclass, static_field
+
+
+def jacobian(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+    """The Jacobian of ``f`` at ``x``, forward or reverse mode by shape.
+
+    Reverse mode costs one VJP per output and forward mode one JVP per input, so the
+    cheaper one is picked from the sizes (forward on ties: it keeps no residuals).
+
+    Args:
+      f: a function of one array.
+      x: the point.
+
+    Returns:
+      ``df/dx`` with shape ``f(x).shape + x.shape``.
+    """
+    out = jax.eval_shape(f, x)
+    use_rev = out.size < jnp.size(x)
+    return (jax.jacrev if use_rev else jax.jacfwd)(f)(x)
+
+
+@pytree_dataclass
+class LayerJacobians:
+    """The Jacobian of every block with respect to its input.
+
+    Attributes:
+      first: ``J_1 = da_1/dx``, ``(width, input_dim)`` (per example) or
+        ``(B*width, B*input_dim)`` (batch).
+      hidden: ``J_l`` for blocks 2..depth, ``(depth-1, width, width)`` (per example) or
+        ``(depth-1, B*width, B*width)`` (batch).
+      batch_coupled: ``True`` when these are Jacobians of the whole batch map.
+    """
+
+    first: jax.Array
+    hidden: jax.Array
+    batch_coupled: bool = static_field(default=False)
+
+    def all_layers(self) -> jax.Array:
+        """All J_l stacked, ``(depth, n, n)``; needs ``input_dim == width``."""
+        if self.first.shape != self.hidden.shape[1:]:
+            raise invalid(
+                "first.shape", self.first.shape, f"{self.hidden.shape[1:]} (input_dim == width)"
+            )
+        return jnp.concatenate([self.first[None], self.hidden], axis=0)
+
+
+def _block_output(net: Net, layer, a, residual: bool) -> jax.Array:
+    return net.block(layer, a, residual=residual)[2]
+
+
+def layer_jacobians(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
+    """Per-example layer Jacobians at one input.
+
+    Args:
+      net: a network without BatchNorm (use :func:`batch_layer_jacobians` with it).
+      params: its parameters.
+      x: one input, ``(input_dim,)``.
+
+    Returns:
+      A :class:`LayerJacobians` with ``batch_coupled=False``.
+    """
+    if net.cfg.norm == "batch":
+        raise GradjaxInputError(
+            "norm='batch' is invalid for per-example Jacobians: BatchNorm couples the batch; "
+            "use batch_layer_jacobians(net, params, x) with x of shape (batch, input_dim)"
+        )
+    if jnp.ndim(x) != 1:
+        raise invalid("x.shape", jnp.shape(x), f"({net.cfg.input_dim},), one example")
+    trace = net.forward(params, x)
+    first = jacobian(lambda a: _block_output(net, params["input"], a, False), jnp.asarray(x))
+
+    def one(layer, a_prev):
+        return jacobian(lambda a: _block_output(net, layer, a, True), a_prev)
+
+    hidden = jax.vmap(one)(params["hidden"], trace.act[:-1])
+    return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
+
+
+def batch_layer_jacobians(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
+    """Layer Jacobians of the whole batch map ``A_{l-1} -> A_l``, as matrices.
+
+    For a network without BatchNorm these are block diagonal (one per-example block per
+    example); with BatchNorm the off-diagonal blocks are the coupling through batch statistics.
+
+    Args:
+      net: the network.
+      params: its parameters.
+      x: a batch, ``(batch, input_dim)``.
+
+    Returns:
+      A :class:`LayerJacobians` with ``batch_coupled=True`` and matrices of size
+      ``(batch*width, batch*input_dim)`` and ``(depth-1, batch*width, batch*width)``.
+    """
+    net.check_input(x)
+    if jnp.ndim(x) != 2:
+        raise invalid("x.shape", jnp.shape(x), f"(batch, {net.cfg.input_dim})")
+    x = jnp.asarray(x, net.dtype)
+    batch = x.shape[0]
+    trace = net.forward(params, x)
+
+    def flat_jac(layer, a_prev, residual):
+        j = jacobian(lambda a: _block_output(net, layer, a, residual), a_prev)
+        return j.reshape(batch * j.shape[1], batch * j.shape[3])
+
+    first = flat_jac(params["input"], x, False)
+    hidden = jax.vmap(lambda layer, a: flat_jac(layer, a, True))(params["hidden"], trace.act[:-1])
+    return LayerJacobians(first=first, hidden=hidden, batch_coupled=True)
+
+
+def chain_product(jacobians: LayerJacobians) -> jax.Array:
+    """The chain-rule product ``J_depth ... J_2 J_1`` (= da_depth/dx).
+
+    Args:
+      jacobians: the layer Jacobians.
+
+    Returns:
+      The product, ``(width, input_dim)`` (or the batch-matrix form).
+    """
+    prod, _ = jax.lax.scan(lambda acc, j: (j @ acc, None), jacobians.first, jacobians.hidden)
+    return prod
+
+
+def io_jacobian(net: Net, params: Params, x: jax.Array, *, to: str = "last_hidden") -> jax.Array:
+    """The end-to-end Jacobian of one input, computed directly (not via the chain rule).
+
+    Args:
+      net: a network without BatchNorm.
+      params: its parameters.
+      x: one input, ``(input_dim,)``.
+      to: ``"last_hidden"`` for ``da_depth/dx`` or ``"output"`` for ``df/dx``.
+
+    Returns:
+      ``(width, input_dim)`` or ``(out_dim, input_dim)``.
+    """
+    if to not in ("last_hidden", "output"):
+        raise invalid("to", to, "'last_hidden' or 'output'")
+    if jnp.ndim(x) != 1:
+        raise invalid("x.shape", jnp.shape(x), f"({net.cfg.input_dim},), one example")
+    pick = (lambda t: t.act[-1]) if to == "last_hidden" else (lambda t: t.output)
+    return jacobian(lambda v: pick(net.forward(params, v)), jnp.asarray(x, net.dtype))
+
+
+def expected_factors(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
+    """The article's closed form of each chain-rule factor, ``J_l = diag(phi'(z_l)) W_l``.
+
+    With a residual branch of gain g the factor is ``I + g diag(phi'(z_l)) W_l``.
+
+    Args:
+      net: a network without normalisation.
+      params: its parameters.
+      x: one input, ``(input_dim,)``.
+
+    Returns:
+      A :class:`LayerJacobians` built from the formula, for comparison with
+      :func:`layer_jacobians`.
+    """
+    if net.cfg.norm is not None:
+        raise invalid("norm", net.cfg.norm, "None: the closed form diag(phi'(z)) W has no norm")
+    trace = net.forward(params, x)
+    dphi = derivative(net.activation)(trace.preact)
+    first = dphi[0][:, None] * params["input"]["W"]
+    hidden = dphi[1:, :, None] * params["hidden"]["W"]
+    if net.cfg.residual is not None:
+        gain = params["hidden"]["gain"] if net.cfg.residual == "skipinit" else net.cfg.alpha
+        gain = jnp.broadcast_to(jnp.asarray(gain, hidden.dtype), hidden.shape[:1])
+        eye = jnp.eye(net.cfg.width, dtype=hidden.dtype)
+        hidden = eye + gain[:, None, None] * hidden
+    return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
+
+
+@pytree_dataclass
+class ChainRuleCheck:
+    """How far the chain rule's pieces are from their direct counterparts (relative errors).
+
+    Attributes:
+      product_error: ``||J_L...J_1 - da_L/dx|| / ||da_L/dx||`` (claim C1).
+      factor_error: ``max_l ||J_l - diag(phi'(z_l)) W_l|| / ||J_l||`` (claim C2).
+      gradient_error: ``max_l ||dL/dW_l (chain rule) - dL/dW_l (jax.grad)|| / ||jax.grad||``.
+    """
+
+    product_error: jax.Array
+    factor_error: jax.Array
+    gradient_error: jax.Array
+
+
+def chain_rule_weight_gradients(
+    net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
+) -> jax.Array:
+    """dL/dW_l for every block, assembled by hand from the article's chain-rule formula.
+
+    ``dL/da_l = dL/da_L J_L ... J_{l+1}`` accumulated backwards from the readout, then
+    ``dL/dW_l = (dL/da_l * phi'(z_l)) a_{l-1}^T`` (residual blocks scale the branch by g).
+
+    Args:
+      net: a network without normalisation.
+      params: its parameters.
+      x: one input, ``(input_dim,)``.
+      y: its target.
+      loss: a loss name or callable of ``(output, target)``.
+
+    Returns:
+      ``(depth-1, width, width)`` gradients of the hidden blocks' weights, in layer order.
+    """
+    loss_fn = get_loss(loss)
+    trace = net.forward(params, x)
+    factors = expected_factors(net, params, x)
+    dphi = derivative(net.activation)(trace.preact)
+    w_out = params["readout"]["W"]
+    g_out = jax.grad(lambda o: loss_fn(o[None], y[None]))(trace.output)
+    delta_last = w_out.T @ g_out
+
+    def back(delta, j):
+        return delta @ j, delta
+
+    # Scan the factors from the top; each step emits dL/da_l before multiplying by J_l.
+    _, deltas = jax.lax.scan(back, delta_last, factors.hidden[::-1])
+    deltas = deltas[::-1]  # dL/da_l for blocks 2..depth
+    gain = 1.0
+    if net.cfg.residual is not None:
+        gain = params["hidden"]["gain"] if net.cfg.residual == "skipinit" else net.cfg.alpha
+        gain = jnp.broadcast_to(jnp.asarray(gain, deltas.dtype), deltas.shape[:1])[:, None]
+    local = deltas * dphi[1:] * gain
+    return local[:, :, None] * trace.act[:-1][:, None, :]
+
+
+def chain_rule_check(
+    net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
+) -> ChainRuleCheck:
+    """Checks claims C1 and C2 exactly at one input.
+
+    Args:
+      net: a network without normalisation.
+      params: its parameters.
+      x: one input, ``(input_dim,)``.
+      y: its target, ``(out_dim,)`` for ``mse``.
+      loss: a loss name or callable.
+
+    Returns:
+      A :class:`ChainRuleCheck` of relative errors (float round-off when the claims hold).
+    """
+    rel = lambda a, b: jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30)
+    jac = layer_jacobians(net, params, x)
+    formula = expected_factors(net, params, x)
+    direct = io_jacobian(net, params, x)
+    factor_errors = jax.vmap(rel)(formula.hidden, jac.hidden)
+    factor_error = jnp.maximum(rel(formula.first, jac.first), jnp.max(factor_errors, initial=0.0))
+    by_hand = chain_rule_weight_gradients(net, params, x, y, loss=loss)
+    loss_fn = get_loss(loss)
+    auto = jax.grad(lambda p: loss_fn(net.apply(p, x)[None], y[None]))(params)["hidden"]["W"]
+    grad_error = jnp.max(jax.vmap(rel)(by_hand, auto), initial=0.0)
+    return ChainRuleCheck(
+        product_error=rel(chain_product(jac), direct),
+        factor_error=factor_error,
+        gradient_error=grad_error,
+    )

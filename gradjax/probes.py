@@ -1,0 +1,104 @@
+"""Ready-made probes ``probe(params, key) -> pytree`` for the sweep engine.
+
+Each probe draws its own inputs from ``key`` (the sweep hands every scale of a seed the same
+key, so neighbouring scales see the same inputs) and calls the diagnostics; the engine itself
+knows none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gradjax.gradients import LossFn, layer_gradient_norms
+from gradjax.jacobians import batch_layer_jacobians, layer_jacobians
+from gradjax.models import Net, Params
+from gradjax.signal import forward_statistics
+from gradjax.spectra import singular_values, summarize_spectrum
+
+Probe = Callable[[Params, jax.Array], Any]
+
+
+def gradient_probe(net: Net, *, batch: int = 16, loss: str | LossFn = "mse") -> Probe:
+    """Per-layer gradient norms on a batch of N(0, 1) inputs with N(0, 1) targets.
+
+    Args:
+      net: the network.
+      batch: examples per probe.
+      loss: ``mse`` (targets drawn N(0, 1)) or a callable of ``(output, target)``.
+
+    Returns:
+      ``probe(params, key) -> GradientNorms``.
+    """
+
+    def probe(params: Params, key: jax.Array):
+        kx, ky = jax.random.split(key)
+        x = jax.random.normal(kx, (batch, net.cfg.input_dim), net.dtype)
+        y = jax.random.normal(ky, (batch, net.cfg.out_dim), net.dtype)
+        return layer_gradient_norms(net, params, x, y, loss=loss)
+
+    return probe
+
+
+def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
+    """Singular-value summaries of every layer Jacobian at one N(0, 1) input.
+
+    With BatchNorm the Jacobians are those of the whole batch map over ``batch`` inputs.
+
+    Args:
+      net: the network.
+      batch: batch size used only for BatchNorm networks.
+
+    Returns:
+      ``probe(params, key) -> {"first": SpectrumSummary, "hidden": SpectrumSummary}``
+      (hidden with a leading layer axis).
+    """
+
+    def probe(params: Params, key: jax.Array):
+        if net.cfg.norm == "batch":
+            x = jax.random.normal(key, (batch, net.cfg.input_dim), net.dtype)
+            jac = batch_layer_jacobians(net, params, x)
+        else:
+            x = jax.random.normal(key, (net.cfg.input_dim,), net.dtype)
+            jac = layer_jacobians(net, params, x)
+        return {
+            "first": summarize_spectrum(singular_values(jac.first)),
+            "hidden": summarize_spectrum(singular_values(jac.hidden)),
+        }
+
+    return probe
+
+
+def signal_probe(net: Net, *, batch: int = 2) -> Probe:
+    """Forward statistics q_l, c_l of ``batch`` N(0, 1) inputs; see :class:`ForwardStats`."""
+
+    def probe(params: Params, key: jax.Array):
+        x = jax.random.normal(key, (batch, net.cfg.input_dim), net.dtype)
+        return forward_statistics(net, params, x)
+
+    return probe
+
+
+def combine(**probes: Probe) -> Probe:
+    """Runs several probes on the same parameters; each gets its own key, named by keyword.
+
+    Returns:
+      ``probe(params, key) -> {name: result}``.
+    """
+    names = sorted(probes)
+
+    def probe(params: Params, key: jax.Array):
+        keys = jax.random.split(key, len(names))
+        return {name: probes[name](params, k) for name, k in zip(names, keys, strict=True)}
+
+    return probe
+
+
+def layer_gradient_and_spectrum_probe(net: Net, *, batch: int = 16) -> Probe:
+    """Gradient norms and Jacobian spectra, the two views of the chain rule, in one probe."""
+    return combine(gradients=gradient_probe(net, batch=batch), spectra=spectrum_probe(net))
+
+
