@@ -151,3 +151,71 @@ def as_grid(field: str, values: float | Sequence[float] | np.ndarray) -> np.ndar
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise invalid(field, values, "finite numbers >= 0")
     return arr
+
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+LOSS_NAMES = ("xent", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run: optimiser, schedule, mitigations and length.
+
+    The learning rate rises linearly from 0 to ``learning_rate`` over ``warmup_steps`` and then
+    follows a cosine decay to ``end_lr_fraction * learning_rate`` at step ``steps`` (optax's
+    ``warmup_cosine_decay_schedule``; ``end_lr_fraction=1`` keeps it constant after warm-up).
+
+    Attributes:
+      optimizer: ``"sgd"``, ``"momentum"`` (heavy ball) or ``"adam"``.
+      learning_rate: peak learning rate, > 0.
+      steps: number of optimisation steps, >= 1.
+      batch_size: examples per step, drawn with replacement-free shuffles per run; ``None``
+        uses the full training set every step.
+      warmup_steps: linear warm-up length, in ``[0, steps]``.
+      end_lr_fraction: final learning rate as a fraction of the peak, in ``[0, 1]``.
+      clip: maximum global gradient norm (``optax.clip_by_global_norm``), > 0; ``None`` for no
+        clipping.
+      weight_decay: L2 penalty coefficient lambda (adds ``lambda * w`` to the gradient), >= 0.
+      l1: L1 penalty coefficient lambda (adds ``lambda * sign(w)``), >= 0.
+      momentum: momentum of ``"momentum"`` and Adam's ``b1``, in ``[0, 1)``.
+      loss: ``"xent"`` (softmax cross-entropy on integer labels) or ``"mse"``.
+    """
+
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    steps: int = 1000
+    batch_size: int | None = 128
+    warmup_steps: int = 0
+    end_lr_fraction: float = 0.0
+    clip: float | None = None
+    weight_decay: float = 0.0
+    l1: float = 0.0
+    momentum: float = 0.9
+    loss: str = "xent"
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_real("learning_rate", self.learning_rate, strictly_positive=True)
+        check_int("steps", self.steps, minimum=1)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, minimum=1)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.warmup_steps > self.steps:
+            raise invalid(
+                "warmup_steps", self.warmup_steps, f"an integer in [0, steps={self.steps}]"
+            )
+        check_real("end_lr_fraction", self.end_lr_fraction, minimum=0.0)
+        if self.end_lr_fraction > 1:
+            raise invalid("end_lr_fraction", self.end_lr_fraction, "a number in [0, 1]")
+        if self.clip is not None:
+            check_real("clip", self.clip, strictly_positive=True)
+        check_real("weight_decay", self.weight_decay, minimum=0.0)
+        check_real("l1", self.l1, minimum=0.0)
+        check_real("momentum", self.momentum, minimum=0.0)
+        if self.momentum >= 1:
+            raise invalid("momentum", self.momentum, "a number in [0, 1)")
+        check_choice("loss", self.loss, LOSS_NAMES)
+
+    def replace(self, **changes) -> TrainConfig:
+        """Returns a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)

@@ -11,12 +11,16 @@ Two kinds of transformation live here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from gradjax.config import TrainConfig
+from gradjax.errors import check_choice, check_int, check_real, invalid
 
 GroupFn = Callable[[Any], dict[str, jax.Array]]
 
@@ -147,3 +151,309 @@ def record_gradient_norms(group_fn: GroupFn | None = None) -> optax.GradientTran
         return updates, GradientNormState(norms=dict(fn(updates)))
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------- mitigation chain
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+# Hyper-parameters held in the chain's state (optax.inject_hyperparams): each may be given a
+# different value per run, i.e. be a vmap axis.
+HYPERPARAMS = (
+    "learning_rate",
+    "warmup_steps",
+    "total_steps",
+    "end_lr_fraction",
+    "clip",
+    "weight_decay",
+    "l1",
+    "momentum",
+)
+
+
+def add_l1_penalty(l1: float | jax.Array, *, mask: Any = None) -> optax.GradientTransformation:
+    """Adds the L1 penalty's (sub)gradient ``l1 * sign(w)`` to the updates.
+
+    Optax has no L1 transformation; this is the L1 analogue of ``optax.add_decayed_weights``
+    (which adds ``lambda * w``, the gradient of ``lambda/2 * ||w||^2``). ``sign(0) = 0``.
+
+    Args:
+      l1: the coefficient lambda (may be traced).
+      mask: optional pytree of booleans (or a function of the params returning one) selecting
+        the leaves to penalise, as in ``optax.add_decayed_weights``.
+
+    Returns:
+      An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+    """
+
+    def init_fn(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None):
+        if params is None:
+            raise ValueError("add_l1_penalty needs params in update(updates, state, params)")
+        new = jax.tree.map(
+            lambda g, w: g + jnp.asarray(l1, g.dtype) * jnp.sign(w).astype(g.dtype),
+            updates,
+            params,
+        )
+        return new, state
+
+    tx = optax.GradientTransformation(init_fn, update_fn)
+    return tx if mask is None else optax.masked(tx, mask)
+
+
+def warmup_cosine(
+    step: jax.Array,
+    *,
+    peak_value: float | jax.Array,
+    warmup_steps: float | jax.Array,
+    total_steps: float | jax.Array,
+    end_value: float | jax.Array = 0.0,
+    init_value: float | jax.Array = 0.0,
+) -> jax.Array:
+    """Linear warm-up then cosine decay, traceable in every argument.
+
+    The same function as ``optax.warmup_cosine_decay_schedule(init_value, peak_value,
+    warmup_steps, total_steps, end_value)``, but written with ``jnp.where`` so that the peak,
+    the warm-up length and the total length may be traced values (a vmap axis): optax's
+    version branches on them in Python. ``warmup_steps = 0`` starts the cosine at step 0.
+
+    Args:
+      step: the step count (0 at the first update).
+      peak_value: value at the end of warm-up.
+      warmup_steps: warm-up length (>= 0).
+      total_steps: step at which the decay reaches ``end_value`` (includes the warm-up).
+      end_value: value from ``total_steps`` on.
+      init_value: value at step 0 when there is a warm-up.
+
+    Returns:
+      The scheduled value, in the dtype of ``peak_value``.
+    """
+    peak = jnp.asarray(peak_value)
+    dtype = peak.dtype if jnp.issubdtype(peak.dtype, jnp.floating) else jnp.float32
+    t, w, T, peak, end, init = (
+        jnp.asarray(v).astype(dtype)
+        for v in (step, warmup_steps, total_steps, peak_value, end_value, init_value)
+    )
+    one = jnp.ones((), dtype)
+    ramp = init + (peak - init) * t / jnp.maximum(w, one)
+    progress = jnp.clip((t - w) / jnp.maximum(T - w, one), 0.0, 1.0)
+    cosine = end + (peak - end) * 0.5 * (one + jnp.cos(jnp.asarray(jnp.pi, dtype) * progress))
+    return jnp.where(t < w, ramp, cosine)
+
+
+def _mitigation_core(
+    optimizer: str,
+    learning_rate: jax.Array,
+    warmup_steps: jax.Array,
+    total_steps: jax.Array,
+    end_lr_fraction: jax.Array,
+    clip: jax.Array | None,
+    weight_decay: jax.Array | None,
+    l1: jax.Array | None,
+    momentum: jax.Array,
+) -> optax.GradientTransformation:
+    # Order: clip the loss gradient, add the penalties' gradients (L1/L2 regularisation of the
+    # loss, as the article describes, not AdamW's decoupled decay), precondition, then step.
+    parts = []
+    if clip is not None:
+        parts.append(optax.clip_by_global_norm(clip))
+    if l1 is not None:
+        parts.append(add_l1_penalty(l1))
+    if weight_decay is not None:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    if optimizer == "momentum":
+        parts.append(optax.trace(decay=momentum))
+    elif optimizer == "adam":
+        parts.append(optax.scale_by_adam(b1=momentum))
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return -warmup_cosine(
+            count,
+            peak_value=learning_rate,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            end_value=learning_rate * end_lr_fraction,
+        )
+
+    parts.append(optax.scale_by_schedule(schedule))
+    return optax.chain(*parts)
+
+
+def mitigation_chain(
+    *,
+    optimizer: str = "sgd",
+    learning_rate: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    end_lr_fraction: float = 0.0,
+    clip: float | None = None,
+    weight_decay: float | None = None,
+    l1: float | None = None,
+    momentum: float = 0.9,
+    record_norms: bool = True,
+    group_fn: GroupFn | None = None,
+) -> optax.GradientTransformation:
+    """The article's fixes for exploding gradients as one Optax chain.
+
+    ``record_gradient_norms`` (raw gradients) -> ``clip_by_global_norm`` -> L1 penalty ->
+    ``add_decayed_weights`` (L2) -> SGD / momentum / Adam -> warm-up + cosine learning rate.
+
+    Every numeric hyper-parameter lives in the state through ``optax.inject_hyperparams``, so
+    one compiled step serves many values: :func:`set_hyperparams` writes per-run values
+    (e.g. under ``vmap``). A mitigation given as ``None`` is left out of the chain; give it a
+    number (``clip=math.inf``, ``weight_decay=0.0``) to keep it in and vary it per run.
+
+    State layout: ``(GradientNormState, InjectStatefulHyperparamsState)`` when
+    ``record_norms``, else just the second; see :func:`recorded_norms` and
+    :func:`get_hyperparams`.
+
+    Args:
+      optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"``.
+      learning_rate: peak learning rate, > 0.
+      total_steps: training length; the cosine decay ends there.
+      warmup_steps: linear warm-up length, in ``[0, total_steps]``.
+      end_lr_fraction: final learning rate / peak, in ``[0, 1]``.
+      clip: maximum global gradient norm (> 0, ``math.inf`` for "present but off"), or None.
+      weight_decay: L2 coefficient (>= 0) or None.
+      l1: L1 coefficient (>= 0) or None.
+      momentum: heavy-ball momentum, or Adam's b1, in ``[0, 1)``.
+      record_norms: put :func:`record_gradient_norms` first in the chain.
+      group_fn: the grouping of the recorded norms (default :func:`group_norms`).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      GradjaxInputError: on a non-positive learning rate, ``clip <= 0``, a warm-up longer
+        than training, an unknown optimiser, or negative penalties.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = mitigation_chain(optimizer="adam", learning_rate=1e-3, total_steps=100,
+      ...                       warmup_steps=10, clip=1.0)
+      >>> state = tx.init({"w": jnp.zeros(3)})
+      >>> float(get_hyperparams(state)["clip"])
+      1.0
+    """
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_real("learning_rate", learning_rate, strictly_positive=True)
+    check_int("total_steps", total_steps, minimum=1)
+    check_int("warmup_steps", warmup_steps, minimum=0)
+    if warmup_steps > total_steps:
+        raise invalid("warmup_steps", warmup_steps, f"an integer in [0, steps={total_steps}]")
+    check_real("end_lr_fraction", end_lr_fraction, minimum=0.0)
+    if end_lr_fraction > 1:
+        raise invalid("end_lr_fraction", end_lr_fraction, "a number in [0, 1]")
+    if clip is not None and not (isinstance(clip, (int, float)) and clip == math.inf):
+        check_real("clip", clip, strictly_positive=True)
+    if weight_decay is not None:
+        check_real("weight_decay", weight_decay, minimum=0.0)
+    if l1 is not None:
+        check_real("l1", l1, minimum=0.0)
+    check_real("momentum", momentum, minimum=0.0)
+    if momentum >= 1:
+        raise invalid("momentum", momentum, "a number in [0, 1)")
+    as_float = lambda v: None if v is None else float(v)
+    core = optax.inject_hyperparams(_mitigation_core, static_args=("optimizer",))(
+        optimizer=optimizer,
+        learning_rate=float(learning_rate),
+        warmup_steps=float(warmup_steps),
+        total_steps=float(total_steps),
+        end_lr_fraction=float(end_lr_fraction),
+        clip=as_float(clip),
+        weight_decay=as_float(weight_decay),
+        l1=as_float(l1),
+        momentum=float(momentum),
+    )
+    if not record_norms:
+        return core
+    return optax.chain(record_gradient_norms(group_fn), core)
+
+
+def _inject_index(state: Any) -> int | None:
+    if isinstance(state, tuple) and not hasattr(state, "hyperparams"):
+        for i, part in enumerate(state):
+            if hasattr(part, "hyperparams"):
+                return i
+    return None
+
+
+def get_hyperparams(state: Any) -> dict[str, jax.Array]:
+    """The hyper-parameters held in a :func:`mitigation_chain` state (name -> array)."""
+    i = _inject_index(state)
+    inner = state if i is None else state[i]
+    if not hasattr(inner, "hyperparams"):
+        raise invalid("state", type(state).__name__, "the state of a mitigation_chain")
+    return dict(inner.hyperparams)
+
+
+def set_hyperparams(state: Any, **values: float | jax.Array) -> Any:
+    """A copy of a :func:`mitigation_chain` state with new hyper-parameter values.
+
+    Works on traced values, so ``jax.vmap(lambda lr: set_hyperparams(s, learning_rate=lr))``
+    gives one state per learning rate. Each value is cast to the stored dtype.
+
+    Args:
+      state: the chain's state.
+      **values: hyper-parameters to replace (names from :data:`HYPERPARAMS` that the chain
+        contains).
+
+    Returns:
+      The new state.
+
+    Raises:
+      GradjaxInputError: for a name the chain does not hold (e.g. ``clip`` on a chain built
+        with ``clip=None``).
+    """
+    i = _inject_index(state)
+    inner = state if i is None else state[i]
+    if not hasattr(inner, "hyperparams"):
+        raise invalid("state", type(state).__name__, "the state of a mitigation_chain")
+    hyper = dict(inner.hyperparams)
+    for name, value in values.items():
+        if name not in hyper:
+            raise invalid(
+                "hyper-parameter", name, "one of " + ", ".join(sorted(hyper)) + " for this chain"
+            )
+        hyper[name] = jnp.asarray(value).astype(hyper[name].dtype).reshape(hyper[name].shape)
+    inner = inner._replace(hyperparams=hyper)
+    if i is None:
+        return inner
+    return (*state[:i], inner, *state[i + 1 :])
+
+
+def recorded_norms(state: Any) -> dict[str, jax.Array]:
+    """The gradient norms kept by :func:`record_gradient_norms` inside a chain's state."""
+    parts = state if isinstance(state, tuple) and not hasattr(state, "norms") else (state,)
+    for part in parts:
+        if isinstance(part, GradientNormState):
+            return part.norms
+    raise invalid("state", type(state).__name__, "a state holding a GradientNormState")
+
+
+def chain_from_config(tcfg: TrainConfig, **overrides: Any) -> optax.GradientTransformation:
+    """The :func:`mitigation_chain` of a :class:`~gradjax.config.TrainConfig`.
+
+    Args:
+      tcfg: the training configuration.
+      **overrides: keyword arguments of :func:`mitigation_chain` that replace the config's
+        (e.g. ``clip=math.inf`` to keep clipping in the chain as a vmap axis).
+
+    Returns:
+      The transformation.
+    """
+    kwargs = dict(
+        optimizer=tcfg.optimizer,
+        learning_rate=tcfg.learning_rate,
+        total_steps=tcfg.steps,
+        warmup_steps=tcfg.warmup_steps,
+        end_lr_fraction=tcfg.end_lr_fraction,
+        clip=tcfg.clip,
+        weight_decay=tcfg.weight_decay if tcfg.weight_decay > 0 else None,
+        l1=tcfg.l1 if tcfg.l1 > 0 else None,
+        momentum=tcfg.momentum,
+    )
+    kwargs.update(overrides)
+    return mitigation_chain(**kwargs)
