@@ -57,6 +57,15 @@ from gradjax.sweep import sweep as sweep
 # --- normalisation / residual ---
 # --- training ---
 # --- diagnose ---
+from gradjax.diagnose import Report as Report
+from gradjax.diagnose import Thresholds as Thresholds
+from gradjax.diagnose import diagnose as diagnose
+from gradjax.diagnose import diagnose_net as diagnose_net
+from gradjax.monitor import NormHistory as NormHistory
+from gradjax.monitor import latest_norms as latest_norms
+from gradjax.monitor import module_group_norms as module_group_norms
+from gradjax.monitor import monitor as monitor
+from gradjax.monitor import plot_norm_history as plot_norm_history
 
 try:
     __version__ = version("gradjax")
