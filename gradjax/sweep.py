@@ -15,7 +15,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,8 @@ def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -108,18 +110,11 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    seed_ids: np.ndarray
-    sigma_w: np.ndarray  # flattened scale grid
-    sigma_b: np.ndarray
-    seed_chunk: int
-    scale_chunk: int
+# ---------------------------------------------------------------------------- compiled chunks
 
 
-@functools.lru_cache(maxsize=64)
-def _chunk_function(net: Any, probe: Probe) -> Callable:
-    """The jitted (seeds, scales) -> outputs function, cached so repeat sweeps never retrace."""
+def _chunk_body(net: Any, probe: Probe) -> Callable:
+    """``(seed keys (S,), sigma_w (P,), sigma_b (P,)) -> pytree with leading axes (S, P)``."""
 
     def per_seed(key, sigma_w, sigma_b):
         init_key, probe_key = jax.random.split(key)
@@ -130,7 +125,47 @@ def _chunk_function(net: Any, probe: Probe) -> Callable:
 
         return jax.vmap(per_scale)(sigma_w, sigma_b)
 
-    return jax.jit(jax.vmap(per_seed, in_axes=(0, None, None)))
+    return jax.vmap(per_seed, in_axes=(0, None, None))
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_function(net: Any, probe: Probe) -> Callable:
+    """The jitted (seeds, scales) -> outputs function, cached so repeat sweeps never retrace."""
+    return jax.jit(_chunk_body(net, probe))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sharded:
+    """A chunk function partitioned over a 1-D device mesh, with its input shardings."""
+
+    fn: Callable
+    key_sharding: Any
+    scale_sharding: Any
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -> _Sharded:
+    """The chunk function with the seed (``axis=0``) or scale (``axis=1``) axis split over a mesh.
+
+    Cached on (net, probe, devices, axis): a repeat sweep reuses the compiled executable. Keys
+    travel as raw ``uint32`` key data, because a global array spanning several hosts is built
+    from NumPy pieces (:func:`jax.make_array_from_callback`), which typed keys are not.
+    """
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.asarray(devices, dtype=object), ("sweep",))
+    body = _chunk_body(net, probe)
+
+    def fn(key_data, sigma_w, sigma_b):
+        return body(jax.random.wrap_key_data(key_data), sigma_w, sigma_b)
+
+    keys = NamedSharding(mesh, P("sweep") if axis == 0 else P())
+    scales = NamedSharding(mesh, P() if axis == 0 else P("sweep"))
+    # One sharding for every output leaf (a pytree prefix): all leaves lead with (seed, scale).
+    out = NamedSharding(mesh, P("sweep") if axis == 0 else P(None, "sweep"))
+    jitted = jax.jit(fn, in_shardings=(keys, scales, scales), out_shardings=out)
+    return _Sharded(jitted, keys, scales)
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,6 +184,9 @@ def _bytes_per_point(net: Any, probe: Probe, dtype_name: str) -> int:
     return max(int(total), 1)
 
 
+# ---------------------------------------------------------------------------- the sweep
+
+
 def sweep(
     net: Any,
     probe: Probe,
@@ -159,10 +197,31 @@ def sweep(
     key: int = 0,
     memory_budget_mb: float = 1024.0,
     chunk: tuple[int, int] | None = None,
-    progress: bool | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
     probe_name: str | None = None,
+    devices: int | Sequence[Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
 ) -> SweepResult:
-    """Runs ``probe`` on every (seed, sigma_w, sigma_b) network, vmapped and chunked.
+    """Runs ``probe`` on every (seed, sigma_w, sigma_b) network, vmapped, chunked and sharded.
+
+    Each chunk of (seeds x scales) is one call of a jitted function. With several devices the
+    chunk is split over a 1-D :class:`jax.sharding.Mesh` along its seed axis (its scale axis
+    when a chunk has fewer seeds than devices); a chunk that does not divide the device count
+    is padded by repeating its last entry, and the padding dropped. Split over seeds, each
+    device runs the unsharded program on its seeds, so the numbers are bit-for-bit those of
+    the unsharded sweep; split over scales they agree to float rounding.
+
+    Across hosts, call :func:`gradjax.distributed.initialize` (which wraps
+    :func:`jax.distributed.initialize`) in every process first; ``jax.devices()`` then spans
+    all hosts and the same call runs the sweep on all of them, every process returning the
+    whole result. See :mod:`gradjax.distributed` for the launch.
+
+    With ``out_dir`` the sweep is resumable: every finished chunk is written atomically to
+    ``out_dir/chunks/`` and recorded in ``out_dir/manifest.json``; the same call after an
+    interruption loads the finished chunks and computes only the rest. A directory holding a
+    different sweep (network, probe, seeds, grids, key or output layout) is refused, never
+    mixed. At the end ``arrays.npz`` and ``meta.json`` are written as by
+    :meth:`SweepResult.save`.
 
     Args:
       net: a :class:`gradjax.Net` (anything with ``init_base``, ``scale``, ``cfg``, ``dtype``).
@@ -171,14 +230,23 @@ def sweep(
       sigma_w: the sigma_w grid; ``None`` keeps the config's value and drops the axis.
       sigma_b: the sigma_b grid; ``None`` keeps the config's value and drops the axis.
       key: root PRNG seed; seed ``i`` uses ``fold_in(key(root), i)``.
-      memory_budget_mb: points per compiled chunk are chosen so a chunk's peak memory (from
-        XLA's memory analysis of one point) stays under this budget.
-      chunk: explicit ``(seeds_per_chunk, scales_per_chunk)``, overriding the budget.
-      progress: show a progress bar over chunks (default: when there are several chunks).
-      probe_name: recorded in the result's metadata.
+      memory_budget_mb: points per compiled chunk are chosen so a chunk's peak memory per
+        device (from XLA's memory analysis of one point) stays under this budget.
+      chunk: explicit ``(seeds_per_chunk, scales_per_chunk)``, overriding the budget. A resumed
+        ``out_dir`` keeps the chunk layout it was started with.
+      progress: ``True`` shows a progress bar over chunks (default: when there are several);
+        a callable is called as ``progress(done_chunks, total_chunks)`` after each chunk.
+      probe_name: recorded in the result's metadata and in the resume fingerprint (name
+        probes that differ only in closed-over settings, so their directories stay apart).
+      devices: ``None`` for every device of ``jax.devices()`` (all hosts), an int ``n`` for
+        the first ``n`` of them, or an explicit sequence of devices. One device runs unsharded.
+      out_dir: directory for resumable output (created if missing).
 
     Returns:
       A :class:`SweepResult` with axes ``("seed", "sigma_w"[, "sigma_b"])``.
+
+    Raises:
+      GradjaxInputError: on bad arguments, or when ``out_dir`` holds a different sweep.
 
     Example:
       >>> import gradjax as gj
@@ -187,40 +255,104 @@ def sweep(
       >>> res["weights"].shape  # (seed, sigma_w, layer)
       (4, 3, 16)
     """
-    plan, axes, coords, fixed = _make_plan(net, seeds, sigma_w, sigma_b, memory_budget_mb, probe,
-                                           chunk)
-    fn = _chunk_function(net, probe)
+    grid = _make_grid(net, seeds, sigma_w, sigma_b, memory_budget_mb)
+    device_list = _resolve_devices(devices)
+    if chunk is not None:
+        chunk = _check_chunk(chunk)
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise invalid("progress", progress, "None, True, False or a callable(done, total)")
     root = jax.random.key(key)
-    seed_keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(plan.seed_ids))
+    seed_keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(grid.seed_ids))
     dtype = net.dtype
     out_shape = jax.eval_shape(
-        fn, seed_keys[:1], jnp.ones((1,), dtype), jnp.ones((1,), dtype)
+        _chunk_function(net, probe), seed_keys[:1], jnp.ones((1,), dtype), jnp.ones((1,), dtype)
     )
     names = leaf_names(out_shape)
-    n_seed, n_scale = len(plan.seed_ids), len(plan.sigma_w)
-    buffers = [
-        np.empty((n_seed, n_scale, *leaf.shape[2:]), leaf.dtype)
-        for leaf in jax.tree.leaves(out_shape)
+    leaves_shape = jax.tree.leaves(out_shape)
+    probe_label = probe_name or getattr(probe, "__qualname__", "probe")
+    n_seed, n_scale = len(grid.seed_ids), len(grid.sigma_w)
+
+    store = None
+    layout = None
+    if out_dir is not None:
+        fingerprint = _fingerprint(net, probe_label, key, grid, names, leaves_shape)
+        store = _ChunkStore.open(Path(out_dir), fingerprint)
+        layout = store.layout
+    if layout is None:
+        layout = _choose_layout(
+            net, probe, n_seed, n_scale, len(device_list), memory_budget_mb, chunk
+        )
+    if store is not None:
+        store.start(layout)
+    seed_chunk, scale_chunk = layout
+    axis = _shard_axis(seed_chunk, scale_chunk, len(device_list))
+    runner = _Runner(net, probe, device_list, axis, seed_chunk, scale_chunk, seed_keys, dtype)
+
+    buffers = [np.empty((n_seed, n_scale, *leaf.shape[2:]), leaf.dtype) for leaf in leaves_shape]
+    ranges = [
+        (s0, min(s0 + seed_chunk, n_seed), p0, min(p0 + scale_chunk, n_scale))
+        for s0 in range(0, n_seed, seed_chunk)
+        for p0 in range(0, n_scale, scale_chunk)
     ]
-    for (s0, s1, p0, p1), leaves in _run_chunks(fn, plan, seed_keys, dtype, progress):
-        for buf, leaf in zip(buffers, leaves, strict=True):
-            buf[s0:s1, p0:p1] = leaf[: s1 - s0, : p1 - p0]
-    grid_shape = tuple(len(coords[a]) for a in axes[1:])
+    done = store.finished(ranges) if store is not None else [False] * len(ranges)
+    total = len(ranges)
+    bar = None
+    if progress is True or (progress is None and total > 1):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=sum(done), desc="sweep", unit="chunk", leave=False)
+    try:
+        for index, (bounds, finished) in enumerate(zip(ranges, done, strict=True)):
+            leaves = store.load(bounds, names, buffers) if finished else None
+            if leaves is None:
+                leaves = runner(bounds, grid.sigma_w, grid.sigma_b)
+                if store is not None:
+                    store.save(bounds, names, leaves)
+            s0, s1, p0, p1 = bounds
+            for buf, leaf in zip(buffers, leaves, strict=True):
+                buf[s0:s1, p0:p1] = leaf
+            if bar is not None and not finished:
+                bar.update(1)
+            if callable(progress) and not isinstance(progress, bool):
+                progress(index + 1, total)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    grid_shape = tuple(len(grid.coords[a]) for a in grid.axes[1:])
     data = {
         name: buf.reshape(n_seed, *grid_shape, *buf.shape[2:])
         for name, buf in zip(names, buffers, strict=True)
     }
     meta = {
         "net": config_to_dict(net.cfg),
-        "probe": probe_name or getattr(probe, "__qualname__", "probe"),
+        "probe": probe_label,
         "key": int(key),
-        "fixed": fixed,
-        "chunk": [plan.seed_chunk, plan.scale_chunk],
+        "fixed": grid.fixed,
+        "chunk": [seed_chunk, scale_chunk],
+        "devices": len(device_list),
+        "shard_axis": None if len(device_list) == 1 else ("seed", "scale")[axis],
     }
-    return SweepResult(data=data, axes=axes, coords=coords, meta=meta)
+    result = SweepResult(data=data, axes=grid.axes, coords=grid.coords, meta=meta)
+    if store is not None:
+        store.finish(result)
+    return result
 
 
-def _make_plan(net, seeds, sigma_w, sigma_b, memory_budget_mb, probe, chunk):
+# ---------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+    seed_ids: np.ndarray
+    sigma_w: np.ndarray  # flattened scale grid, one entry per scale point
+    sigma_b: np.ndarray
+    axes: tuple[str, ...]
+    coords: dict[str, np.ndarray]
+    fixed: dict[str, float]
+
+
+def _make_grid(net, seeds, sigma_w, sigma_b, memory_budget_mb) -> _Grid:
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         check_int("seeds", seeds, minimum=1)
         seed_ids = np.arange(seeds)
@@ -243,63 +375,291 @@ def _make_plan(net, seeds, sigma_w, sigma_b, memory_budget_mb, probe, chunk):
             axes.append(name)
             coords[name] = grids[name]
     sw, sb = np.meshgrid(grids["sigma_w"], grids["sigma_b"], indexing="ij")
-    sw, sb = sw.ravel(), sb.ravel()
-    if chunk is not None:
-        if len(chunk) != 2:
-            raise invalid("chunk", chunk, "(seeds_per_chunk, scales_per_chunk)")
-        check_int("chunk[0]", chunk[0], minimum=1)
-        check_int("chunk[1]", chunk[1], minimum=1)
-        seed_chunk, scale_chunk = min(chunk[0], len(seed_ids)), min(chunk[1], len(sw))
-    else:
-        per_point = _bytes_per_point(net, probe, str(net.dtype))
-        points = max(1, int(memory_budget_mb * 2**20 // per_point))
-        scale_chunk = min(len(sw), points)
-        seed_chunk = max(1, min(len(seed_ids), points // scale_chunk))
-    plan = _Plan(seed_ids, sw, sb, seed_chunk, scale_chunk)
-    return plan, tuple(axes), coords, fixed
+    return _Grid(seed_ids, sw.ravel(), sb.ravel(), tuple(axes), coords, fixed)
 
 
-def _run_chunks(
-    fn: Callable, plan: _Plan, seed_keys: jax.Array, dtype: Any, progress: bool | None
-) -> Iterator[tuple[tuple[int, int, int, int], list[np.ndarray]]]:
-    """Yields ``((s0, s1, p0, p1), leaves)`` chunk by chunk.
-
-    Every chunk is padded to the full chunk size (repeating its last entry) so the jitted
-    function compiles once; the caller drops the padding.
-    """
-    n_seed, n_scale = len(plan.seed_ids), len(plan.sigma_w)
-    seed_starts = range(0, n_seed, plan.seed_chunk)
-    scale_starts = range(0, n_scale, plan.scale_chunk)
-    total = len(seed_starts) * len(scale_starts)
-    show = total > 1 if progress is None else progress
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="sweep", unit="chunk", leave=False)
-    sw_all = jnp.asarray(plan.sigma_w, dtype)
-    sb_all = jnp.asarray(plan.sigma_b, dtype)
+def _check_chunk(chunk: Any) -> tuple[int, int]:
     try:
-        for s0 in seed_starts:
-            s1 = min(s0 + plan.seed_chunk, n_seed)
-            keys = _pad(seed_keys[s0:s1], plan.seed_chunk)
-            for p0 in scale_starts:
-                p1 = min(p0 + plan.scale_chunk, n_scale)
-                out = fn(keys, _pad(sw_all[p0:p1], plan.scale_chunk),
-                         _pad(sb_all[p0:p1], plan.scale_chunk))
-                yield (s0, s1, p0, p1), [np.asarray(x) for x in jax.tree.leaves(out)]
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+        size = len(chunk)
+    except TypeError:
+        size = -1
+    if size != 2:
+        raise invalid("chunk", chunk, "(seeds_per_chunk, scales_per_chunk)")
+    check_int("chunk[0]", chunk[0], minimum=1)
+    check_int("chunk[1]", chunk[1], minimum=1)
+    return int(chunk[0]), int(chunk[1])
 
 
-def _pad(x: jax.Array, size: int) -> jax.Array:
+def _resolve_devices(devices: Any) -> tuple:
+    available = jax.devices()
+    if devices is None:
+        return tuple(available)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        check_int("devices", devices, minimum=1, maximum=len(available))
+        return tuple(available[:devices])
+    try:
+        chosen = tuple(devices)
+    except TypeError:
+        chosen = ()
+    allowed = f"None, a count in 1..{len(available)} or a non-empty list of jax.devices()"
+    if not chosen or any(d not in available for d in chosen) or len(set(chosen)) != len(chosen):
+        raise invalid("devices", devices, allowed)
+    return chosen
+
+
+def _choose_layout(net, probe, n_seed, n_scale, n_dev, memory_budget_mb, chunk):
+    """``(seeds_per_chunk, scales_per_chunk)`` from an explicit chunk or the memory budget."""
+    if chunk is not None:
+        return min(chunk[0], n_seed), min(chunk[1], n_scale)
+    per_point = _bytes_per_point(net, probe, str(net.dtype))
+    # The budget holds per device: a chunk split over n devices may hold n times the points.
+    points = max(1, int(memory_budget_mb * 2**20 // per_point)) * n_dev
+    scale_chunk = min(n_scale, points)
+    seed_chunk = max(1, min(n_seed, points // scale_chunk))
+    return seed_chunk, scale_chunk
+
+
+def _shard_axis(seed_chunk: int, scale_chunk: int, n_dev: int) -> int:
+    """The chunk axis to split over devices: 0 (seeds) unless too few seeds, then 1 (scales).
+
+    Splitting seeds leaves each device the very program of an unsharded chunk with fewer seeds,
+    and XLA's numbers for a seed do not depend on how many seeds share the batch, so the
+    result is bit-for-bit the unsharded one. A chunk with fewer seeds than devices would leave
+    devices idle; then the scale axis is split if it is longer. Batching fewer scales per
+    device changes XLA's kernels, so those numbers agree with the unsharded ones to float
+    rounding (a few ulp), not bit for bit.
+    """
+    if seed_chunk < n_dev and scale_chunk > seed_chunk:
+        return 1
+    return 0
+
+
+class _Runner:
+    """Computes one chunk, unsharded or over the mesh, and returns its leaves as NumPy."""
+
+    def __init__(self, net, probe, devices, axis, seed_chunk, scale_chunk, seed_keys, dtype):
+        self.n_dev = len(devices)
+        self.dtype = dtype
+        self.axis = axis
+        self.seed_keys = seed_keys
+        self.seed_size, self.scale_size = seed_chunk, scale_chunk
+        if self.n_dev == 1:
+            self.fn = _chunk_function(net, probe)
+            self.sharded = None
+        else:
+            self.sharded = _sharded_chunk_function(net, probe, tuple(devices), axis)
+            # Pad the split axis to a multiple of the device count.
+            up = lambda n: math.ceil(n / self.n_dev) * self.n_dev
+            if axis == 0:
+                self.seed_size = up(seed_chunk)
+            else:
+                self.scale_size = up(scale_chunk)
+            self.key_data = np.asarray(jax.random.key_data(seed_keys))
+
+    def __call__(self, bounds, sigma_w: np.ndarray, sigma_b: np.ndarray) -> list[np.ndarray]:
+        s0, s1, p0, p1 = bounds
+        sw = _pad(np.asarray(sigma_w[p0:p1], self.dtype), self.scale_size)
+        sb = _pad(np.asarray(sigma_b[p0:p1], self.dtype), self.scale_size)
+        if self.sharded is None:
+            keys = self.seed_keys[s0:s1]
+            if keys.shape[0] < self.seed_size:
+                keys = jnp.concatenate(
+                    [keys, jnp.repeat(keys[-1:], self.seed_size - keys.shape[0], axis=0)]
+                )
+            out = self.fn(keys, jnp.asarray(sw), jnp.asarray(sb))
+            leaves = [np.asarray(x) for x in jax.tree.leaves(out)]
+        else:
+            keys = _pad(self.key_data[s0:s1], self.seed_size)
+            out = self.sharded.fn(
+                _global(keys, self.sharded.key_sharding),
+                _global(sw, self.sharded.scale_sharding),
+                _global(sb, self.sharded.scale_sharding),
+            )
+            leaves = [_to_host(x) for x in jax.tree.leaves(out)]
+        return [leaf[: s1 - s0, : p1 - p0] for leaf in leaves]
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    """Pads the leading axis to ``size`` by repeating the last entry (dropped afterwards)."""
     missing = size - x.shape[0]
     if missing == 0:
         return x
-    return jnp.concatenate([x, jnp.repeat(x[-1:], missing, axis=0)], axis=0)
+    return np.concatenate([x, np.repeat(x[-1:], missing, axis=0)], axis=0)
+
+
+def _global(x: np.ndarray, sharding: Any) -> jax.Array:
+    # Every process holds the whole (small) input, so each fills its own shards from it; this
+    # builds the same global array on one host or many.
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# ---------------------------------------------------------------------------- resumable output
+
+_FORMAT = "gradjax-sweep/1"
+
+
+def _fingerprint(net, probe_label, key, grid: _Grid, names, leaves_shape) -> dict[str, Any]:
+    """What makes two sweeps the same sweep: everything that decides the numbers."""
+    fp = {
+        "format": _FORMAT,
+        "net": config_to_dict(net.cfg),
+        "probe": probe_label,
+        "key": int(key),
+        "axes": list(grid.axes),
+        "seeds": [int(s) for s in grid.seed_ids],
+        "sigma_w": [float(v) for v in grid.sigma_w],
+        "sigma_b": [float(v) for v in grid.sigma_b],
+        "outputs": {
+            name: [list(leaf.shape[2:]), str(leaf.dtype)]
+            for name, leaf in zip(names, leaves_shape, strict=True)
+        },
+    }
+    # Normalise through JSON (tuples become lists) so it compares equal to what is on disk.
+    return json.loads(json.dumps(fp))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if old == new:
+        return []
+    name = prefix[:-1]
+    if isinstance(old, list) or isinstance(new, list):
+        return [name]
+    return [f"{name} ({old!r} on disk, {new!r} now)"]
+
+
+class _ChunkStore:
+    """The resumable directory: ``manifest.json`` plus one ``chunks/*.npz`` per finished chunk.
+
+    Only process 0 writes (one writer, so multi-host runs need a shared filesystem); which
+    chunks are finished is decided on process 0 and broadcast, so every process computes the
+    same chunks in the same order.
+    """
+
+    def __init__(self, directory: Path, fingerprint: dict, manifest: dict | None):
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.manifest = manifest
+        self.writer = jax.process_index() == 0
+
+    @classmethod
+    def open(cls, directory: Path, fingerprint: dict) -> _ChunkStore:
+        path = directory / "manifest.json"
+        manifest = None
+        if path.exists():
+            try:
+                manifest = json.loads(path.read_text())
+                old = manifest["fingerprint"]
+            except (ValueError, KeyError, TypeError):
+                raise invalid(
+                    "out_dir",
+                    str(directory),
+                    "a directory without a manifest.json or with a valid one (it is unreadable)",
+                ) from None
+            diff = _differences(old, fingerprint)
+            if diff:
+                raise invalid(
+                    "out_dir",
+                    str(directory),
+                    "a new directory or one holding this same sweep; it holds a different "
+                    f"sweep (differs in {'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''})"
+                    " - use another directory or delete it",
+                )
+        else:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise invalid("out_dir", str(directory), "a writable directory") from err
+        return cls(directory, fingerprint, manifest)
+
+    @property
+    def layout(self) -> tuple[int, int] | None:
+        if self.manifest is None:
+            return None
+        return tuple(self.manifest["chunk"])
+
+    def start(self, layout: tuple[int, int]) -> None:
+        if self.manifest is None:
+            self.manifest = {
+                "format": _FORMAT,
+                "fingerprint": self.fingerprint,
+                "chunk": list(layout),
+                "finished": [],
+                "complete": False,
+            }
+            self._write_manifest()
+
+    @staticmethod
+    def _name(bounds) -> str:
+        s0, s1, p0, p1 = bounds
+        return f"seed{s0:06d}-{s1:06d}_scale{p0:07d}-{p1:07d}.npz"
+
+    def finished(self, ranges) -> list[bool]:
+        listed = set(self.manifest["finished"])
+        mask = np.array(
+            [
+                self._name(b) in listed and (self.directory / "chunks" / self._name(b)).exists()
+                for b in ranges
+            ],
+            dtype=bool,
+        )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+        return [bool(m) for m in mask]
+
+    def load(self, bounds, names, buffers) -> list[np.ndarray] | None:
+        """A finished chunk's leaves, or ``None`` (recompute) when the file is not usable."""
+        s0, s1, p0, p1 = bounds
+        try:
+            with np.load(self.directory / "chunks" / self._name(bounds)) as npz:
+                leaves = [npz[name] for name in names]
+        except (OSError, KeyError, ValueError):
+            return None
+        for leaf, buf in zip(leaves, buffers, strict=True):
+            if leaf.shape != (s1 - s0, p1 - p0, *buf.shape[2:]) or leaf.dtype != buf.dtype:
+                return None
+        return leaves
+
+    def save(self, bounds, names, leaves) -> None:
+        if not self.writer:
+            return
+        chunks = self.directory / "chunks"
+        chunks.mkdir(exist_ok=True)
+        arrays = dict(zip(names, leaves, strict=True))
+        _atomic_write(chunks / self._name(bounds), lambda f: np.savez(f, **arrays), binary=True)
+        # The chunk is on disk before the manifest names it, so a listed chunk always exists.
+        finished = self.manifest["finished"]
+        if self._name(bounds) not in finished:
+            finished.append(self._name(bounds))
+        self._write_manifest()
+
+    def finish(self, result: SweepResult) -> None:
+        if not self.writer:
+            return
+        result.save(self.directory)
+        self.manifest["complete"] = True
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        if self.writer:
+            _atomic_write(
+                self.directory / "manifest.json",
+                lambda f: json.dump(self.manifest, f, indent=1),
+            )
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""Sharded, multi-chunk and resumable sweeps.
+
+The reference for every sharded number is the same sweep run unsharded on one device (the
+independent source: a different program, partitioned by nobody); the reference for a resumed
+run is the same sweep run without interruption. conftest.py provides four fake CPU devices.
+"""
+
+import importlib
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import gradjax as gj
+
+# ``gradjax.sweep`` is the function re-exported by the package; the module by its full name.
+sweep_module = importlib.import_module("gradjax.sweep")
+
+SIGMA_W = np.array([0.5, 1.0, 1.5])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    net = gj.build(gj.NetConfig(depth=3, width=6, activation="tanh"))
+    # One probe object for the module, so compiled chunk functions are reused across tests.
+    probe = gj.probes.gradient_probe(net, batch=3)
+    return net, probe
+
+
+def _assert_same(a: gj.SweepResult, b: gj.SweepResult, *, exact: bool = True) -> None:
+    assert a.names() == b.names()
+    assert a.axes == b.axes
+    for name in a.names():
+        if exact:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    for axis in a.axes:
+        np.testing.assert_array_equal(a.coords[axis], b.coords[axis])
+
+
+def test_four_devices_are_visible():
+    # Guards the premise of this file: without them the sharded path would not be exercised.
+    assert len(jax.devices()) == 4
+
+
+def test_seed_axis_sharding_is_bitwise_unsharded_with_padding(setup):
+    net, probe = setup
+    # 5 seeds over 4 devices: the seed axis is padded to 8 and the padding dropped.
+    ref = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=1)
+    out = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=4)
+    assert out.meta["devices"] == 4 and out.meta["shard_axis"] == "seed"
+    assert ref.meta["shard_axis"] is None
+    assert out["weights"].shape == (5, 3, 3)
+    _assert_same(ref, out, exact=True)
+    # Sanity of the reference itself: the seeds really differ and no value is padding garbage.
+    assert np.all(np.isfinite(out["weights"]))
+    assert not np.allclose(out["weights"][0], out["weights"][4])
+
+
+def test_scale_axis_sharding_matches_unsharded(setup):
+    net, probe = setup
+    # 1 seed (< 4 devices) and 3 scales: the scale axis is split, padded from 3 to 4.
+    out = gj.sweep(net, probe, seeds=1, sigma_w=SIGMA_W, chunk=(1, 3), devices=None)
+    assert out.meta["shard_axis"] == "scale"
+    # Seed 0 of the unsharded 5-seed sweep is the same network and inputs.
+    ref = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=1)
+    for name in out.names():
+        # Fewer scales per vmapped batch changes XLA's kernels: equal to float32 rounding.
+        np.testing.assert_allclose(out[name][0], ref[name][0], rtol=1e-5, atol=1e-7)
+
+
+def test_sharded_repeat_call_does_not_recompile(setup):
+    net, probe = setup
+    kwargs = dict(seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=4)
+    gj.sweep(net, probe, **kwargs)
+    fn = sweep_module._sharded_chunk_function(net, probe, tuple(jax.devices()), 0).fn
+    compiled = fn._cache_size()
+    gj.sweep(net, probe, **kwargs)
+    assert fn._cache_size() == compiled == 1
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after(n: int):
+    def progress(done: int, total: int) -> None:
+        if done == n:
+            raise _Interrupt(f"stopped after {done} of {total} chunks")
+
+    return progress
+
+
+# 15 seeds in chunks of 5 (each padded to 8 over the 4 devices: the executable of the first
+# test, so no new compilation): 3 chunks.
+RESUMABLE = dict(seeds=15, sigma_w=SIGMA_W, chunk=(5, 3), devices=4, progress=False)
+
+
+def test_interrupted_sweep_resumes_to_the_uninterrupted_result(setup, tmp_path):
+    net, probe = setup
+    full = gj.sweep(net, probe, out_dir=tmp_path / "full", **RESUMABLE)
+
+    part = tmp_path / "part"
+    with pytest.raises(_Interrupt):
+        gj.sweep(net, probe, out_dir=part, **{**RESUMABLE, "progress": _stop_after(2)})
+    manifest = json.loads((part / "manifest.json").read_text())
+    assert len(manifest["finished"]) == 2 and not manifest["complete"]
+    assert not (part / "arrays.npz").exists()
+    kept = {p.name: p.stat().st_mtime_ns for p in (part / "chunks").glob("*.npz")}
+    assert len(kept) == 2
+
+    seen = []
+    # A different chunk request on resume: the directory keeps the layout it started with.
+    resumed = gj.sweep(
+        net,
+        probe,
+        out_dir=part,
+        **{**RESUMABLE, "chunk": (15, 3), "progress": lambda d, t: seen.append((d, t))},
+    )
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert resumed.meta["chunk"] == [5, 3]
+    # The finished chunks were loaded, not recomputed and rewritten.
+    for name, mtime in kept.items():
+        assert (part / "chunks" / name).stat().st_mtime_ns == mtime
+    assert len(list((part / "chunks").glob("*.npz"))) == 3
+    _assert_same(full, resumed, exact=True)
+    _assert_same(full, gj.SweepResult.load(part), exact=True)
+    assert json.loads((part / "manifest.json").read_text())["complete"]
+    # And the sharded, chunked, resumed sweep is bit-for-bit the unsharded one.
+    _assert_same(gj.sweep(net, probe, **{**RESUMABLE, "devices": 1}), resumed, exact=True)
+
+
+def test_deleted_chunk_is_recomputed(setup, tmp_path):
+    net, probe = setup
+    full = gj.sweep(net, probe, out_dir=tmp_path, **RESUMABLE)
+    chunks = sorted((tmp_path / "chunks").glob("*.npz"))
+    chunks[-1].unlink()
+    chunks[0].write_bytes(b"not an npz file")  # a damaged file is recomputed, not trusted
+    again = gj.sweep(net, probe, out_dir=tmp_path, **RESUMABLE)
+    assert chunks[-1].exists()
+    with np.load(chunks[0]) as npz:
+        assert set(npz.files) == set(full.names())
+    _assert_same(full, again, exact=True)
+
+
+def test_different_sweep_in_same_directory_is_refused(setup, tmp_path):
+    net, probe = setup
+    kwargs = RESUMABLE
+    gj.sweep(net, probe, out_dir=tmp_path, **kwargs)
+    before = (tmp_path / "manifest.json").read_text()
+    with pytest.raises(gj.GradjaxInputError, match=r"out_dir=.*differs in sigma_w"):
+        gj.sweep(net, probe, out_dir=tmp_path, **{**kwargs, "sigma_w": [0.5, 1.0, 2.0]})
+    with pytest.raises(gj.GradjaxInputError, match=r"differs in key \(0 on disk, 1 now\)"):
+        gj.sweep(net, probe, out_dir=tmp_path, key=1, **kwargs)
+    deeper = gj.build(net.cfg.replace(depth=4))
+    with pytest.raises(gj.GradjaxInputError, match=r"net\.depth \(3 on disk, 4 now\)"):
+        gj.sweep(deeper, gj.probes.gradient_probe(deeper, batch=3), out_dir=tmp_path, **kwargs)
+    with pytest.raises(gj.GradjaxInputError, match=r"differs in probe"):
+        gj.sweep(net, probe, out_dir=tmp_path, probe_name="other", **kwargs)
+    # Nothing was mixed in: the directory is as the first sweep left it.
+    assert (tmp_path / "manifest.json").read_text() == before
+
+
+def test_bad_devices_and_progress_are_refused(setup):
+    net, probe = setup
+    for bad in (0, 5, [], ["cpu"], True):
+        with pytest.raises(gj.GradjaxInputError, match="devices="):
+            gj.sweep(net, probe, seeds=2, devices=bad)
+    with pytest.raises(gj.GradjaxInputError, match="progress="):
+        gj.sweep(net, probe, seeds=2, progress="yes")
