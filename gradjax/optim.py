@@ -166,7 +166,6 @@ HYPERPARAMS = (
     "clip",
     "weight_decay",
     "l1",
-    "momentum",
 )
 
 
@@ -252,7 +251,7 @@ def _mitigation_core(
     clip: jax.Array | None,
     weight_decay: jax.Array | None,
     l1: jax.Array | None,
-    momentum: jax.Array,
+    momentum: float,
 ) -> optax.GradientTransformation:
     # Order: clip the loss gradient, add the penalties' gradients (L1/L2 regularisation of the
     # loss, as the article describes, not AdamW's decoupled decay), precondition, then step.
@@ -356,7 +355,9 @@ def mitigation_chain(
     if momentum >= 1:
         raise invalid("momentum", momentum, "a number in [0, 1)")
     as_float = lambda v: None if v is None else float(v)
-    core = optax.inject_hyperparams(_mitigation_core, static_args=("optimizer",))(
+    # momentum is static: optax's Adam bias correction computes b1**count, which fails
+    # strict dtype promotion when b1 is a traced float array and count an int.
+    core = optax.inject_hyperparams(_mitigation_core, static_args=("optimizer", "momentum"))(
         optimizer=optimizer,
         learning_rate=float(learning_rate),
         warmup_steps=float(warmup_steps),

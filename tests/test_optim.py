@@ -1,0 +1,258 @@
+"""Tests for gradjax.optim: the mitigation chain and the gradient-norm recorder."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradjax import optim
+from gradjax.config import TrainConfig
+from gradjax.errors import GradjaxInputError
+
+
+def _tree(key, scale=1.0):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "input": {"W": scale * jax.random.normal(k1, (5, 3)), "b": jnp.zeros(5)},
+        "hidden": {"W": scale * jax.random.normal(k2, (4, 5, 5))},
+        "readout": {"W": scale * jax.random.normal(k3, (2, 5))},
+    }
+
+
+def test_l1_penalty_adds_lambda_sign_exactly(getkey):
+    params = {"w": jnp.array([-2.0, 0.0, 3.5, -1e-30]), "v": jax.random.normal(getkey(), (3, 3))}
+    grads = jax.tree.map(lambda a: jax.random.normal(getkey(), a.shape), params)
+    tx = optim.add_l1_penalty(0.125)
+    out, _ = tx.update(grads, tx.init(params), params)
+    for name in params:
+        # Closed form: g + lambda * sign(w), with sign(0) = 0; 0.125 is exact in binary.
+        expected = np.asarray(grads[name]) + 0.125 * np.sign(np.asarray(params[name]))
+        np.testing.assert_array_equal(np.asarray(out[name]), expected)
+    np.testing.assert_array_equal(np.asarray(out["w"] - grads["w"]), [-0.125, 0.0, 0.125, -0.125])
+
+
+def test_l1_penalty_mask_and_needs_params():
+    params = {"W": jnp.ones(2), "b": jnp.ones(2)}
+    tx = optim.add_l1_penalty(1.0, mask={"W": True, "b": False})
+    out, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_array_equal(out["W"], [1.0, 1.0])
+    np.testing.assert_array_equal(out["b"], [0.0, 0.0])
+    with pytest.raises(ValueError, match="params"):
+        optim.add_l1_penalty(1.0).update(params, optax.EmptyState())
+
+
+@pytest.mark.parametrize("warmup", [0, 10, 40])
+def test_schedule_matches_optax_and_closed_form(warmup):
+    peak, total, end = 0.3, 100, 0.03
+    reference = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end)
+    steps = np.arange(0, 130)
+    ours = jax.vmap(
+        lambda t: optim.warmup_cosine(
+            t, peak_value=peak, warmup_steps=warmup, total_steps=total, end_value=end
+        )
+    )(jnp.asarray(steps))
+    # Independent source: optax's own schedule (Python-branching, static arguments).
+    np.testing.assert_allclose(
+        ours, [float(reference(int(t))) for t in steps], rtol=1e-6, atol=1e-8
+    )
+    # Closed form: the peak at the end of warm-up, the end value at the end of the decay
+    # and after it, half-way between in the middle of the cosine.
+    np.testing.assert_allclose(ours[warmup], peak, rtol=1e-6)
+    np.testing.assert_allclose(ours[total], end, rtol=1e-6)
+    np.testing.assert_allclose(ours[total + 20], end, rtol=1e-6)
+    if warmup % 2 == 0:
+        mid = (warmup + total) // 2
+        np.testing.assert_allclose(ours[mid], (peak + end) / 2, rtol=1e-5)
+    if warmup:
+        np.testing.assert_allclose(ours[warmup // 2], peak * (warmup // 2) / warmup, rtol=1e-6)
+
+
+def test_chain_applies_schedule_per_step():
+    # SGD on a unit gradient: the update of step t is exactly -lr(t).
+    tx = optim.mitigation_chain(
+        learning_rate=0.5, total_steps=20, warmup_steps=5, end_lr_fraction=0.1
+    )
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    got = []
+    for _ in range(22):
+        upd, state = step({"w": jnp.ones(())}, state, params)
+        got.append(float(upd["w"]))
+    ref = optax.warmup_cosine_decay_schedule(0.0, 0.5, 5, 20, 0.05)
+    np.testing.assert_allclose(got, [-float(ref(t)) for t in range(22)], rtol=1e-6, atol=1e-9)
+    assert got[5] == pytest.approx(-0.5) and got[20] == pytest.approx(-0.05)
+
+
+def _np_norm(tree) -> float:
+    # Independent global norm: float64 NumPy over all leaves.
+    return float(
+        np.sqrt(sum(np.sum(np.asarray(a, np.float64) ** 2) for a in jax.tree.leaves(tree)))
+    )
+
+
+_CLIP_TX = optim.mitigation_chain(
+    learning_rate=1.0, total_steps=10, end_lr_fraction=1.0, clip=1.0, record_norms=False
+)
+
+
+@jax.jit
+def _clipped_update(seed, scale, max_norm):
+    grads = _tree(jax.random.key(seed), scale)
+    state = optim.set_hyperparams(_CLIP_TX.init(grads), clip=max_norm)
+    return grads, _CLIP_TX.update(grads, state, grads)[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    scale=st.floats(1e-3, 1e3),
+    max_norm=st.floats(1e-2, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_clipping_bounds_global_norm(scale, max_norm, seed):
+    grads, upd = _clipped_update(seed, jnp.float32(scale), jnp.float32(max_norm))
+    max_norm = float(jnp.float32(max_norm))
+    g_norm, u_norm = _np_norm(grads), _np_norm(upd)
+    # SGD with lr 1: the update is minus the clipped gradient.
+    assert u_norm <= max_norm * (1 + 1e-5)
+    if g_norm <= max_norm:
+        np.testing.assert_allclose(u_norm, g_norm, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(u_norm, max_norm, rtol=1e-5)
+        # Direction is kept: the update is a negative multiple of the gradient.
+        ratio = np.asarray(upd["hidden"]["W"]) / np.asarray(grads["hidden"]["W"])
+        np.testing.assert_allclose(ratio, -max_norm / g_norm, rtol=1e-4)
+
+
+def test_infinite_clip_is_identity_and_vmappable(getkey):
+    grads = _tree(getkey(), 50.0)
+    tx = optim.mitigation_chain(
+        learning_rate=1.0, total_steps=10, end_lr_fraction=1.0, clip=math.inf
+    )
+    state = tx.init(grads)
+    clips = jnp.array([math.inf, 1.0, 0.1])
+
+    def one(c):
+        upd, _ = tx.update(grads, optim.set_hyperparams(state, clip=c), grads)
+        return optax.tree.norm(upd)
+
+    norms = jax.jit(jax.vmap(one))(clips)
+    np.testing.assert_allclose(norms, [_np_norm(grads), 1.0, 0.1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_chain_matches_optax_reference(getkey, optimizer):
+    # With no warm-up and a constant schedule the chain is the textbook optimiser, with the
+    # L2 term added to the gradient (optax.chain(add_decayed_weights, <opt>) is the reference).
+    params = _tree(getkey())
+    wd, lr = 0.01, 0.05
+    ours = optim.mitigation_chain(
+        optimizer=optimizer,
+        learning_rate=lr,
+        total_steps=10,
+        end_lr_fraction=1.0,
+        weight_decay=wd,
+        momentum=0.8,
+    )
+    core = {
+        "sgd": optax.sgd(lr),
+        "momentum": optax.sgd(lr, momentum=0.8),
+        "adam": optax.adam(lr, b1=0.8),
+    }[optimizer]
+    ref = optax.chain(optax.add_decayed_weights(wd), core)
+    p1, p2 = params, params
+    s1, s2 = ours.init(p1), ref.init(p2)
+    # optax's Adam bias correction (python float ** int32 count) needs standard promotion;
+    # the conftest's strict mode would reject it inside optax itself.
+    with jax.numpy_dtype_promotion("standard"):
+        for _ in range(4):
+            g = jax.tree.map(lambda a: jax.random.normal(getkey(), a.shape), params)
+            u1, s1 = ours.update(g, s1, p1)
+            u2, s2 = ref.update(g, s2, p2)
+            p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_record_gradient_norms_per_layer_and_passthrough(getkey):
+    grads = _tree(getkey())
+    tx = optax.chain(optim.record_gradient_norms(), optax.sgd(0.1))
+    state = tx.init(grads)
+    assert all(float(v) == 0.0 for v in optim.recorded_norms(state).values())
+    upd, state = jax.jit(tx.update)(grads, state)
+    norms = optim.recorded_norms(state)
+    expected = {
+        "input/W": np.linalg.norm(grads["input"]["W"]),
+        "input/b": 0.0,
+        "readout/W": np.linalg.norm(grads["readout"]["W"]),
+        **{f"hidden/{i}/W": np.linalg.norm(grads["hidden"]["W"][i]) for i in range(4)},
+    }
+    assert set(norms) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(norms[name], value, rtol=1e-6)
+    # The recorder itself changes nothing: sgd's update is -0.1 g.
+    for u, g in zip(jax.tree.leaves(upd), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(u, -0.1 * g, rtol=1e-6)
+
+
+def test_record_gradient_norms_custom_group_fn_and_vmap(getkey):
+    group_fn = lambda g: {"total": optax.tree.norm(g)}
+    tx = optim.record_gradient_norms(group_fn)
+    grads = jax.vmap(lambda k: _tree(k))(jax.random.split(getkey(), 3))
+    state = jax.vmap(tx.init)(grads)
+    _, state = jax.vmap(tx.update)(grads, state)
+    per_run = [_np_norm(jax.tree.map(lambda a, i=i: a[i], grads)) for i in range(3)]
+    np.testing.assert_allclose(state.norms["total"], per_run, rtol=1e-6)
+
+
+def test_safe_norm_survives_huge_finite_values():
+    x = jnp.full((4, 4), 1e30, jnp.float32)
+    # sqrt(16) * 1e30 = 4e30 is finite although 1e30**2 overflows float32.
+    assert float(optim.safe_norm(x)) == pytest.approx(4e30, rel=1e-6)
+    assert not np.isfinite(float(jnp.linalg.norm(x)))
+    assert np.isinf(float(optim.safe_norm(jnp.array([1.0, jnp.inf]))))
+    assert np.isnan(float(optim.safe_norm(jnp.array([jnp.nan, jnp.inf]))))
+    np.testing.assert_allclose(
+        optim.safe_norm(jnp.array([[3.0, 4.0], [0.0, 0.0]]), axis=1), [5.0, 0.0]
+    )
+
+
+def test_set_hyperparams_rejects_absent_names():
+    tx = optim.mitigation_chain(learning_rate=0.1, total_steps=10)
+    state = tx.init({"w": jnp.zeros(2)})
+    with pytest.raises(GradjaxInputError, match="clip"):
+        optim.set_hyperparams(state, clip=1.0)
+    with pytest.raises(GradjaxInputError, match="l2"):
+        optim.set_hyperparams(state, l2=0.1)
+    new = optim.set_hyperparams(state, learning_rate=0.25)
+    assert float(optim.get_hyperparams(new)["learning_rate"]) == 0.25
+    assert float(optim.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"learning_rate": -0.1}, "learning_rate"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"clip": 0.0}, "clip"),
+        ({"clip": -1.0}, "clip"),
+        ({"warmup_steps": 200}, "warmup_steps"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"momentum": 1.0}, "momentum"),
+    ],
+)
+def test_bad_input_is_a_clear_error(kwargs, field):
+    base = {"learning_rate": 0.1, "total_steps": 100}
+    with pytest.raises(GradjaxInputError, match=field):
+        optim.mitigation_chain(**{**base, **kwargs})
+    tkw = {("steps" if k == "total_steps" else k): v for k, v in {**base, **kwargs}.items()}
+    with pytest.raises(GradjaxInputError, match=field):
+        TrainConfig(**tkw)
