@@ -36,8 +36,9 @@ def run(quick: bool = False) -> dict:
     chunk = (cfg["seeds"], cfg["scales"])
 
     def ours():
-        return gj.sweep(net, probe, seeds=cfg["seeds"], sigma_w=sigma_w, chunk=chunk,
-                        progress=False)
+        return gj.sweep(
+            net, probe, seeds=cfg["seeds"], sigma_w=sigma_w, chunk=chunk, progress=False
+        )
 
     t_ours = harness.time_fn(ours, repeats=5, budget_s=60)
     result = ours()

@@ -26,7 +26,11 @@ def block(tree: Any) -> Any:
 
 
 def time_fn(
-    fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, min_repeats: int = 1,
+    fn: Callable[[], Any],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    min_repeats: int = 1,
     budget_s: float | None = None,
 ) -> dict[str, float]:
     """Times ``fn()`` after ``warmup`` calls; returns median/min/max seconds and the count.

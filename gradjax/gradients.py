@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -72,6 +73,7 @@ class GradientNorms:
     readout: jax.Array
 
 
+@functools.partial(jax.jit, static_argnames=("net", "loss"))
 def layer_gradients(
     net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
 ) -> LayerGradients:
@@ -109,9 +111,7 @@ def gradient_norms(grads: LayerGradients) -> GradientNorms:
     """Reduces :class:`LayerGradients` to per-layer Frobenius norms."""
     g = grads.params
     norm_rest = lambda a: jnp.sqrt(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=-1))
-    weights = jnp.concatenate(
-        [jnp.linalg.norm(g["input"]["W"])[None], norm_rest(g["hidden"]["W"])]
-    )
+    weights = jnp.concatenate([jnp.linalg.norm(g["input"]["W"])[None], norm_rest(g["hidden"]["W"])])
     biases = jnp.concatenate([jnp.linalg.norm(g["input"]["b"])[None], norm_rest(g["hidden"]["b"])])
     return GradientNorms(
         loss=grads.loss,
@@ -122,6 +122,7 @@ def gradient_norms(grads: LayerGradients) -> GradientNorms:
     )
 
 
+@functools.partial(jax.jit, static_argnames=("net", "loss"))
 def layer_gradient_norms(
     net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
 ) -> GradientNorms:

@@ -8,6 +8,7 @@ computes that one, flattened to ``(B*N, B*N)`` matrices, and every result says w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -67,6 +68,7 @@ def _block_output(net: Net, layer, a, residual: bool) -> jax.Array:
     return net.block(layer, a, residual=residual)[2]
 
 
+@functools.partial(jax.jit, static_argnames=("net",))
 def layer_jacobians(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
     """Per-example layer Jacobians at one input.
 
@@ -95,6 +97,7 @@ def layer_jacobians(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
     return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
 
 
+@functools.partial(jax.jit, static_argnames=("net",))
 def batch_layer_jacobians(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
     """Layer Jacobians of the whole batch map ``A_{l-1} -> A_l``, as matrices.
 
@@ -139,6 +142,7 @@ def chain_product(jacobians: LayerJacobians) -> jax.Array:
     return prod
 
 
+@functools.partial(jax.jit, static_argnames=("net", "to"))
 def io_jacobian(net: Net, params: Params, x: jax.Array, *, to: str = "last_hidden") -> jax.Array:
     """The end-to-end Jacobian of one input, computed directly (not via the chain rule).
 
@@ -159,6 +163,7 @@ def io_jacobian(net: Net, params: Params, x: jax.Array, *, to: str = "last_hidde
     return jacobian(lambda v: pick(net.forward(params, v)), jnp.asarray(x, net.dtype))
 
 
+@functools.partial(jax.jit, static_argnames=("net",))
 def expected_factors(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
     """The article's closed form of each chain-rule factor, ``J_l = diag(phi'(z_l)) W_l``.
 
@@ -202,6 +207,7 @@ class ChainRuleCheck:
     gradient_error: jax.Array
 
 
+@functools.partial(jax.jit, static_argnames=("net", "loss"))
 def chain_rule_weight_gradients(
     net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
 ) -> jax.Array:
@@ -242,6 +248,7 @@ def chain_rule_weight_gradients(
     return local[:, :, None] * trace.act[:-1][:, None, :]
 
 
+@functools.partial(jax.jit, static_argnames=("net", "loss"))
 def chain_rule_check(
     net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
 ) -> ChainRuleCheck:

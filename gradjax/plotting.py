@@ -83,8 +83,9 @@ def styled(plot_fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float = 2.8,
-               **kwargs: Any):
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float = 2.8, **kwargs: Any
+):
     """A figure in the gradjax style (a two-column-wide figure is 7 inches).
 
     Call it from a function decorated with :func:`styled` so labels get the style too.
@@ -104,8 +105,17 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: fl
     return fig, axes
 
 
-def band(ax, x: np.ndarray, samples: np.ndarray, *, color: Any, label: str | None = None,
-         axis: int = 0, linestyle: str = "-", alpha: float = 0.22) -> None:
+def band(
+    ax,
+    x: np.ndarray,
+    samples: np.ndarray,
+    *,
+    color: Any,
+    label: str | None = None,
+    axis: int = 0,
+    linestyle: str = "-",
+    alpha: float = 0.22,
+) -> None:
     """Median line with an interquartile band over ``axis`` (the seeds).
 
     Non-finite samples (diverged runs) are ignored, not allowed to poison the statistics.
@@ -124,7 +134,9 @@ def band(ax, x: np.ndarray, samples: np.ndarray, *, color: Any, label: str | Non
     ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0)
 
 
-def save_figure(fig, stem: str | os.PathLike, *, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def save_figure(
+    fig, stem: str | os.PathLike, *, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
     """Writes ``stem.png`` and a vector ``stem.pdf`` atomically.
 
     Args:
@@ -180,15 +192,28 @@ def plot_sweep_layers(result: Any, *, title: str | None = None):
         band(axes[0], layers, grads[:, i], color=cols[i], label=label)
         band(axes[1], layers, mean_sq[:, i], color=cols[i])
         band(axes[2], layers, cond[:, i], color=cols[i])
-    axes[0].set(yscale="log", xlabel="layer $l$", ylabel=r"$\|\partial L/\partial W_l\|_F$",
-                title="gradient norm per layer")
-    axes[1].set(yscale="log", xlabel="layer $l$", ylabel=r"mean $\sigma^2(J_l)$",
-                title="mean $\sigma^2$ of $J_l$ (chain-rule factor)")
+    axes[0].set(
+        yscale="log",
+        xlabel="layer $l$",
+        ylabel=r"$\|\partial L/\partial W_l\|_F$",
+        title="gradient norm per layer",
+    )
+    axes[1].set(
+        yscale="log",
+        xlabel="layer $l$",
+        ylabel=r"mean $\sigma^2(J_l)$",
+        title=r"mean $\sigma^2$ of $J_l$ (chain-rule factor)",
+    )
     axes[1].axhline(1.0, color="0.4", linewidth=0.8, linestyle=":")
-    axes[2].set(yscale="log", xlabel="layer $l$", ylabel=r"$\sigma_{max}/\sigma_{min}$ of $J_l$",
-                title="condition number of $J_l$")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
-               ncol=min(len(sigma_w), 8))
+    axes[2].set(
+        yscale="log",
+        xlabel="layer $l$",
+        ylabel=r"$\sigma_{max}/\sigma_{min}$ of $J_l$",
+        title="condition number of $J_l$",
+    )
+    fig.legend(
+        *axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(sigma_w), 8)
+    )
     cfg = result.meta.get("net", {})
     fig.suptitle(
         title

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from gradjax.gradients import LossFn, layer_gradient_norms
 from gradjax.jacobians import batch_layer_jacobians, layer_jacobians
@@ -100,5 +99,3 @@ def combine(**probes: Probe) -> Probe:
 def layer_gradient_and_spectrum_probe(net: Net, *, batch: int = 16) -> Probe:
     """Gradient norms and Jacobian spectra, the two views of the chain rule, in one probe."""
     return combine(gradients=gradient_probe(net, batch=batch), spectra=spectrum_probe(net))
-
-

@@ -3,6 +3,8 @@ parameters, Poole et al. 2016)."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +30,7 @@ class ForwardStats:
     act_sq: jax.Array
 
 
+@functools.partial(jax.jit, static_argnames=("net",))
 def forward_statistics(net: Net, params: Params, x: jax.Array) -> ForwardStats:
     """q_l, c_l and the output variance of every block for a batch of inputs.
 

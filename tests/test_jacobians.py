@@ -1,0 +1,139 @@
+"""Layer Jacobians and the chain rule (claims C1, C2), against closed forms and jacrev."""
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import gradjax as gj
+
+
+def test_relu_factor_is_indicator_times_weight(getkey):
+    # Closed form: J_l = diag(1[z_l > 0]) W_l for relu.
+    net = gj.build(gj.NetConfig(depth=4, width=10, activation="relu", sigma_w=1.4, sigma_b=0.1))
+    params = net.init(getkey())
+    x = jax.random.normal(getkey(), (10,))
+    jac = gj.layer_jacobians(net, params, x)
+    z = net.forward(params, x).preact
+    for l in range(1, 4):
+        expected = (z[l] > 0).astype(jnp.float32)[:, None] * params["hidden"]["W"][l - 1]
+        np.testing.assert_allclose(jac.hidden[l - 1], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_orthogonal_linear_product_has_all_singular_values_gain_to_depth(getkey):
+    depth, gain = 8, 1.1
+    net = gj.build(
+        gj.NetConfig(depth=depth, width=24, activation="linear", init="orthogonal", sigma_w=gain)
+    )
+    params = net.init(getkey())
+    prod = gj.chain_product(gj.layer_jacobians(net, params, jax.random.normal(getkey(), (24,))))
+    np.testing.assert_allclose(gj.singular_values(prod), gain**depth, rtol=1e-5)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    depth=st.integers(1, 5),
+    width=st.integers(1, 6),
+    in_dim=st.integers(1, 6),
+    activation=st.sampled_from(["tanh", "relu", "sigmoid", "elu", "linear"]),
+    residual=st.sampled_from([None, "plain", "scaled"]),
+    sigma_w=st.floats(0.3, 2.5),
+    seed=st.integers(0, 2**16),
+)
+def test_chain_product_equals_jacrev_of_the_whole_net(
+    depth, width, in_dim, activation, residual, sigma_w, seed
+):
+    net = gj.build(
+        gj.NetConfig(
+            depth=depth,
+            width=width,
+            in_dim=in_dim,
+            activation=activation,
+            residual=residual,
+            sigma_w=sigma_w,
+            sigma_b=0.1,
+        )
+    )
+    key = jax.random.key(seed)
+    params = net.init(key)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (in_dim,))
+    product = gj.chain_product(gj.layer_jacobians(net, params, x))
+    direct = jax.jacrev(lambda v: net.forward(params, v).act[-1])(x)
+    np.testing.assert_allclose(
+        product, direct, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(direct)) + 1e-30)
+    )
+
+
+def test_chain_rule_check_is_at_round_off_in_float64(x64):
+    for residual in (None, "plain", "skipinit"):
+        net = gj.build(
+            gj.NetConfig(
+                depth=6, width=9, sigma_w=1.3, sigma_b=0.2, residual=residual, dtype="float64"
+            )
+        )
+        params = net.init(jax.random.key(0))
+        if residual == "skipinit":
+            params["hidden"]["gain"] = params["hidden"]["gain"] + 0.4
+        x = jax.random.normal(jax.random.key(1), (9,), jnp.float64)
+        check = gj.chain_rule_check(net, params, x, jnp.ones((1,), jnp.float64))
+        assert float(check.product_error) < 1e-13
+        assert float(check.factor_error) < 1e-13
+        assert float(check.gradient_error) < 1e-12
+
+
+def test_float32_agrees_with_float64(x64):
+    cfg = gj.NetConfig(depth=10, width=16, sigma_w=1.2)
+    net32, net64 = gj.build(cfg), gj.build(cfg.replace(dtype="float64"))
+    base64 = net64.init_base(jax.random.key(7))
+    p64 = net64.scale(base64)
+    p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
+    x64_ = jax.random.normal(jax.random.key(8), (16,), jnp.float64)
+    s32 = gj.singular_values(gj.layer_jacobians(net32, p32, x64_.astype(jnp.float32)).hidden)
+    s64 = gj.singular_values(gj.layer_jacobians(net64, p64, x64_).hidden)
+    # Largest singular values agree to float32 precision relative to sigma_max.
+    np.testing.assert_allclose(s32, s64, atol=1e-5 * float(jnp.max(s64)))
+
+
+def test_batch_jacobian_is_block_diagonal_without_batchnorm(getkey):
+    net = gj.build(gj.NetConfig(depth=3, width=4, norm="layer"))
+    params = net.init(getkey())
+    x = jax.random.normal(getkey(), (3, 4))
+    batch = gj.batch_layer_jacobians(net, params, x)
+    assert batch.batch_coupled and batch.hidden.shape == (2, 12, 12)
+    per = jax.vmap(lambda v: gj.layer_jacobians(net, params, v).hidden)(x)
+    for b in range(3):
+        np.testing.assert_allclose(
+            batch.hidden[:, 4 * b : 4 * b + 4, 4 * b : 4 * b + 4], per[b], rtol=1e-5, atol=1e-6
+        )
+    off = batch.hidden[:, 0:4, 4:8]
+    np.testing.assert_array_equal(off, 0.0)
+
+
+def test_batchnorm_couples_examples_and_needs_the_batch_jacobian(getkey):
+    net = gj.build(gj.NetConfig(depth=3, width=4, norm="batch"))
+    params = net.init(getkey())
+    x = jax.random.normal(getkey(), (3, 4))
+    with pytest.raises(gj.GradjaxInputError, match="batch_layer_jacobians"):
+        gj.layer_jacobians(net, params, x[0])
+    batch = gj.batch_layer_jacobians(net, params, x)
+    assert float(jnp.max(jnp.abs(batch.hidden[:, 0:4, 4:8]))) > 1e-3  # coupling is real
+    # The product of batch Jacobians is still the Jacobian of the batch map.
+    direct = jax.jacrev(lambda v: net.forward(params, v).act[-1])(x).reshape(12, 12)
+    np.testing.assert_allclose(gj.chain_product(batch), direct, rtol=1e-4, atol=1e-5)
+
+
+def test_jacobian_picks_mode_by_shape():
+    w = jnp.arange(12.0).reshape(3, 4)
+    np.testing.assert_allclose(gj.jacobian(lambda v: w @ v, jnp.ones(4)), w)
+    np.testing.assert_allclose(gj.jacobian(lambda v: w.T @ v, jnp.ones(3)), w.T)
+
+
+def test_bad_inputs():
+    net = gj.build(gj.NetConfig(depth=2, width=4))
+    params = net.init(jax.random.key(0))
+    with pytest.raises(gj.GradjaxInputError, match="one example"):
+        gj.layer_jacobians(net, params, jnp.ones((2, 4)))
+    with pytest.raises(gj.GradjaxInputError, match="to='middle'"):
+        gj.io_jacobian(net, params, jnp.ones(4), to="middle")
