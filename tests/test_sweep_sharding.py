@@ -170,3 +170,60 @@ def test_bad_devices_and_progress_are_refused(setup):
             gj.sweep(net, probe, seeds=2, devices=bad)
     with pytest.raises(gj.GradjaxInputError, match="progress="):
         gj.sweep(net, probe, seeds=2, progress="yes")
+
+
+MULTIPROCESS_SCRIPT = """
+import sys
+
+import numpy as np
+
+import gradjax as gj
+from gradjax import distributed
+
+pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+info = distributed.initialize(
+    coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid
+)
+assert (info.process_count, info.device_count, info.local_device_count) == (2, 4, 2), info
+net = gj.build(gj.NetConfig(depth=3, width=6, activation="tanh"))
+probe = gj.probes.gradient_probe(net, batch=3)
+res = gj.sweep(net, probe, seeds=5, sigma_w=[0.5, 1.0, 1.5], chunk=(5, 3), out_dir=out + "/run",
+               progress=False)
+assert res.meta["devices"] == 4 and res.meta["shard_axis"] == "seed", res.meta
+np.save(f"{out}/weights{pid}.npy", res["weights"])
+"""
+
+
+@pytest.mark.skipif(
+    __import__("os").environ.get("GRADJAX_MULTIPROCESS_TESTS") != "1",
+    reason="starts two JAX processes (about a minute on 2 cores); "
+    "set GRADJAX_MULTIPROCESS_TESTS=1 to run",
+)
+def test_two_process_sweep_equals_the_single_process_one(setup, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    net, probe = setup
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTIPROCESS_SCRIPT, str(pid), port, str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in (0, 1)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    ref = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=1)
+    for pid in (0, 1):
+        np.testing.assert_array_equal(np.load(tmp_path / f"weights{pid}.npy"), ref["weights"])
+    # Process 0 alone wrote the resumable directory, and it holds the same numbers.
+    _assert_same(ref, gj.SweepResult.load(tmp_path / "run"), exact=True)

@@ -13,7 +13,11 @@ def add_parser(sub) -> None:
         "sweep",
         help="per-layer gradient norms and Jacobian spectra over seeds x sigma_w",
         description="Runs gradient-norm and exact Jacobian-spectrum probes on every "
-        "(seed, sigma_w[, sigma_b]) network, writes arrays.npz + meta.json and sweep.png.",
+        "(seed, sigma_w[, sigma_b]) network, writes arrays.npz + meta.json and sweep.png. "
+        "The output directory is resumable: finished chunks are kept, so rerunning the same "
+        "command after an interruption continues where it stopped; a different sweep for the "
+        "same directory is refused. Chunks are sharded over all devices (--devices N for "
+        "fewer); with --distributed every host of a multi-host run joins the same sweep.",
     )
     p.add_argument("--activation", default="tanh", help="activation name (default tanh)")
     p.add_argument("--init", default="gaussian", help="weight init (default gaussian)")
@@ -24,13 +28,41 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma-b", default=None, help="fixed value or a grid (default 0)")
     p.add_argument("--batch", type=positive_int, default=16, help="examples for gradients")
     p.add_argument("--memory-budget-mb", type=float, default=1024.0)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (resumable)")
+    p.add_argument(
+        "--devices", type=positive_int, default=None, help="use the first N devices (default all)"
+    )
+    dist = p.add_argument_group("multi-host (see gradjax.distributed for the launch)")
+    dist.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-host JAX run first (cluster auto-detected unless given below)",
+    )
+    dist.add_argument("--coordinator", default=None, help="host:port of process 0")
+    dist.add_argument("--num-processes", type=positive_int, default=None)
+    dist.add_argument("--process-id", type=int, default=None)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from gradjax.config import NetConfig, parse_range
-    from gradjax.errors import check_real
+    from gradjax.errors import GradjaxInputError, check_real, invalid
+
+    if not args.distributed and (
+        args.coordinator is not None
+        or args.num_processes is not None
+        or args.process_id is not None
+    ):
+        raise invalid("--distributed", False, "--distributed with --coordinator/--num-processes")
+    if args.distributed:
+        # Before any other JAX call: the backend must start knowing about the other hosts.
+        from gradjax import distributed
+
+        distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
 
     sigma_w = parse_range("--sigma-w", args.sigma_w)
     sigma_b = None if args.sigma_b is None else parse_range("--sigma-b", args.sigma_b)
@@ -48,29 +80,39 @@ def run(args: argparse.Namespace) -> int:
     out = writable_dir(args.out)
 
     from gradjax import models, plotting, probes
-    from gradjax.sweep import sweep
+    from gradjax.sweep import sweep as _sweep
 
     net = models.build(cfg)
     probe = probes.layer_gradient_and_spectrum_probe(net, batch=args.batch)
-    result = sweep(
-        net,
-        probe,
-        seeds=args.seeds,
-        sigma_w=sigma_w,
-        sigma_b=sigma_b,
-        memory_budget_mb=args.memory_budget_mb,
-        progress=True,
-        probe_name="layer_gradient_and_spectrum_probe",
-    )
-    result.save(out)
+    try:
+        result = _sweep(
+            net,
+            probe,
+            seeds=args.seeds,
+            sigma_w=sigma_w,
+            sigma_b=sigma_b,
+            memory_budget_mb=args.memory_budget_mb,
+            progress=True,
+            probe_name=f"layer_gradient_and_spectrum_probe(batch={args.batch})",
+            devices=args.devices,
+            out_dir=out,
+        )
+    except GradjaxInputError as err:
+        # The library names its argument out_dir; on the command line it is --out.
+        text = str(err)
+        if text.startswith("out_dir="):
+            raise GradjaxInputError("--out=" + text[len("out_dir=") :]) from None
+        raise
+    import jax
+
+    if jax.process_index() != 0:
+        return 0  # process 0 writes the figure and the summary
     if sigma_b is None:
         plotting.save_figure(plotting.plot_sweep_layers(result), out / "sweep")
     summary = {
         "out": str(out),
         "axes": list(result.axes),
-        "first_layer_grad_median": [
-            float(v) for v in _median(result["gradients.weights"][..., 0])
-        ],
+        "first_layer_grad_median": [float(v) for v in _median(result["gradients.weights"][..., 0])],
         "sigma_w": [float(v) for v in result.coords["sigma_w"]],
     }
     print(json.dumps(summary, indent=2))

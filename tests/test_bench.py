@@ -1,0 +1,149 @@
+"""``gradjax bench``: discovery, JSON records, unknown names, failing benchmarks.
+
+The runner is exercised on a tiny benchmark package written into a temporary directory (the
+real suite takes minutes); its records are checked against the JSON layout of
+benchmarks/README.md and against the timings they contain.
+"""
+
+import importlib
+import json
+import textwrap
+
+import jax
+import pytest
+
+from gradjax.cli import main
+from gradjax.commands import bench
+
+TINY = '''
+"""A tiny benchmark: a jitted matmul vs the same matmul in NumPy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import harness
+
+NAME = "{name}"
+
+
+def run(quick: bool = False) -> dict:
+    n = 16 if quick else 64
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda m: m @ m)
+    ours = harness.time_fn(lambda: f(a), repeats=5)
+    an = np.asarray(a)
+    base = harness.time_fn(lambda: an @ an, repeats=5)
+    err = float(np.max(np.abs(np.asarray(f(a)) - an @ an)))
+    return harness.record(
+        NAME,
+        config={{"n": n}},
+        timings={{"gradjax": ours, "numpy": base}},
+        ratios={{"vs_numpy": base["median"] / ours["median"]}},
+        accuracy={{"max_abs_err": err}},
+        targets={{"vs_numpy": ">= 0", "max_abs_err": "<= 1e-3"}},
+    )
+'''
+
+BROKEN = """
+NAME = "broken"
+
+
+def run(quick: bool = False) -> dict:
+    raise RuntimeError("this benchmark always fails")
+"""
+
+
+@pytest.fixture
+def suite(tmp_path, monkeypatch, request):
+    """A package ``<unique>`` with bench_alpha, bench_beta and a helper module."""
+    name = f"fakebench_{request.node.name.replace('[', '_').replace(']', '_')}"
+    pkg = tmp_path / "src" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""Fake benchmarks."""\n')
+    (pkg / "bench_alpha.py").write_text(textwrap.dedent(TINY.format(name="alpha")))
+    (pkg / "bench_beta.py").write_text(textwrap.dedent(TINY.format(name="beta")))
+    (pkg / "helpers.py").write_text("X = 1\n")  # not a benchmark: never listed or imported
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    importlib.invalidate_caches()
+    return name, pkg
+
+
+def test_discovers_the_real_suite():
+    found = bench.discover("benchmarks")
+    assert {"sweep_spectra", "cost_curves"} <= set(found)
+    assert found["cost_curves"] == "benchmarks.bench_cost_curves"
+    assert "harness" not in found
+
+
+def test_runner_writes_valid_json_per_benchmark(suite, tmp_path, capsys):
+    package, _ = suite
+    out = tmp_path / "results"
+    code = main(["bench", "--package", package, "--out", str(out), "--quick"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "beta.json"]
+    for name in ("alpha", "beta"):
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["name"] == name
+        assert record["config"] == {"n": 16}  # quick mode reached the benchmark
+        assert record["quick"] is True and record["wall_s"] > 0
+        machine = record["machine"]
+        assert machine["jax_version"] == jax.__version__
+        assert machine["devices"] == len(jax.devices())
+        assert machine["backend"] == jax.default_backend()
+        for timing in record["timings_s"].values():
+            assert timing["repeats"] == 5
+            assert 0 < timing["min"] <= timing["median"] <= timing["max"]
+        # The ratio is the one its own timings imply.
+        t = record["timings_s"]
+        assert record["ratios"]["vs_numpy"] == pytest.approx(
+            t["numpy"]["median"] / t["gradjax"]["median"], rel=1e-12
+        )
+        assert record["targets_met"] == {"vs_numpy": True, "max_abs_err": True}
+    table = capsys.readouterr().out
+    assert "| alpha | vs_numpy |" in table and "| beta | vs_numpy |" in table
+    assert "max_abs_err" in table
+
+
+def test_named_benchmark_runs_alone(suite, tmp_path):
+    package, _ = suite
+    out = tmp_path / "results"
+    assert main(["bench", "beta", "--package", package, "--out", str(out), "--quick"]) == 0
+    assert [p.name for p in out.iterdir()] == ["beta.json"]
+
+
+def test_unknown_name_lists_the_valid_names(suite, tmp_path, capsys):
+    package, _ = suite
+    out = tmp_path / "results"
+    code = main(["bench", "alpha", "gamma", "--package", package, "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "gradjax bench: error: NAME='gamma' is invalid: expected one of the benchmarks: alpha, beta"
+    ]
+    assert not out.exists()  # refused before any work
+
+
+def test_a_failing_benchmark_does_not_lose_the_others(suite, tmp_path, capsys):
+    package, pkg = suite
+    (pkg / "bench_broken.py").write_text(BROKEN)
+    importlib.invalidate_caches()
+    out = tmp_path / "results"
+    code = main(["bench", "--package", package, "--out", str(out), "--quick"])
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "beta.json"]
+    captured = capsys.readouterr()
+    assert "| broken | FAILED: RuntimeError: this benchmark always fails |" in captured.out
+    assert "failed: broken" in captured.err
+
+
+def test_mismatched_name_is_a_failure(suite, tmp_path):
+    package, pkg = suite
+    (pkg / "bench_gamma.py").write_text(textwrap.dedent(TINY.format(name="delta")))
+    importlib.invalidate_caches()
+    with pytest.raises(ValueError, match="NAME is 'delta', not 'gamma'"):
+        bench.run_benchmark(f"{package}.bench_gamma", quick=True)
+
+
+def test_bad_package_is_refused(capsys):
+    assert main(["bench", "--package", "no_such_package_here"]) == 2
+    assert "--package='no_such_package_here' is invalid" in capsys.readouterr().err
