@@ -1,0 +1,109 @@
+"""``gradjax theory``: mean-field predictions (q*, chi_1, c*, depth scales, critical sigma_w^2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "theory",
+        help="mean-field q*, chi_1, c*, depth scales and the critical sigma_w^2",
+        description="Mean-field theory (Poole et al. 2016, Schoenholz et al. 2017) of a deep "
+        "network with W_ij ~ N(0, sigma_w^2/N), b ~ N(0, sigma_b^2): the fixed point q* of the "
+        "length map, chi_1, the correlation fixed point c*, the depth scales xi_q, xi_c, "
+        "xi_grad = -1/ln chi_1, and the critical sigma_w^2 (chi_1 = 1) at this sigma_b^2. "
+        "Infinite depth scales print as 'inf'.",
+    )
+    p.add_argument("--activation", default="tanh", help="activation name (default tanh)")
+    p.add_argument("--sigma-b2", type=float, default=0.05, help="bias variance (default 0.05)")
+    p.add_argument(
+        "--sigma-w2",
+        type=float,
+        default=None,
+        help="weight variance (default: the critical one, chi_1 = 1)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--x64", action="store_true", help="compute in float64")
+    p.set_defaults(run=run)
+
+
+def _number(value: float) -> float | str:
+    # JSON has no infinity; the strings "inf"/"-inf"/"nan" are unambiguous and valid JSON.
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gradjax.errors import GradjaxInputError, check_real
+
+    check_real("--sigma-b2", args.sigma_b2, minimum=0.0)
+    if args.sigma_w2 is not None:
+        check_real("--sigma-w2", args.sigma_w2, minimum=0.0)
+
+    import jax
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    from gradjax import theory
+
+    try:
+        critical: float | None = theory.critical_sigma_w2(args.activation, args.sigma_b2)
+        critical_note = None
+    except GradjaxInputError as err:
+        if args.sigma_w2 is None or "critical" not in str(err):
+            raise
+        critical, critical_note = None, str(err)
+    sigma_w2 = critical if args.sigma_w2 is None else args.sigma_w2
+    mf = theory.mean_field(args.activation, sigma_w2, args.sigma_b2)
+    get = lambda name: float(getattr(mf, name))
+    values = {
+        "activation": args.activation,
+        "sigma_w2": float(sigma_w2),
+        "sigma_b2": float(args.sigma_b2),
+        "q_star": _number(get("q_star")),
+        "chi1": _number(get("chi1")),
+        "c_star": _number(get("c_star")),
+        "xi_q": _number(get("xi_q")),
+        "xi_c": _number(get("xi_c")),
+        "xi_grad": _number(get("xi_grad")),
+        "critical_sigma_w2": "none in range" if critical is None else critical,
+        "q_converged": bool(mf.q_converged),
+        "q_iterations": int(mf.q_iterations),
+        "c_converged": bool(mf.c_converged),
+        "c_iterations": int(mf.c_iterations),
+    }
+    notes = []
+    if not values["q_converged"]:
+        notes.append(
+            f"q* did NOT converge: the length map stopped after {values['q_iterations']} "
+            f"iterations at q = {get('q_star'):.6g} (residual {float(mf.q_residual):.3g}); "
+            "q* and everything derived from it are where the iteration stopped"
+            + (" (q grows without bound: no finite fixed point)" if get("q_star") >= 1e29 else "")
+        )
+    if not values["c_converged"]:
+        reason = (
+            "q* = 0: signals vanish, correlations are undefined"
+            if get("q_star") <= 0
+            else (f"stopped after {values['c_iterations']} iterations at c = {get('c_star'):.6g}")
+        )
+        notes.append(f"c* did NOT converge ({reason})")
+    if critical_note:
+        notes.append(critical_note)
+    values["notes"] = notes
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        width = max(len(k) for k in values)
+        for key, value in values.items():
+            if key == "notes":
+                continue
+            text = f"{value:.6g}" if isinstance(value, float) else str(value)
+            print(f"{key:<{width}}  {text}")
+    for note in notes:
+        print(f"gradjax theory: warning: {note}", file=sys.stderr)
+    return 0

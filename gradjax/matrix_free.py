@@ -1,0 +1,379 @@
+"""Matrix-free spectral estimates of layer Jacobians, through ``jvp``/``vjp`` only.
+
+A width-N layer Jacobian costs N Jacobian-vector products to materialise and O(N^3) to
+decompose; the two numbers the chain-rule story needs cost far less:
+
+* the mean squared singular value ``tr(J^T J) / n`` by Hutchinson's estimator,
+  ``E||J v||^2 = tr(J^T J)`` for Rademacher ``v``: k probes cost k JVPs (one batched matmul),
+  and the spread of the k single-probe estimates gives the standard error, which falls as
+  ``1 / sqrt(k)``;
+* the largest singular value by Lanczos on ``J^T J`` (one JVP and one VJP per step, full
+  reorthogonalisation): the top Ritz value ``theta`` never exceeds ``sigma_max^2``, and the
+  Ritz residual ``beta_m |y_m|`` bounds the distance from ``theta`` to an eigenvalue of
+  ``J^T J``; that bound, mapped to sigma (``/ 2 sqrt(theta)``), is the stated error bar.
+
+Every function is pure, takes an explicit key and works under ``jit``/``vmap``; the probes
+plug into :func:`gradjax.sweep`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from gradjax.errors import check_int, invalid
+from gradjax.models import Net, Params
+from gradjax.results import pytree_dataclass, static_field
+
+MatVec = Callable[[jax.Array], jax.Array]
+
+
+@pytree_dataclass
+class TraceEstimate:
+    """Hutchinson's estimate of the mean squared singular value ``tr(J^T J) / n``.
+
+    Attributes:
+      value: the estimate (mean over probes).
+      stderr: its standard error (sample standard deviation over probes / sqrt(probes)).
+      probes: number of probe vectors.
+    """
+
+    value: jax.Array
+    stderr: jax.Array
+    probes: int = static_field(default=0)
+
+
+@pytree_dataclass
+class TopSingularValue:
+    """Lanczos estimate of the largest singular value.
+
+    Attributes:
+      value: ``sqrt(theta)``, theta the top Ritz value of ``J^T J`` (a lower bound on
+        ``sigma_max^2``).
+      error: the error bar on ``value``: the Ritz residual bound ``beta_m |y_m|`` on
+        ``theta``, mapped to sigma as ``residual / (2 value)``.
+      steps: Lanczos steps.
+    """
+
+    value: jax.Array
+    error: jax.Array
+    steps: int = static_field(default=0)
+
+
+@pytree_dataclass
+class MatrixFreeSummary:
+    """Matrix-free spectral summary of every layer Jacobian (layer axis first).
+
+    Attributes:
+      mean_sq: estimated mean squared singular value, ``(depth,)``.
+      mean_sq_stderr: its standard error, ``(depth,)``.
+      sigma_max: estimated largest singular value, ``(depth,)``.
+      sigma_max_error: its error bar, ``(depth,)``.
+    """
+
+    mean_sq: jax.Array
+    mean_sq_stderr: jax.Array
+    sigma_max: jax.Array
+    sigma_max_error: jax.Array
+
+
+def _rademacher(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    return jax.random.rademacher(key, shape, jnp.int8).astype(dtype)
+
+
+def hutchinson_mean_sq(
+    matvec: MatVec,
+    key: jax.Array,
+    *,
+    in_shape: tuple[int, ...],
+    out_size: int,
+    dtype=jnp.float32,
+    probes: int = 64,
+) -> TraceEstimate:
+    """Mean squared singular value of a linear map given only ``v -> J v``.
+
+    Args:
+      matvec: the map ``J``, applied to one vector of shape ``in_shape`` (it is vmapped).
+      key: PRNG key for the Rademacher probes.
+      in_shape: the shape of J's input.
+      out_size: the number of J's outputs (``n = min(in, out)`` singular values).
+      dtype: floating dtype of the probes.
+      probes: number of probes (>= 2, for the error bar).
+
+    Returns:
+      A :class:`TraceEstimate` of ``tr(J^T J) / min(in, out)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradjax as gj
+      >>> a = jax.random.normal(jax.random.key(0), (256, 256)) / 16.0
+      >>> est = gj.hutchinson_mean_sq(lambda v: a @ v, jax.random.key(1), in_shape=(256,),
+      ...                             out_size=256, probes=128)
+      >>> bool(abs(est.value - jnp.mean(a**2) * 256) < 4 * est.stderr)  # doctest: +SKIP
+      True
+    """
+    check_int("probes", probes, minimum=2)
+    n = min(math.prod(in_shape), int(out_size))
+    v = _rademacher(key, (probes, *in_shape), dtype)
+    jv = jax.vmap(matvec)(v)
+    per_probe = jnp.sum(jv.reshape(probes, -1) ** 2, axis=1) / n
+    value = jnp.mean(per_probe)
+    stderr = jnp.std(per_probe, ddof=1) / math.sqrt(probes)
+    return TraceEstimate(value=value, stderr=stderr, probes=probes)
+
+
+def lanczos_sigma_max(
+    matvec: MatVec,
+    rmatvec: MatVec,
+    key: jax.Array,
+    *,
+    in_shape: tuple[int, ...],
+    dtype=jnp.float32,
+    steps: int = 32,
+) -> TopSingularValue:
+    """Largest singular value of ``J`` by Lanczos on ``J^T J`` (full reorthogonalisation).
+
+    Args:
+      matvec: ``v -> J v`` for ``v`` of shape ``in_shape``.
+      rmatvec: ``u -> J^T u`` (returns shape ``in_shape``).
+      key: PRNG key for the start vector.
+      in_shape: the shape of J's input.
+      dtype: floating dtype.
+      steps: Lanczos steps (capped at the input size).
+
+    Returns:
+      A :class:`TopSingularValue` with its residual-based error bar.
+    """
+    check_int("steps", steps, minimum=1)
+    n = math.prod(in_shape)
+    m = min(steps, n)
+    op = lambda v: rmatvec(matvec(v.reshape(in_shape))).reshape(-1)
+    v0 = jax.random.normal(key, (n,), dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+    tiny = jnp.finfo(dtype).tiny
+
+    def step(j, carry):
+        basis, alphas, betas = carry
+        v = basis[j]
+        w = op(v)
+        alpha = jnp.vdot(v, w)
+        # Two passes of Gram-Schmidt against the whole basis (rows beyond j are zero): plain
+        # three-term Lanczos loses orthogonality once a Ritz value converges.
+        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ (basis @ w)
+        beta = jnp.linalg.norm(w)
+        # An exhausted Krylov space (beta ~ 0) leaves the remaining rows zero; their Ritz
+        # values are 0, which cannot displace the top one of a positive semi-definite J^T J.
+        ok = beta > 1e3 * tiny * jnp.maximum(jnp.abs(alpha), 1.0)
+        nxt = jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0)
+        basis = basis.at[j + 1].set(nxt)
+        return basis, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(ok, beta, 0.0))
+
+    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
+    init = (basis, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype))
+    _, alphas, betas = jax.lax.fori_loop(0, m, step, init)
+    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    evals, evecs = jnp.linalg.eigh(tri)
+    theta = jnp.maximum(evals[-1], 0.0)
+    residual = betas[-1] * jnp.abs(evecs[-1, -1])
+    value = jnp.sqrt(theta)
+    error = residual / (2.0 * jnp.maximum(value, tiny))
+    return TopSingularValue(value=value, error=error, steps=m)
+
+
+def _block_fn(net: Net, layer: dict[str, jax.Array], residual: bool) -> Callable:
+    return lambda a: net.block(layer, a, residual=residual)[2]
+
+
+def _layer_estimate(f, a, key, probes: int, steps: int, dtype):
+    out, jvp_fn = jax.linearize(f, a)
+    vjp_fn = jax.linear_transpose(jvp_fn, a)
+    k_trace, k_top = jax.random.split(key)
+    trace = hutchinson_mean_sq(
+        jvp_fn, k_trace, in_shape=a.shape, out_size=out.size, dtype=dtype, probes=probes
+    )
+    top = lanczos_sigma_max(
+        jvp_fn, lambda u: vjp_fn(u)[0], k_top, in_shape=a.shape, dtype=dtype, steps=steps
+    )
+    return trace.value, trace.stderr, top.value, top.error
+
+
+def layer_spectrum_estimates(
+    net: Net,
+    params: Params,
+    x: jax.Array,
+    *,
+    key: jax.Array,
+    probes: int = 64,
+    lanczos_steps: int = 32,
+) -> MatrixFreeSummary:
+    """Mean squared and largest singular values of every layer Jacobian, matrix-free.
+
+    The Jacobians are those of each block ``a_{l-1} -> a_l`` at the activations of input
+    ``x`` (the matrices :func:`gradjax.layer_jacobians` materialises), reached only through
+    ``jax.linearize`` (JVP) and its transpose (VJP).
+
+    Args:
+      net: the network.
+      params: its parameters.
+      x: one input ``(input_dim,)``, or a batch ``(batch, input_dim)`` whose batch map is
+        used (needed with BatchNorm, which couples the batch; without it the batch map is
+        block diagonal, so mean_sq is the batch average and sigma_max the batch maximum).
+      key: PRNG key for the probes.
+      probes: Hutchinson probes per layer.
+      lanczos_steps: Lanczos steps per layer.
+
+    Returns:
+      A :class:`MatrixFreeSummary` with a ``(depth,)`` layer axis.
+
+    Example:
+      >>> import jax, gradjax as gj
+      >>> net = gj.build(gj.NetConfig(depth=8, width=256, activation="tanh", sigma_w=1.2))
+      >>> p = net.init(jax.random.key(0))
+      >>> est = gj.layer_spectrum_estimates(net, p, jax.random.normal(jax.random.key(1), (256,)),
+      ...                                   key=jax.random.key(2))
+      >>> est.mean_sq.shape
+      (8,)
+    """
+    net.check_input(x)
+    check_int("probes", probes, minimum=2)
+    check_int("lanczos_steps", lanczos_steps, minimum=1)
+    if net.cfg.norm == "batch" and jnp.ndim(x) != 2:
+        raise invalid("x.shape", jnp.shape(x), "(batch, input_dim): BatchNorm couples the batch")
+    x = jnp.asarray(x, net.dtype)
+    trace = net.forward(params, x)
+    k_first, k_hidden = jax.random.split(key)
+    first = _layer_estimate(
+        _block_fn(net, params["input"], False), x, k_first, probes, lanczos_steps, net.dtype
+    )
+    hidden_keys = jax.random.split(k_hidden, net.cfg.depth - 1)
+
+    def one(layer, a_prev, k):
+        return _layer_estimate(
+            _block_fn(net, layer, True), a_prev, k, probes, lanczos_steps, net.dtype
+        )
+
+    hidden = jax.vmap(one)(params["hidden"], trace.act[:-1], hidden_keys)
+    stack = [jnp.concatenate([f[None], h]) for f, h in zip(first, hidden, strict=True)]
+    return MatrixFreeSummary(
+        mean_sq=stack[0], mean_sq_stderr=stack[1], sigma_max=stack[2], sigma_max_error=stack[3]
+    )
+
+
+def matrix_free_probe(
+    net: Net, *, probes: int = 64, lanczos_steps: int = 32, batch: int = 8
+) -> Callable[[Params, jax.Array], MatrixFreeSummary]:
+    """A sweep probe: :func:`layer_spectrum_estimates` at one N(0, 1) input.
+
+    Args:
+      net: the network.
+      probes: Hutchinson probes per layer.
+      lanczos_steps: Lanczos steps per layer.
+      batch: inputs used only for BatchNorm networks (the batch map's Jacobians).
+
+    Returns:
+      ``probe(params, key) -> MatrixFreeSummary``.
+    """
+    check_int("probes", probes, minimum=2)
+    check_int("lanczos_steps", lanczos_steps, minimum=1)
+    check_int("batch", batch, minimum=2)
+
+    def probe(params: Params, key: jax.Array) -> MatrixFreeSummary:
+        kx, kp = jax.random.split(key)
+        shape = (batch, net.cfg.input_dim) if net.cfg.norm == "batch" else (net.cfg.input_dim,)
+        x = jax.random.normal(kx, shape, net.dtype)
+        return layer_spectrum_estimates(
+            net, params, x, key=kp, probes=probes, lanczos_steps=lanczos_steps
+        )
+
+    return probe
+
+
+@pytree_dataclass
+class EmpiricalChi1:
+    """chi_1 measured on a network: the mean squared singular value of its layer Jacobians.
+
+    Attributes:
+      chi1: geometric mean of ``mean_sq`` over the layers from ``skip`` on (where the
+        forward signal has reached its fixed point q*), the finite-width counterpart of
+        mean-field chi_1.
+      mean_sq: per-layer Hutchinson estimates, ``(depth,)``.
+      stderr: their standard errors, ``(depth,)``.
+      skip: layers left out at the start.
+    """
+
+    chi1: jax.Array
+    mean_sq: jax.Array
+    stderr: jax.Array
+    skip: int = static_field(default=0)
+
+
+def empirical_chi1(
+    net: Net, params: Params, x: jax.Array, *, key: jax.Array, probes: int = 8, skip: int = -1
+) -> EmpiricalChi1:
+    """Measures chi_1 on one network by Hutchinson estimates of every layer Jacobian.
+
+    Args:
+      net: a network without BatchNorm.
+      params: its parameters.
+      x: one input, ``(input_dim,)``.
+      key: PRNG key for the probes.
+      probes: Hutchinson probes per layer.
+      skip: leading layers to leave out of the average (default ``depth // 4``; the first
+        layers still carry the input's own variance).
+
+    Returns:
+      An :class:`EmpiricalChi1`.
+    """
+    check_int("probes", probes, minimum=2)
+    depth = net.cfg.depth
+    skip = depth // 4 if skip == -1 else skip
+    check_int("skip", skip, minimum=0, maximum=depth - 1)
+    if net.cfg.norm == "batch":
+        raise invalid("norm", "batch", "None or 'layer' (per-example Jacobians)")
+    if jnp.ndim(x) != 1:
+        raise invalid("x.shape", jnp.shape(x), f"({net.cfg.input_dim},), one example")
+    net.check_input(x)
+    x = jnp.asarray(x, net.dtype)
+    trace = net.forward(params, x)
+    k_first, k_hidden = jax.random.split(key)
+
+    def one(f, a, k):
+        out, jvp_fn = jax.linearize(f, a)
+        est = hutchinson_mean_sq(
+            jvp_fn, k, in_shape=a.shape, out_size=out.size, dtype=net.dtype, probes=probes
+        )
+        return est.value, est.stderr
+
+    keys = jax.random.split(k_hidden, depth - 1)
+    hid_v, hid_e = jax.vmap(lambda layer, a, k: one(_block_fn(net, layer, True), a, k))(
+        params["hidden"], trace.act[:-1], keys
+    )
+    first_v, first_e = one(_block_fn(net, params["input"], False), x, k_first)
+    mean_sq = jnp.concatenate([first_v[None], hid_v])
+    stderr = jnp.concatenate([first_e[None], hid_e])
+    logs = jnp.log(mean_sq[skip:])
+    return EmpiricalChi1(chi1=jnp.exp(jnp.mean(logs)), mean_sq=mean_sq, stderr=stderr, skip=skip)
+
+
+def chi1_probe(net: Net, *, probes: int = 8, skip: int = -1) -> Callable:
+    """A sweep probe: :func:`empirical_chi1` at one N(0, 1) input.
+
+    Args:
+      net: a network without BatchNorm.
+      probes: Hutchinson probes per layer.
+      skip: leading layers left out (default ``depth // 4``).
+
+    Returns:
+      ``probe(params, key) -> EmpiricalChi1``.
+    """
+    check_int("probes", probes, minimum=2)
+
+    def probe(params: Params, key: jax.Array) -> EmpiricalChi1:
+        kx, kp = jax.random.split(key)
+        x = jax.random.normal(kx, (net.cfg.input_dim,), net.dtype)
+        return empirical_chi1(net, params, x, key=kp, probes=probes, skip=skip)
+
+    return probe
