@@ -52,7 +52,29 @@ from gradjax.sweep import SweepResult as SweepResult
 from gradjax.sweep import sweep as sweep
 
 # --- theory (mean-field) ---
+from gradjax.theory import CriticalLine as CriticalLine
+from gradjax.theory import FixedPoint as FixedPoint
+from gradjax.theory import MeanField as MeanField
+from gradjax.theory import c_map as c_map
+from gradjax.theory import critical_line as critical_line
+from gradjax.theory import critical_sigma_w2 as critical_sigma_w2
+from gradjax.theory import gradient_factor as gradient_factor
+from gradjax.theory import mean_field as mean_field
+from gradjax.theory import mean_field_grid as mean_field_grid
+from gradjax.theory import predicted_gradient_growth as predicted_gradient_growth
+from gradjax.theory import q_fixed_point as q_fixed_point
+from gradjax.theory import q_map as q_map
 # --- matrix-free estimators ---
+from gradjax.matrix_free import EmpiricalChi1 as EmpiricalChi1
+from gradjax.matrix_free import MatrixFreeSummary as MatrixFreeSummary
+from gradjax.matrix_free import TopSingularValue as TopSingularValue
+from gradjax.matrix_free import TraceEstimate as TraceEstimate
+from gradjax.matrix_free import chi1_probe as chi1_probe
+from gradjax.matrix_free import empirical_chi1 as empirical_chi1
+from gradjax.matrix_free import hutchinson_mean_sq as hutchinson_mean_sq
+from gradjax.matrix_free import lanczos_sigma_max as lanczos_sigma_max
+from gradjax.matrix_free import layer_spectrum_estimates as layer_spectrum_estimates
+from gradjax.matrix_free import matrix_free_probe as matrix_free_probe
 # --- lyapunov / isometry ---
 # --- normalisation / residual ---
 # --- training ---
