@@ -39,6 +39,7 @@ furthest from healthy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -146,25 +147,20 @@ def _leaves(tree: Any, stacked: Sequence[str]) -> list[_Leaf]:
     return out
 
 
-def _leaf_norms(tree: Any, leaves: list[_Leaf]) -> jax.Array:
-    """Frobenius norms of every leaf (or stacked slice), in ``leaves`` order, ``(n,)``."""
-    from gradjax.optim import safe_norm  # overflow-safe: exploding gradients stay measurable
+def _leaf_norms(tree: Any, leaves: list[_Leaf]) -> np.ndarray:
+    """Frobenius norms of every leaf (or stacked slice), in ``leaves`` order, ``(n,)``.
 
-    flat = jax.tree_util.tree_leaves(tree)
-    cache: dict[int, jax.Array] = {}
-    norms = []
-    for leaf in leaves:
-        value = jnp.asarray(flat[leaf.index])
-        if leaf.layer is None:
-            norms.append(safe_norm(value))
-        else:
-            if leaf.index not in cache:
-                cache[leaf.index] = safe_norm(value.reshape(value.shape[0], -1), axis=1)
-            norms.append(cache[leaf.index][leaf.layer])
-    if not norms:
-        return jnp.zeros((0,), jnp.float32)
-    dtype = jnp.result_type(*norms)
-    return jnp.stack([n.astype(dtype) for n in norms])
+    Computed on the host in float64: no overflow for huge float32 gradients (exploding runs
+    stay measurable until the values themselves are non-finite), exact for float64 ones, and
+    no extra reductions for XLA to compile into the measuring program.
+    """
+    flat = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(tree)]
+    out = np.empty(len(leaves))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j, leaf in enumerate(leaves):
+            value = flat[leaf.index] if leaf.layer is None else flat[leaf.index][leaf.layer]
+            out[j] = math.sqrt(float(np.sum(np.square(value))))
+    return out
 
 
 def _combine(norms: np.ndarray, members: list[list[int]]) -> np.ndarray:
@@ -312,7 +308,7 @@ class _NoResize(Exception):
 
 @pytree_dataclass
 class GradientFlow:
-    """The raw measurements of one :func:`diagnose` pass (all arrays, jit-friendly).
+    """The raw measurements of one :func:`diagnose` pass.
 
     Attributes:
       loss: the loss on the whole batch.
@@ -331,13 +327,13 @@ class GradientFlow:
 
 
 def _global_norm(tree: Any) -> jax.Array:
-    from gradjax.optim import safe_norm
+    from gradjax.optim import safe_norm  # overflow-safe for huge (exploding) gradients
 
-    leaves = [safe_norm(jnp.asarray(v)) for v in jax.tree_util.tree_leaves(tree)]
+    leaves = [jnp.ravel(v) for v in jax.tree_util.tree_leaves(tree)]
     if not leaves:
         return jnp.zeros((), jnp.float32)
     dtype = jnp.result_type(*leaves)
-    return safe_norm(jnp.stack([v.astype(dtype) for v in leaves]))
+    return safe_norm(jnp.concatenate([v.astype(dtype) for v in leaves]))
 
 
 def _first_use(fn: Callable[..., Any], *trees: Any) -> list[list[float]]:
@@ -659,12 +655,13 @@ def _overall(regs: Sequence[Region]) -> str:
 # ---------------------------------------------------------------------------- suggestions
 
 
+@functools.lru_cache(maxsize=64)  # pure in (name, sigma_b); the solve takes ~1 s
 def critical_sigma_w2(activation: str, sigma_b: float = 0.0) -> float | None:
     """The weight variance with chi_1 = 1 (edge of chaos) for ``activation`` at ``sigma_b``.
 
     Uses :func:`gradjax.theory.critical_sigma_w2` when the theory module is installed, and
     otherwise solves ``chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2] = 1`` at the fixed point ``q*``
-    of the length map by 96-point Gauss-Hermite quadrature and bisection (Poole et al. 2016).
+    of the length map by quadrature and bisection (Poole et al. 2016).
 
     Args:
       activation: an activation name.
@@ -672,7 +669,7 @@ def critical_sigma_w2(activation: str, sigma_b: float = 0.0) -> float | None:
 
     Returns:
       The critical ``sigma_w^2``, or ``None`` where chi_1 never crosses 1 in
-      ``[0.01, 100]``.
+      ``[0.01, 10^4]``.
     """
     try:
         from gradjax.theory import critical_sigma_w2 as theory_critical
@@ -692,24 +689,46 @@ def _critical_by_quadrature(activation: str, sigma_b: float) -> float | None:
 
     act = get_activation(activation)
     dphi = derivative(act)
-    z, w = np.polynomial.hermite_e.hermegauss(96)
+    # Gaussian expectations E[g(sqrt(q) z)] two ways: Gauss-Hermite in z while sqrt(q) is
+    # small (the integrand is smooth on the scale of the nodes), and a fine grid in u =
+    # sqrt(q) z once it is not (erf'(u)^2 is narrow next to a wide Gaussian; Hermite nodes
+    # would step over it). phi^2 and phi'^2 are tabulated once on the grid; the grid's tails
+    # take the end values (saturating activations are flat there).
+    z, w = np.polynomial.hermite_e.hermegauss(64)
     w = w / np.sqrt(2 * np.pi)
-    f = lambda u: np.asarray(act(jnp.asarray(u, jnp.float32)), np.float64)
-    df = lambda u: np.asarray(dphi(jnp.asarray(u, jnp.float32)), np.float64)
+    u = np.linspace(-40.0, 40.0, 20001)
+    du = u[1] - u[0]
+    as_np = lambda fn, v: np.asarray(fn(jnp.asarray(v, jnp.float32)), np.float64)
+    tab = {"f": as_np(act, u) ** 2, "df": as_np(dphi, u) ** 2}
+    node = {
+        "f": lambda q: as_np(act, np.sqrt(q) * z) ** 2,
+        "df": lambda q: as_np(dphi, np.sqrt(q) * z) ** 2,
+    }
+
+    def expect(kind: str, q: float) -> float:
+        if q < 0.05:
+            return float(np.sum(w * node[kind](q)))
+        s = math.sqrt(q)
+        dens = np.exp(-0.5 * (u / s) ** 2) / (s * math.sqrt(2 * math.pi))
+        tail = 0.5 * math.erfc(40.0 / (s * math.sqrt(2)))
+        g = tab[kind]
+        return float(np.sum(g * dens) * du + tail * (g[0] + g[-1]))
 
     def chi(sw2: float) -> float:
         q = 1.0
-        for _ in range(300):
-            q_new = sw2 * float(np.sum(w * f(np.sqrt(q) * z) ** 2)) + sigma_b**2
-            if not math.isfinite(q_new) or q_new > 1e8:
+        for _ in range(200):
+            q_new = sw2 * expect("f", q) + sigma_b**2
+            if not math.isfinite(q_new) or q_new > 1e6:
                 return math.inf
+            if abs(q_new - q) < 1e-10 * max(q, 1e-12):
+                break
             q = q_new
-        return sw2 * float(np.sum(w * df(np.sqrt(q) * z) ** 2))
+        return sw2 * expect("df", q)
 
-    lo, hi = math.log(0.01), math.log(100.0)
+    lo, hi = math.log(0.01), math.log(1e4)
     if not chi(math.exp(lo)) < 1.0 < chi(math.exp(hi)):
         return None
-    for _ in range(40):
+    for _ in range(30):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if chi(math.exp(mid)) < 1.0 else (lo, mid)
     return math.exp(0.5 * (lo + hi))
@@ -1000,17 +1019,17 @@ def diagnose(
             )(xs, ys)
         else:
             g_micro = jnp.zeros((0,), jnp.float32)
-        return GradientFlow(
-            loss=value,
-            grad_norms=_leaf_norms(gp, p_leaves),
-            param_norms=_leaf_norms(p, p_leaves),
-            activation_grad_norms=_leaf_norms(ge, e_leaves) if e_leaves else jnp.zeros((0,)),
-            microbatch_global_norms=g_micro,
-        )
+        return value, gp, ge, g_micro
 
-    flow = jax.device_get(measure(adapter.params, pert0))
-    grad_norms = np.asarray(flow.grad_norms, np.float64)
-    param_norms = np.asarray(flow.param_norms, np.float64)
+    value, gp, ge, g_micro = jax.device_get(measure(adapter.params, pert0))
+    flow = GradientFlow(
+        loss=value,
+        grad_norms=_leaf_norms(gp, p_leaves),
+        param_norms=_leaf_norms(adapter.params, p_leaves),
+        activation_grad_norms=_leaf_norms(ge, e_leaves) if e_leaves else np.zeros((0,)),
+        microbatch_global_norms=np.asarray(g_micro, np.float64),
+    )
+    grad_norms, param_norms = flow.grad_norms, flow.param_norms
 
     # Execution order: first use in the jaxpr; ties (stacked slices, one scan) by name.
     def order(leaves: list[_Leaf], first: list[float]) -> list[int]:
