@@ -20,6 +20,7 @@ beat: the exponents are the result, judged against the operation counts above (3
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import jax
@@ -293,7 +294,12 @@ def run(quick: bool = False) -> dict:
             "exponent_width_matrix_free": "~ 2",
             "exponent_depth": "~ 1",
         },
-        extra={"memory_bytes": memory},
+        extra={
+            "memory_bytes": memory,
+            # LAPACK (NumPy's and jaxlib's) runs on OpenBLAS, whose spinning threads make SVD
+            # timings 10-500x slower on a machine shared with other jobs; record the setting.
+            "env": {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")},
+        },
     )
 
 
