@@ -351,7 +351,15 @@ def _compiled(
     def init_all(keys, hyper, params0, data):
         p_axis = 0 if with_params else None
         per_seed = jax.vmap(init_one, in_axes=(0, None, p_axis))
-        state, norms = jax.vmap(per_seed, in_axes=(None, 0, p_axis))(keys, hyper, params0)
+        if hyper:
+            n_hyper = jax.tree.leaves(hyper)[0].shape[0]
+        elif with_params:
+            n_hyper = jax.tree.leaves(params0)[0].shape[0]
+        else:
+            n_hyper = 1
+        state, norms = jax.vmap(per_seed, in_axes=(None, 0, p_axis), axis_size=n_hyper)(
+            keys, hyper, params0
+        )
         # The minibatch order depends on the seed only (shared across the hyper axis).
         batch_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         n = data.x_train.shape[0]
@@ -436,6 +444,7 @@ def train(
         ``hyper`` axis; names not given keep the config's values.
       params: optional initial parameters with leading axes ``(n_hyper, seeds)`` (e.g. the
         same network under several initialisation schemes); replaces the net's own draw.
+        Without ``hyper`` their first axis is the hyper axis.
       progress: True for a progress bar, a callable ``progress(done_steps, total_steps)``, or
         None/False for silence.
       segments: number of compiled calls the steps are split into (default: 1 without
@@ -474,6 +483,8 @@ def train(
     hyper_np, n_hyper = _check_hyper(hyper, tcfg)
     if params is not None:
         lead = {jnp.shape(leaf)[:2] for leaf in jax.tree.leaves(params)}
+        if not hyper_np and len(lead) == 1:
+            n_hyper = next(iter(lead))[0]  # the params alone set the hyper axis
         if lead != {(n_hyper, seeds)}:
             raise invalid("params leading axes", sorted(lead), f"({n_hyper}, {seeds})")
     steps = tcfg.steps

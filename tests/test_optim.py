@@ -147,6 +147,17 @@ def test_infinite_clip_is_identity_and_vmappable(getkey):
     np.testing.assert_allclose(norms, [_np_norm(grads), 1.0, 0.1], rtol=1e-5)
 
 
+def test_clipping_is_overflow_safe():
+    # float32 entries of 1e30: optax's squared norm overflows; the clipped norm must still be
+    # exactly max_norm (direction kept), and inf must leave the update untouched.
+    grads = {"a": jnp.full((3,), 1e30, jnp.float32), "b": jnp.full((1,), -1e30, jnp.float32)}
+    for max_norm, expected in [(2.0, 2.0), (math.inf, 2e30)]:
+        tx = optim.clip_by_global_norm(max_norm)
+        out, _ = tx.update(grads, tx.init(grads))
+        np.testing.assert_allclose(_np_norm(out), expected, rtol=1e-6)
+        np.testing.assert_allclose(out["b"] / out["a"][0], [-1.0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 def test_chain_matches_optax_reference(getkey, optimizer):
     # With no warm-up and a constant schedule the chain is the textbook optimiser, with the
