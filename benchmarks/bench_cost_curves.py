@@ -1,20 +1,28 @@
-"""Cost curves: time and XLA peak memory of per-layer spectra vs width and depth.
+"""Cost curves: time and XLA working memory of per-layer spectra vs width and depth.
 
 Two ways to get the spectral numbers the chain-rule story needs (mean squared and largest
 singular value of every layer Jacobian) for one network at one input:
 
   * ``exact``: materialise every layer Jacobian (:func:`gradjax.layer_jacobians`, forward
-    mode) and take its singular values (LAPACK): O(depth * width^3) time, O(depth * width^2)
-    working memory;
+    mode) and take its singular values (LAPACK): O(depth * width^3) operations;
   * ``matrix_free``: :func:`gradjax.matrix_free.layer_spectrum_estimates`, Hutchinson's trace
     estimator and Lanczos on J^T J through JVP/VJP only, with a fixed number of probes and
-    steps: O(depth * width^2) time (each JVP is one width x width matmul), O(depth * width)
-    working memory beyond the weights.
+    steps: O(depth * width^2) operations (each JVP or VJP is one product with a width x width
+    weight matrix).
 
-Both are jit-compiled and timed with compilation excluded (median over repeats). The
-exponents are least-squares slopes of log(time) on log(width) (or log(depth)) over the
-largest sizes, where fixed per-call overheads no longer dominate. There is no baseline to
-beat: the exponents are the result, judged against the operation counts above (3, 2, 1).
+Both are jit-compiled and timed with compilation excluded (median, min and max over
+repeats). The exponents are least-squares slopes of log(fastest time) on log(width) (or
+log(depth)) over the largest sizes, where fixed per-call overheads no longer dominate. There
+is no baseline to beat: the exponents are the result, judged against the operation counts
+above (3, 2, 1). Working memory is XLA's temporary-buffer size of the compiled call; it
+grows as width^2 for both (the exact Jacobians; weight-sized buffers of the JVP/VJP
+products), the matrix-free constant being smaller.
+
+Limits: the matrix-free products read every weight matrix once per Lanczos step, so once
+the weights leave the last-level cache the wall time is bound by memory bandwidth and its
+slope in width exceeds the operation count's 2; LAPACK's SVD runs on OpenBLAS, whose
+threads spin and slow down by orders of magnitude on a machine shared with other jobs (run
+with ``OPENBLAS_NUM_THREADS=1`` there; the setting is recorded in the JSON).
 """
 
 from __future__ import annotations
