@@ -99,9 +99,9 @@ def initialize(
       GradjaxInputError: on inconsistent arguments.
 
     Example:
-      >>> import gradjax as gj  # doctest: +SKIP
-      >>> gj.distributed.initialize(coordinator_address="10.0.0.1:1234", num_processes=2,
-      ...                           process_id=0)
+      >>> from gradjax import distributed  # doctest: +SKIP
+      >>> distributed.initialize(coordinator_address="10.0.0.1:1234", num_processes=2,
+      ...                        process_id=0)
     """
     if num_processes is not None:
         check_int("num_processes", num_processes, minimum=1)
