@@ -78,6 +78,22 @@ from gradjax.matrix_free import matrix_free_probe as matrix_free_probe
 # --- lyapunov / isometry ---
 # --- normalisation / residual ---
 # --- training ---
+from gradjax import data as data
+from gradjax.config import TrainConfig as TrainConfig
+from gradjax.data import Dataset as Dataset
+from gradjax.optim import GradientNormState as GradientNormState
+from gradjax.optim import add_l1_penalty as add_l1_penalty
+from gradjax.optim import clip_by_global_norm as clip_by_global_norm
+from gradjax.optim import group_norms as group_norms
+from gradjax.optim import mitigation_chain as mitigation_chain
+from gradjax.optim import record_gradient_norms as record_gradient_norms
+from gradjax.optim import set_hyperparams as set_hyperparams
+from gradjax.optim import warmup_cosine as warmup_cosine
+from gradjax.train import TrainHistory as TrainHistory
+from gradjax.train import TrainResult as TrainResult
+from gradjax.train import seed_quantiles as seed_quantiles
+from gradjax.train import train as train_runs
+from gradjax.train import train_step as train_step
 # --- diagnose ---
 from gradjax.diagnose import Report as Report
 from gradjax.diagnose import Thresholds as Thresholds
