@@ -461,7 +461,7 @@ def train(
       >>> data = gj.data.digits()
       >>> net = gj.build(gj.NetConfig(depth=4, width=32, in_dim=64, out_dim=10, init="he",
       ...                             activation="relu"))
-      >>> res = gj.train(net, data, gj.TrainConfig(learning_rate=0.05, steps=50), seeds=2,
+      >>> res = gj.train_runs(net, data, gj.TrainConfig(learning_rate=0.05, steps=50), seeds=2,
       ...                hyper={"clip": [float("inf"), 1.0]})
       >>> res.history.loss.shape
       (2, 2, 50)
