@@ -192,6 +192,36 @@ def expected_factors(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
     return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
 
 
+@functools.partial(jax.jit, static_argnames=("net", "loss"))
+def chain_rule_activation_gradients(
+    net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
+) -> jax.Array:
+    """dL/da_l for every block by explicit multiplication with the exact layer Jacobians.
+
+    ``dL/da_L`` comes from the readout; then ``dL/da_{l-1} = dL/da_l J_l`` down to block 1:
+    the article's chain rule carried out literally (compare with ``jax.grad`` through
+    :func:`gradjax.layer_gradients`).
+
+    Args:
+      net: a network without BatchNorm.
+      params: its parameters.
+      x: one input, ``(input_dim,)``.
+      y: its target.
+      loss: a loss name or callable of ``(output, target)``.
+
+    Returns:
+      ``(depth, width)``: dL/da_1 ... dL/da_depth.
+    """
+    loss_fn = get_loss(loss)
+    trace = net.forward(params, x)
+    jac = layer_jacobians(net, params, x)
+    g_out = jax.grad(lambda o: loss_fn(o[None], y[None]))(trace.output)
+    delta_last = params["readout"]["W"].T @ g_out
+    # Each step emits dL/da_l and carries dL/da_{l-1} = dL/da_l J_l; the last carry is dL/da_1.
+    delta_first, deltas = jax.lax.scan(lambda d, j: (d @ j, d), delta_last, jac.hidden[::-1])
+    return jnp.concatenate([delta_first[None], deltas[::-1]], axis=0)
+
+
 @pytree_dataclass
 class ChainRuleCheck:
     """How far the chain rule's pieces are from their direct counterparts (relative errors).

@@ -1,0 +1,22 @@
+"""The article's claims (``../shared/seed``: a Chinese article on vanishing and exploding
+gradients), digested into one line each, in the article's order."""
+
+CLAIMS: dict[str, str] = {
+    "C1": "dLoss/dw_i is a product of per-layer chain-rule factors df_{i+1}/df_i.",
+    "C2": "Each chain-rule factor is f'(z_{i+1}) * w_i.",
+    "C3": "sigmoid' <= 0.25 and tanh' <= 1 (the article's tanh formula has a typo).",
+    "C4": "Factors < 1 make gradients vanish and factors > 1 make them explode, "
+    "exponentially in depth.",
+    "C5": "Saturating activations (sigmoid, tanh) doom deep networks to vanishing gradients.",
+    "C6": "Large initial weights cause exploding gradients at the start of training.",
+    "C7": "Warm-up removes the early oscillation of the loss.",
+    "C8": "Gradient clipping prevents explosion.",
+    "C9": "L1/L2 weight regularisation corrects weights blown up by exploding gradients.",
+    "C10": "ReLU-family activations (derivative 1 for x > 0) fix vanishing gradients.",
+    "C11": "BatchNorm/LayerNorm fix vanishing/exploding gradients; BatchNorm is invariant to "
+    "the weight scale.",
+    "C12": "Residual blocks pass the gradient straight to shallow layers.",
+    "C13": "A sensible initialisation fixes both vanishing and exploding gradients.",
+}
+
+VERDICTS = ("confirmed", "nuanced", "contradicted")

@@ -1,0 +1,274 @@
+"""Runs every figure module: cache by config hash, atomic files, numbers.json and REPORT.md.
+
+Usage (what ``gradjax figures`` calls)::
+
+    python -m paper_figs.run --out figures [--quick] [--only NAME ...] [--force]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import math
+import os
+import pkgutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from gradjax.errors import GradjaxInputError
+from paper_figs.claims import CLAIMS, VERDICTS
+
+CACHE_DIR = ".cache"
+
+
+def discover() -> dict[str, ModuleType]:
+    """The figure modules (``paper_figs/fig*.py``), by ``NAME``, in file order."""
+    import paper_figs
+
+    modules: dict[str, ModuleType] = {}
+    for info in sorted(pkgutil.iter_modules(paper_figs.__path__), key=lambda i: i.name):
+        if info.name.startswith("fig"):
+            module = importlib.import_module(f"paper_figs.{info.name}")
+            modules[module.NAME] = module
+    return modules
+
+
+def select(modules: dict[str, ModuleType], only: Sequence[str] | None) -> list[str]:
+    """The names to run; an unknown name raises with the list of valid names."""
+    if not only:
+        return list(modules)
+    unknown = [name for name in only if name not in modules]
+    if unknown:
+        raise GradjaxInputError(
+            f"--only={unknown[0]!r} is invalid: expected one of {', '.join(modules)}"
+        )
+    return [name for name in modules if name in only]
+
+
+def config_hash(module: ModuleType, cfg: dict[str, Any]) -> str:
+    """Hash of the figure's config and its module's source: either changing re-runs it."""
+    source = inspect.getsource(module)
+    payload = json.dumps({"name": module.NAME, "config": cfg, "source": source}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def json_safe(value: Any) -> Any:
+    """Converts NumPy scalars/arrays to Python, non-finite floats to "inf"/"-inf"/"nan"."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _check_verdicts(name: str, rows: list[dict], numbers: dict, claims: Sequence[str]) -> None:
+    seen = set()
+    for row in rows:
+        if row["claim"] not in claims:
+            raise ValueError(f"figure {name}: verdict for {row['claim']} not in its CLAIMS")
+        if row["verdict"] not in VERDICTS:
+            raise ValueError(f"figure {name}: verdict {row['verdict']!r} not in {VERDICTS}")
+        missing = [k for k in row["numbers"] if k not in numbers]
+        if missing or not row["numbers"]:
+            raise ValueError(f"figure {name}: verdict {row['claim']} cites missing {missing}")
+        seen.add(row["claim"])
+    if set(claims) - seen:
+        raise ValueError(f"figure {name}: no verdict for {sorted(set(claims) - seen)}")
+
+
+def run_figures(
+    out: str | os.PathLike,
+    *,
+    quick: bool = False,
+    only: Sequence[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Computes and draws every figure, then writes ``numbers.json`` and ``REPORT.md``.
+
+    Args:
+      out: output directory (created; must be writable).
+      quick: smaller sizes and fewer seeds, same code paths.
+      only: figure names to run (default: all); ``numbers.json`` and the report still cover
+        every figure that has a cached result in ``out``.
+      force: recompute even when a cached result for the same config exists.
+      progress: show progress bars.
+      log: where progress messages go (default: the progress bar's writer / stderr).
+
+    Returns:
+      The ``numbers.json`` content.
+
+    Raises:
+      GradjaxInputError: for an unknown figure name.
+      RuntimeError: after writing the report, if any figure failed.
+    """
+    from tqdm.auto import tqdm
+
+    from gradjax.commands.common import writable_dir
+    from gradjax.plotting import save_figure
+
+    modules = discover()
+    names = select(modules, only)
+    out = writable_dir(out)
+    cache = out / CACHE_DIR
+    cache.mkdir(exist_ok=True)
+    bar = tqdm(names, desc="figures", unit="fig", disable=not progress, file=sys.stderr)
+    write = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    failures: dict[str, str] = {}
+    for name in bar:
+        module = modules[name]
+        cfg = module.config(quick)
+        key = config_hash(module, cfg)
+        stem = cache / f"{name}-{key}"
+        done = stem.with_suffix(".json")
+        png = out / f"{name}.png"
+        if done.exists() and png.exists() and not force:
+            write(f"[{name}] cached ({key}), skipped")
+            continue
+        bar.set_postfix_str(name)
+        start = time.perf_counter()
+        try:
+            result = module.compute(
+                cfg, lambda msg, name=name: bar.set_postfix_str(f"{name}: {msg}")
+            )
+            numbers = json_safe(result["numbers"])
+            _check_verdicts(name, module.verdicts(cfg, numbers), numbers, module.CLAIMS)
+            arrays = {k: np.asarray(v) for k, v in result.get("arrays", {}).items()}
+            _atomic_savez(stem.with_suffix(".npz"), arrays)
+            fig = module.plot(cfg, {"numbers": numbers, "arrays": arrays})
+            save_figure(fig, out / name)
+            seconds = time.perf_counter() - start
+            record = {
+                "name": name,
+                "hash": key,
+                "quick": quick,
+                "config": cfg,
+                "numbers": numbers,
+                "seconds": round(seconds, 2),
+            }
+            _atomic_write_text(done, json.dumps(record, indent=2))
+            write(f"[{name}] done in {seconds:.1f} s")
+        except Exception as err:  # one failed figure must not hide the others
+            failures[name] = "".join(traceback.format_exception_only(type(err), err)).strip()
+            write(f"[{name}] FAILED: {failures[name]}")
+            write(traceback.format_exc())
+    bar.close()
+    numbers = _collect(modules, out, quick)
+    _atomic_write_text(out / "numbers.json", json.dumps(numbers, indent=2) + "\n")
+    _atomic_write_text(out / "REPORT.md", render_report(modules, numbers, quick, failures))
+    if failures:
+        raise RuntimeError("figures failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+    return numbers
+
+
+def _collect(modules: dict[str, ModuleType], out: Path, quick: bool) -> dict[str, Any]:
+    """Every figure's cached record for the current config, plus its verdict rows."""
+    figures = {}
+    for name, module in modules.items():
+        cfg = module.config(quick)
+        path = out / CACHE_DIR / f"{name}-{config_hash(module, cfg)}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        record["title"] = module.TITLE
+        record["claims"] = list(module.CLAIMS)
+        record["verdicts"] = module.verdicts(cfg, record["numbers"])
+        figures[name] = record
+    return {"quick": quick, "figures": figures}
+
+
+def render_report(
+    modules: dict[str, ModuleType],
+    numbers: dict[str, Any],
+    quick: bool,
+    failures: dict[str, str],
+) -> str:
+    """The Markdown report: claims table with verdicts, then one section per figure."""
+    import gradjax
+
+    figures = numbers["figures"]
+    rows = {}
+    for name, record in figures.items():
+        for row in record["verdicts"]:
+            rows.setdefault(row["claim"], []).append((name, row))
+    mode = "quick (reduced sizes)" if quick else "full"
+    lines = [
+        "# gradjax: the article's claims, measured",
+        "",
+        f"Generated by `gradjax figures` (gradjax {gradjax.__version__}, {mode} run). Every "
+        "number below is in `numbers.json` with the configuration that produced it; re-running "
+        "the command with the same seeds reproduces it on the same machine.",
+        "",
+        "## Claims and verdicts",
+        "",
+        "| # | the article says | verdict | what was measured | figure |",
+        "|---|---|---|---|---|",
+    ]
+    for claim, text in CLAIMS.items():
+        for name, row in rows.get(claim, []) or [(None, None)]:
+            if row is None:
+                lines.append(f"| {claim} | {text} | not measured | — | — |")
+                continue
+            lines.append(
+                f"| {claim} | {text} | **{row['verdict']}** | {row['summary']} | "
+                f"[{name}](#{name}) |"
+            )
+    if failures:
+        lines += ["", "## Failed figures", ""]
+        lines += [f"- `{name}`: {msg}" for name, msg in failures.items()]
+    lines += ["", "## Figures", ""]
+    for name, module in modules.items():
+        if name not in figures:
+            continue
+        record = figures[name]
+        lines += [
+            f"### {name}",
+            "",
+            f"**{module.TITLE}**"
+            + (f" (claims {', '.join(module.CLAIMS)})" if module.CLAIMS else ""),
+            "",
+            f"![{name}]({name}.png)",
+            "",
+            f"*Methods.* {' '.join(module.METHODS.split())}",
+            "",
+            f"*Run.* {record['seconds']} s; config `{json.dumps(record['config'])}`.",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from gradjax.cli import main
+
+    sys.exit(main(["figures", *sys.argv[1:]]))

@@ -1,0 +1,76 @@
+"""The main job: ``gradjax figures --quick`` end to end, the cache, and its bad input."""
+
+import json
+import re
+
+import pytest
+
+from gradjax.cli import main
+from paper_figs.claims import CLAIMS
+from paper_figs.run import discover, run_figures
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    code = main(["figures", "--quick", "--out", str(out)])
+    return code, out
+
+
+def test_every_claim_has_a_verdict_backed_by_numbers(quick_run):
+    code, out = quick_run
+    assert code == 0
+    numbers = json.loads((out / "numbers.json").read_text())
+    figures = numbers["figures"]
+    covered = set()
+    for name, record in figures.items():
+        for row in record["verdicts"]:
+            assert row["verdict"] in ("confirmed", "nuanced", "contradicted")
+            assert row["numbers"], f"{name} {row['claim']} cites no number"
+            for key in row["numbers"]:
+                value = record["numbers"][key]
+                assert value is not None
+                # Every cited number appears in the summary's figure record and is a number
+                # (or the explicit strings for non-finite values).
+                assert isinstance(value, (int, float, list)) or value in ("inf", "-inf", "nan")
+            covered.add(row["claim"])
+    assert covered == set(CLAIMS), f"claims without a verdict: {set(CLAIMS) - covered}"
+    report = (out / "REPORT.md").read_text()
+    for claim in CLAIMS:
+        assert re.search(rf"\| {claim} \|.*\*\*(confirmed|nuanced|contradicted)\*\*", report)
+    assert "not measured" not in report
+
+
+def test_every_figure_is_written_as_png_and_pdf(quick_run):
+    _, out = quick_run
+    for name in discover():
+        assert (out / f"{name}.png").stat().st_size > 10_000
+        assert (out / f"{name}.pdf").stat().st_size > 1_000
+        assert f"![{name}]({name}.png)" in (out / "REPORT.md").read_text()
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_rerun_uses_the_cache(quick_run, monkeypatch):
+    _, out = quick_run
+    for module in discover().values():
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a cached figure was recomputed")
+
+        monkeypatch.setattr(module, "compute", refuse)
+    numbers = run_figures(out, quick=True, progress=False, log=lambda msg: None)
+    assert set(numbers["figures"]) == set(discover())
+
+
+def test_unknown_only_lists_valid_names(tmp_path, capsys):
+    code = main(["figures", "--quick", "--only", "nope", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--only='nope'" in err and "activations" in err
+    assert not (tmp_path / "o").exists()  # nothing was started
+
+
+def test_unwritable_out_fails_before_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["figures", "--quick", "--out", str(blocker / "sub")])
+    assert code == 2 and "--out=" in capsys.readouterr().err
