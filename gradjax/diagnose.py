@@ -39,7 +39,6 @@ furthest from healthy.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -655,83 +654,24 @@ def _overall(regs: Sequence[Region]) -> str:
 # ---------------------------------------------------------------------------- suggestions
 
 
-@functools.lru_cache(maxsize=64)  # pure in (name, sigma_b); the solve takes ~1 s
 def critical_sigma_w2(activation: str, sigma_b: float = 0.0) -> float | None:
     """The weight variance with chi_1 = 1 (edge of chaos) for ``activation`` at ``sigma_b``.
-
-    Uses :func:`gradjax.theory.critical_sigma_w2` when the theory module is installed, and
-    otherwise solves ``chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2] = 1`` at the fixed point ``q*``
-    of the length map by quadrature and bisection (Poole et al. 2016).
 
     Args:
       activation: an activation name.
       sigma_b: bias standard deviation.
 
     Returns:
-      The critical ``sigma_w^2``, or ``None`` where chi_1 never crosses 1 in
-      ``[0.01, 10^4]``.
+      :func:`gradjax.theory.critical_sigma_w2` at ``sigma_b^2``, or ``None`` where chi_1 does
+      not cross 1 in the theory module's search range (no critical init to suggest).
     """
+    from gradjax.theory import critical_sigma_w2 as theory_critical
+
     try:
-        from gradjax.theory import critical_sigma_w2 as theory_critical
-    except ImportError:
-        theory_critical = None
-    if theory_critical is not None:
-        try:
-            value = float(theory_critical(activation, sigma_b**2))
-        except GradjaxInputError:
-            return None
-        return value if math.isfinite(value) else None
-    return _critical_by_quadrature(activation, sigma_b)
-
-
-def _critical_by_quadrature(activation: str, sigma_b: float) -> float | None:
-    from gradjax.activations import derivative, get_activation
-
-    act = get_activation(activation)
-    dphi = derivative(act)
-    # Gaussian expectations E[g(sqrt(q) z)] two ways: Gauss-Hermite in z while sqrt(q) is
-    # small (the integrand is smooth on the scale of the nodes), and a fine grid in u =
-    # sqrt(q) z once it is not (erf'(u)^2 is narrow next to a wide Gaussian; Hermite nodes
-    # would step over it). phi^2 and phi'^2 are tabulated once on the grid; the grid's tails
-    # take the end values (saturating activations are flat there).
-    z, w = np.polynomial.hermite_e.hermegauss(64)
-    w = w / np.sqrt(2 * np.pi)
-    u = np.linspace(-40.0, 40.0, 20001)
-    du = u[1] - u[0]
-    as_np = lambda fn, v: np.asarray(fn(jnp.asarray(v, jnp.float32)), np.float64)
-    tab = {"f": as_np(act, u) ** 2, "df": as_np(dphi, u) ** 2}
-    node = {
-        "f": lambda q: as_np(act, np.sqrt(q) * z) ** 2,
-        "df": lambda q: as_np(dphi, np.sqrt(q) * z) ** 2,
-    }
-
-    def expect(kind: str, q: float) -> float:
-        if q < 0.05:
-            return float(np.sum(w * node[kind](q)))
-        s = math.sqrt(q)
-        dens = np.exp(-0.5 * (u / s) ** 2) / (s * math.sqrt(2 * math.pi))
-        tail = 0.5 * math.erfc(40.0 / (s * math.sqrt(2)))
-        g = tab[kind]
-        return float(np.sum(g * dens) * du + tail * (g[0] + g[-1]))
-
-    def chi(sw2: float) -> float:
-        q = 1.0
-        for _ in range(200):
-            q_new = sw2 * expect("f", q) + sigma_b**2
-            if not math.isfinite(q_new) or q_new > 1e6:
-                return math.inf
-            if abs(q_new - q) < 1e-10 * max(q, 1e-12):
-                break
-            q = q_new
-        return sw2 * expect("df", q)
-
-    lo, hi = math.log(0.01), math.log(1e4)
-    if not chi(math.exp(lo)) < 1.0 < chi(math.exp(hi)):
+        value = float(theory_critical(activation, float(sigma_b) ** 2))
+    except GradjaxInputError:
         return None
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if chi(math.exp(mid)) < 1.0 else (lo, mid)
-    return math.exp(0.5 * (lo + hi))
+    return value if math.isfinite(value) else None
 
 
 _RELU_FAMILY = {"relu": 2.0, "leaky_relu": 2.0 / (1 + 0.01**2)}

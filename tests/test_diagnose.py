@@ -13,7 +13,6 @@ from flax import nnx
 import gradjax as gj
 from gradjax.diagnose import (
     Thresholds,
-    _critical_by_quadrature,
     classify,
     critical_sigma_w2,
     growth_rate,
@@ -174,18 +173,11 @@ def test_region_verdicts_follow_stated_thresholds():
         Thresholds(vanishing=2.0)
 
 
-def test_critical_sigma_w2_matches_erf_closed_form():
-    # erf has closed-form maps (Williams 1997): E[erf(sqrt(q) z)^2] = (2/pi) asin(2q/(1+2q)),
-    # E[erf'(sqrt(q) z)^2] = (4/pi) / sqrt(1+4q). Choose q* = 0.5; chi_1 = 1 gives
-    # sigma_w^2 = (pi/4) sqrt(3), and the q-map fixed point gives sigma_b^2 = q* - sigma_w^2/3.
-    sw2 = math.pi / 4 * math.sqrt(3.0)
-    sb = math.sqrt(0.5 - sw2 / 3)
-    assert _critical_by_quadrature("erf", sb) == pytest.approx(sw2, rel=2e-3)
-    assert critical_sigma_w2("erf", sb) == pytest.approx(sw2, rel=2e-3)
-    # tanh at sigma_b = 0: q* = 0 and chi_1 = sigma_w^2 tanh'(0)^2, so sigma_w^2 = 1 (the
-    # fixed point is approached as 1/t there, hence the looser tolerance); ReLU: He, 2.
-    assert _critical_by_quadrature("tanh", 0.0) == pytest.approx(1.0, abs=0.03)
-    assert _critical_by_quadrature("relu", 0.0) == pytest.approx(2.0, abs=0.01)
+def test_critical_sigma_w2_uses_mean_field_theory():
+    # Closed forms: ReLU chi_1 = sigma_w^2 / 2 (He, 2); tanh at sigma_b = 0 has q* = 0 and
+    # chi_1 = sigma_w^2 tanh'(0)^2 (so 1).
+    assert critical_sigma_w2("relu", 0.0) == pytest.approx(2.0, abs=0.01)
+    assert critical_sigma_w2("tanh", 0.0) == pytest.approx(1.0, abs=0.01)
 
 
 # ------------------------------------------------------------------ Flax models
