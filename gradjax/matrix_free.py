@@ -8,9 +8,11 @@ decompose; the two numbers the chain-rule story needs cost far less:
   and the spread of the k single-probe estimates gives the standard error, which falls as
   ``1 / sqrt(k)``;
 * the largest singular value by Lanczos on ``J^T J`` (one JVP and one VJP per step, full
-  reorthogonalisation): the top Ritz value ``theta`` never exceeds ``sigma_max^2``, and the
-  Ritz residual ``beta_m |y_m|`` bounds the distance from ``theta`` to an eigenvalue of
-  ``J^T J``; that bound, mapped to sigma (``/ 2 sqrt(theta)``), is the stated error bar.
+  reorthogonalisation, Rayleigh-Ritz on the stored images): the top Ritz value ``theta``
+  never exceeds ``sigma_max^2``, and the Ritz residual ``||J^T J x - theta x||`` bounds the
+  distance from ``theta`` to an eigenvalue of ``J^T J``; that bound, mapped to sigma
+  (``/ 2 sqrt(theta)``), is the stated error bar. (It bounds the distance to *an* eigenvalue:
+  when the top of the spectrum is clustered the gap to the largest one can exceed it.)
 
 Every function is pure, takes an explicit key and works under ``jit``/``vmap``; the probes
 plug into :func:`gradjax.sweep`.
@@ -53,8 +55,9 @@ class TopSingularValue:
     Attributes:
       value: ``sqrt(theta)``, theta the top Ritz value of ``J^T J`` (a lower bound on
         ``sigma_max^2``).
-      error: the error bar on ``value``: the Ritz residual bound ``beta_m |y_m|`` on
-        ``theta``, mapped to sigma as ``residual / (2 value)``.
+      error: the error bar on ``value``: the Ritz residual ``||J^T J x - theta x||`` (a bound
+        on the distance from theta to an eigenvalue of ``J^T J``), mapped to sigma as
+        ``residual / (2 value)``.
       steps: Lanczos steps.
     """
 
@@ -152,34 +155,41 @@ def lanczos_sigma_max(
     op = lambda v: rmatvec(matvec(v.reshape(in_shape))).reshape(-1)
     v0 = jax.random.normal(key, (n,), dtype)
     v0 = v0 / jnp.linalg.norm(v0)
-    tiny = jnp.finfo(dtype).tiny
+    eps = jnp.finfo(dtype).eps
 
     def step(j, carry):
-        basis, alphas, betas = carry
+        basis, images, scale = carry
         v = basis[j]
         w = op(v)
+        images = images.at[j].set(w)
         alpha = jnp.vdot(v, w)
+        scale = jnp.maximum(scale, jnp.abs(alpha))
         # Two passes of Gram-Schmidt against the whole basis (rows beyond j are zero): plain
         # three-term Lanczos loses orthogonality once a Ritz value converges.
         w = w - basis.T @ (basis @ w)
         w = w - basis.T @ (basis @ w)
         beta = jnp.linalg.norm(w)
-        # An exhausted Krylov space (beta ~ 0) leaves the remaining rows zero; their Ritz
-        # values are 0, which cannot displace the top one of a positive semi-definite J^T J.
-        ok = beta > 1e3 * tiny * jnp.maximum(jnp.abs(alpha), 1.0)
+        # An exhausted Krylov space (beta at round-off level) leaves the remaining rows zero:
+        # their Ritz values are 0, which cannot displace the top one of J^T J >= 0.
+        ok = beta > 1e3 * eps * scale
         nxt = jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0)
-        basis = basis.at[j + 1].set(nxt)
-        return basis, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(ok, beta, 0.0))
+        return basis.at[j + 1].set(nxt), images, scale
 
     basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
-    init = (basis, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype))
-    _, alphas, betas = jax.lax.fori_loop(0, m, step, init)
-    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    evals, evecs = jnp.linalg.eigh(tri)
+    images = jnp.zeros((m, n), dtype)
+    basis, images, _ = jax.lax.fori_loop(0, m, step, (basis, images, jnp.zeros((), dtype)))
+    basis = basis[:m]
+    # Rayleigh-Ritz with the stored images A v_j (A = J^T J): H = V A V^T is exact whatever
+    # happened to the three-term recurrence, and so is the residual ||A x - theta x|| of the
+    # top Ritz pair, which bounds the distance from theta to an eigenvalue of A.
+    h = basis @ images.T
+    h = 0.5 * (h + h.T)
+    evals, evecs = jnp.linalg.eigh(h)
     theta = jnp.maximum(evals[-1], 0.0)
-    residual = betas[-1] * jnp.abs(evecs[-1, -1])
+    s = evecs[:, -1]
+    residual = jnp.linalg.norm(images.T @ s - evals[-1] * (basis.T @ s))
     value = jnp.sqrt(theta)
-    error = residual / (2.0 * jnp.maximum(value, tiny))
+    error = residual / (2.0 * jnp.maximum(value, jnp.finfo(dtype).tiny))
     return TopSingularValue(value=value, error=error, steps=m)
 
 

@@ -1,0 +1,120 @@
+"""Matrix-free estimators against materialised Jacobians and exact singular values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradjax as gj
+from gradjax.errors import GradjaxInputError
+
+
+def _matrix(key, m, n):
+    return jax.random.normal(key, (m, n)) / math.sqrt(n)
+
+
+def test_hutchinson_error_shrinks_as_one_over_sqrt_probes(getkey):
+    # Exact reference: tr(A^T A) / n from the matrix. Over 300 independent estimates the RMS
+    # error at k probes should scale as 1/sqrt(k): 16 -> 256 probes is a factor 4.
+    a = _matrix(getkey(), 96, 96) * jnp.linspace(0.2, 2.0, 96)[None, :]
+    exact = float(jnp.sum(a**2) / 96)
+    keys = jax.random.split(getkey(), 300)
+
+    def rms(k):
+        est = jax.jit(
+            jax.vmap(
+                lambda kk: gj.hutchinson_mean_sq(
+                    lambda v: a @ v, kk, in_shape=(96,), out_size=96, probes=k
+                )
+            )
+        )(keys)
+        err = np.asarray(est.value) - exact
+        return math.sqrt(np.mean(err**2)), float(np.mean(np.asarray(est.stderr)))
+
+    (r16, s16), (r64, s64), (r256, s256) = rms(16), rms(64), rms(256)
+    assert 3.2 < r16 / r256 < 5.0
+    assert 1.6 < r16 / r64 < 2.5
+    # The stated standard error is calibrated: it matches the observed RMS error (+-25%).
+    for r, s in ((r16, s16), (r64, s64), (r256, s256)):
+        assert s == pytest.approx(r, rel=0.25)
+
+
+def test_lanczos_sigma_max_matches_svd(getkey):
+    a = _matrix(getkey(), 200, 160)
+    exact = float(np.linalg.svd(np.asarray(a), compute_uv=False)[0])
+    top = jax.jit(
+        lambda k: gj.lanczos_sigma_max(
+            lambda v: a @ v, lambda u: a.T @ u, k, in_shape=(160,), steps=40
+        )
+    )(getkey())
+    assert float(top.value) == pytest.approx(exact, rel=2e-3)
+    # A Ritz value never exceeds the top eigenvalue of A^T A (up to float32 round-off).
+    assert float(top.value) <= exact * (1 + 1e-5)
+    # With as many steps as dimensions the Krylov space is everything: exact to round-off.
+    full = gj.lanczos_sigma_max(
+        lambda v: a @ v, lambda u: a.T @ u, getkey(), in_shape=(160,), steps=400
+    )
+    assert full.steps == 160
+    assert float(full.value) == pytest.approx(exact, rel=1e-4)
+
+
+def test_layer_estimates_match_exact_spectra(getkey):
+    net = gj.build(gj.NetConfig(depth=4, width=64, activation="tanh", sigma_w=1.4, sigma_b=0.2))
+    params = net.init(getkey())
+    x = jax.random.normal(getkey(), (64,))
+    est = jax.jit(
+        lambda p, x, k: gj.layer_spectrum_estimates(net, p, x, key=k, probes=128, lanczos_steps=40)
+    )(params, x, getkey())
+    exact = gj.spectrum_summary(gj.layer_jacobians(net, params, x).all_layers())
+    ms, se = np.asarray(est.mean_sq), np.asarray(est.mean_sq_stderr)
+    assert np.all(np.abs(ms - np.asarray(exact.mean_sq)) < 4.5 * se)
+    np.testing.assert_allclose(np.asarray(est.sigma_max), np.asarray(exact.sigma_max), rtol=1e-2)
+
+
+def test_batchnorm_batch_map_estimates(getkey):
+    # BatchNorm couples the batch: the estimates are those of the whole batch map, which
+    # batch_layer_jacobians materialises.
+    net = gj.build(gj.NetConfig(depth=3, width=16, activation="relu", norm="batch"))
+    params = net.init(getkey())
+    x = jax.random.normal(getkey(), (3, 16))
+    est = jax.jit(
+        lambda p, x, k: gj.layer_spectrum_estimates(net, p, x, key=k, probes=64, lanczos_steps=48)
+    )(params, x, getkey())
+    exact = gj.spectrum_summary(gj.batch_layer_jacobians(net, params, x).all_layers())
+    ms, se = np.asarray(est.mean_sq), np.asarray(est.mean_sq_stderr)
+    assert np.all(np.abs(ms - np.asarray(exact.mean_sq)) < 4.5 * se)
+    np.testing.assert_allclose(np.asarray(est.sigma_max), np.asarray(exact.sigma_max), rtol=1e-3)
+    with pytest.raises(GradjaxInputError, match="batch"):
+        gj.layer_spectrum_estimates(net, params, x[0], key=getkey())
+
+
+def test_probes_in_the_sweep_engine():
+    # A linear network's layer Jacobians are sigma_w * W_base, and the sweep gives every
+    # scale of a seed the same base weights and probe key: mean_sq must scale as sigma_w^2
+    # exactly and sigma_max as sigma_w. Its mean-field chi_1 is sigma_w^2; a width-96
+    # network measures it to a few percent (||W||_F^2 / N fluctuates by ~1/N per layer).
+    net = gj.build(gj.NetConfig(depth=8, width=96, activation="linear"))
+    probe = gj.probes.combine(
+        spectra=gj.matrix_free_probe(net, probes=8, lanczos_steps=16),
+        chi=gj.chi1_probe(net, probes=8),
+    )
+    res = gj.sweep(net, probe, seeds=2, sigma_w=[0.8, 1.2, 2.4], chunk=(2, 3), progress=False)
+    ms, smax = res["spectra.mean_sq"], res["spectra.sigma_max"]
+    assert ms.shape == (2, 3, 8)
+    np.testing.assert_allclose(ms[:, 2] / ms[:, 1], 4.0, rtol=1e-5)
+    np.testing.assert_allclose(smax[:, 1] / smax[:, 2], 0.5, rtol=1e-5)
+    chi = res["chi.chi1"]
+    np.testing.assert_allclose(chi / np.array([0.64, 1.44, 5.76])[None, :], 1.0, rtol=0.06)
+
+
+def test_bad_input(getkey):
+    net = gj.build(gj.NetConfig(depth=2, width=8))
+    params = net.init(getkey())
+    with pytest.raises(GradjaxInputError, match="probes"):
+        gj.matrix_free_probe(net, probes=1)
+    with pytest.raises(GradjaxInputError, match="x.shape"):
+        gj.layer_spectrum_estimates(net, params, jnp.ones(5), key=getkey())
+    with pytest.raises(GradjaxInputError, match="skip"):
+        gj.empirical_chi1(net, params, jnp.ones(8), key=getkey(), skip=5)
