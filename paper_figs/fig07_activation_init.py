@@ -166,7 +166,7 @@ def plot(cfg: dict, result: dict):
             ax.tick_params(axis="x", labelrotation=40, labelsize=7)
         fig.legend(
             *axes[0, 0].get_legend_handles_labels(),
-            loc="outside upper center",
+            loc="outside lower center",
             ncol=len(inits),
             fontsize=7,
         )
