@@ -634,21 +634,30 @@ def divergence_rate(history: TrainHistory, *, axis: int = 1) -> Rate:
     return wilson_interval(diverged.sum(axis=axis), diverged.shape[axis])
 
 
-def early_oscillation(loss: Any, *, steps: int) -> np.ndarray:
+def early_oscillation(loss: Any, *, steps: int, smooth: int = 1) -> np.ndarray:
     """Excess total variation of log-loss over the first ``steps`` steps.
 
-    ``sum_t |log L_{t+1} - log L_t| - |log L_steps - log L_0|``: zero for a monotone loss
-    curve, and the summed size of every up-and-down swing otherwise. A run that diverges in
-    the window gets ``inf`` (the strongest oscillation).
+    ``sum_t |m_{t+1} - m_t| - |m_last - m_first|`` where ``m`` is log L averaged over a moving
+    window of ``smooth`` steps (1: the raw curve). Zero for a monotone curve, the summed size
+    of every up-and-down swing otherwise; smoothing over a few steps removes the step-to-step
+    minibatch noise and keeps the swings that last longer (the early instability warm-up is
+    meant to remove). A run that diverges in the window gets ``inf``.
 
     Args:
       loss: ``(..., n_steps)`` loss curves (NaN after divergence).
       steps: the window length (>= 2).
+      smooth: moving-average length in steps (>= 1, < steps).
 
     Returns:
       ``(...)`` the statistic.
     """
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or not 1 <= smooth < steps:
+        raise invalid("smooth", smooth, f"an integer in [1, {steps})")
     window = np.log(np.asarray(loss, dtype=np.float64)[..., :steps])
+    if smooth > 1:
+        c = np.cumsum(window, axis=-1)
+        c = np.concatenate([np.zeros_like(c[..., :1]), c], axis=-1)
+        window = (c[..., smooth:] - c[..., :-smooth]) / smooth
     tv = np.sum(np.abs(np.diff(window, axis=-1)), axis=-1)
     net = np.abs(window[..., -1] - window[..., 0])
     out = tv - net

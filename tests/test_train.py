@@ -206,6 +206,10 @@ def test_statistics_against_closed_forms():
     zig = np.exp(np.array([1.0, 0.0, 1.0, 0.0]))
     np.testing.assert_allclose(gtrain.early_oscillation(zig, steps=4), 2.0)
     assert gtrain.early_oscillation(np.array([1.0, np.nan, np.nan]), steps=3) == np.inf
+    # Smoothing over 2 steps cancels a period-2 zigzag on a linear trend exactly.
+    trend = np.exp(-0.1 * np.arange(8) + np.array([0.3, -0.3] * 4))
+    assert gtrain.early_oscillation(trend, steps=8) > 2.0
+    np.testing.assert_allclose(gtrain.early_oscillation(trend, steps=8, smooth=2), 0.0, atol=1e-12)
     np.testing.assert_allclose(gtrain.early_peak(np.array([2.0, 8.0, 1.0]), steps=3), 4.0)
     q = gtrain.seed_quantiles(np.array([[1.0, 2.0, 3.0, np.nan, np.inf]]))
     np.testing.assert_allclose([q.median[0], q.q25[0], q.q75[0]], [2.0, 1.5, 2.5])
