@@ -49,6 +49,8 @@ Z_MAX = 10.0
 Q_CAP = 1e30
 """The q iteration stops, unconverged, once q passes this (no finite fixed point)."""
 
+_Q_FLOOR = 1e-30  # q below this is evaluated as the q -> 0+ limit (see _mean_field_point)
+
 SIGMA_W2_RANGE = (1e-2, 1e4)
 """The sigma_w^2 range searched for the critical point (log-spaced scan, then bisection)."""
 
@@ -522,8 +524,11 @@ def _gradient_depth_scale(chi1: jax.Array) -> jax.Array:
 def _mean_field_point(act, sw2, sb2, order, order_2d, max_iter) -> MeanField:
     qfp = q_fixed_point(act, sw2, sb2, max_iter=max_iter, order=order)
     q = qfp.value
-    chi1 = gradient_factor(q, activation=act, sigma_w2=sw2, order=order)
-    q_slope = _q_slope(act, q, sw2, order)
+    # At q* = 0 (a dying signal) chi_1 and the slope are limits q -> 0+: evaluating at a tiny
+    # positive q gives ReLU's 1/2 rather than relu'(0)^2 = 0.
+    q_eval = jnp.maximum(q, _Q_FLOOR)
+    chi1 = gradient_factor(q_eval, activation=act, sigma_w2=sw2, order=order)
+    q_slope = _q_slope(act, q_eval, sw2, order)
     positive = q > 0
     q_safe = jnp.where(positive, q, 1.0)
     fmap = lambda c: c_map(c, activation=act, q=q_safe, sigma_w2=sw2, sigma_b2=sb2, order=order_2d)
@@ -671,6 +676,7 @@ def _critical_fn(act: Activation, lo: float, hi: float, scan: int, steps: int, o
     def chi1_at(log_sw2, sb2):
         sw2 = jnp.exp(log_sw2)
         q = q_fixed_point(act, sw2, sb2, order=order).value
+        q = jnp.maximum(q, _Q_FLOOR)  # the q -> 0+ limit, as in mean_field
         return gradient_factor(q, activation=act, sigma_w2=sw2, order=order)
 
     def one(sb2):
