@@ -183,10 +183,11 @@ def test_chain_matches_optax_reference(getkey, optimizer):
     # optax's Adam bias correction (python float ** int32 count) needs standard promotion;
     # the conftest's strict mode would reject it inside optax itself.
     with jax.numpy_dtype_promotion("standard"):
+        step1, step2 = jax.jit(ours.update), jax.jit(ref.update)
         for _ in range(4):
             g = jax.tree.map(lambda a: jax.random.normal(getkey(), a.shape), params)
-            u1, s1 = ours.update(g, s1, p1)
-            u2, s2 = ref.update(g, s2, p2)
+            u1, s1 = step1(g, s1, p1)
+            u2, s2 = step2(g, s2, p2)
             p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -217,8 +218,8 @@ def test_record_gradient_norms_custom_group_fn_and_vmap(getkey):
     group_fn = lambda g: {"total": optax.tree.norm(g)}
     tx = optim.record_gradient_norms(group_fn)
     grads = jax.vmap(lambda k: _tree(k))(jax.random.split(getkey(), 3))
-    state = jax.vmap(tx.init)(grads)
-    _, state = jax.vmap(tx.update)(grads, state)
+    state = jax.jit(jax.vmap(tx.init))(grads)
+    _, state = jax.jit(jax.vmap(tx.update))(grads, state)
     per_run = [_np_norm(jax.tree.map(lambda a, i=i: a[i], grads)) for i in range(3)]
     np.testing.assert_allclose(state.norms["total"], per_run, rtol=1e-6)
 
