@@ -9,6 +9,7 @@ import importlib
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -23,9 +24,17 @@ SIGMA_W = np.array([0.5, 1.0, 1.5])
 @pytest.fixture(scope="module")
 def setup():
     net = gj.build(gj.NetConfig(depth=3, width=6, activation="tanh"))
-    # One probe object for the module, so compiled chunk functions are reused across tests.
-    probe = gj.probes.gradient_probe(net, batch=3)
-    return net, probe
+    # One probe object for the module, so compiled chunk functions are reused across tests;
+    # a small one (outputs and a weight norm), because compilation dominates these tests.
+    return net, _probe_for(net)
+
+
+def _probe_for(net):
+    def probe(params, key):
+        x = jax.random.normal(key, (3, 6))
+        return {"out": net.apply(params, x)[:, 0], "w2": jnp.sum(params["hidden"]["W"] ** 2)}
+
+    return probe
 
 
 def _assert_same(a: gj.SweepResult, b: gj.SweepResult, *, exact: bool = True) -> None:
@@ -52,11 +61,11 @@ def test_seed_axis_sharding_is_bitwise_unsharded_with_padding(setup):
     out = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=4)
     assert out.meta["devices"] == 4 and out.meta["shard_axis"] == "seed"
     assert ref.meta["shard_axis"] is None
-    assert out["weights"].shape == (5, 3, 3)
+    assert out["out"].shape == (5, 3, 3)
     _assert_same(ref, out, exact=True)
     # Sanity of the reference itself: the seeds really differ and no value is padding garbage.
-    assert np.all(np.isfinite(out["weights"]))
-    assert not np.allclose(out["weights"][0], out["weights"][4])
+    assert np.all(np.isfinite(out["out"]))
+    assert not np.allclose(out["out"][0], out["out"][4])
 
 
 def test_scale_axis_sharding_matches_unsharded(setup):
@@ -156,7 +165,7 @@ def test_different_sweep_in_same_directory_is_refused(setup, tmp_path):
         gj.sweep(net, probe, out_dir=tmp_path, key=1, **kwargs)
     deeper = gj.build(net.cfg.replace(depth=4))
     with pytest.raises(gj.GradjaxInputError, match=r"net\.depth \(3 on disk, 4 now\)"):
-        gj.sweep(deeper, gj.probes.gradient_probe(deeper, batch=3), out_dir=tmp_path, **kwargs)
+        gj.sweep(deeper, _probe_for(deeper), out_dir=tmp_path, **kwargs)
     with pytest.raises(gj.GradjaxInputError, match=r"differs in probe"):
         gj.sweep(net, probe, out_dir=tmp_path, probe_name="other", **kwargs)
     # Nothing was mixed in: the directory is as the first sweep left it.
@@ -175,6 +184,8 @@ def test_bad_devices_and_progress_are_refused(setup):
 MULTIPROCESS_SCRIPT = """
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import gradjax as gj
@@ -186,17 +197,23 @@ info = distributed.initialize(
 )
 assert (info.process_count, info.device_count, info.local_device_count) == (2, 4, 2), info
 net = gj.build(gj.NetConfig(depth=3, width=6, activation="tanh"))
-probe = gj.probes.gradient_probe(net, batch=3)
+
+
+def probe(params, key):  # the same probe as _probe_for in the test module
+    x = jax.random.normal(key, (3, 6))
+    return {"out": net.apply(params, x)[:, 0], "w2": jnp.sum(params["hidden"]["W"] ** 2)}
+
+
 res = gj.sweep(net, probe, seeds=5, sigma_w=[0.5, 1.0, 1.5], chunk=(5, 3), out_dir=out + "/run",
                progress=False)
 assert res.meta["devices"] == 4 and res.meta["shard_axis"] == "seed", res.meta
-np.save(f"{out}/weights{pid}.npy", res["weights"])
+np.save(f"{out}/out{pid}.npy", res["out"])
 """
 
 
 @pytest.mark.skipif(
     __import__("os").environ.get("GRADJAX_MULTIPROCESS_TESTS") != "1",
-    reason="starts two JAX processes (about a minute on 2 cores); "
+    reason="starts two JAX processes (15-80 s on 2 shared cores); "
     "set GRADJAX_MULTIPROCESS_TESTS=1 to run",
 )
 def test_two_process_sweep_equals_the_single_process_one(setup, tmp_path):
@@ -224,6 +241,6 @@ def test_two_process_sweep_equals_the_single_process_one(setup, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], logs
     ref = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=1)
     for pid in (0, 1):
-        np.testing.assert_array_equal(np.load(tmp_path / f"weights{pid}.npy"), ref["weights"])
+        np.testing.assert_array_equal(np.load(tmp_path / f"out{pid}.npy"), ref["out"])
     # Process 0 alone wrote the resumable directory, and it holds the same numbers.
     _assert_same(ref, gj.SweepResult.load(tmp_path / "run"), exact=True)
