@@ -230,8 +230,9 @@ def sweep(
       sigma_w: the sigma_w grid; ``None`` keeps the config's value and drops the axis.
       sigma_b: the sigma_b grid; ``None`` keeps the config's value and drops the axis.
       key: root PRNG seed; seed ``i`` uses ``fold_in(key(root), i)``.
-      memory_budget_mb: points per compiled chunk are chosen so a chunk's peak memory per
-        device (from XLA's memory analysis of one point) stays under this budget.
+      memory_budget_mb: points per compiled chunk are chosen so a chunk's peak memory (XLA's
+        memory analysis of one point times the chunk's points, all devices together) stays
+        under this budget.
       chunk: explicit ``(seeds_per_chunk, scales_per_chunk)``, overriding the budget. A resumed
         ``out_dir`` keeps the chunk layout it was started with.
       progress: ``True`` shows a progress bar over chunks (default: when there are several);
@@ -240,6 +241,7 @@ def sweep(
         probes that differ only in closed-over settings, so their directories stay apart).
       devices: ``None`` for every device of ``jax.devices()`` (all hosts), an int ``n`` for
         the first ``n`` of them, or an explicit sequence of devices. One device runs unsharded.
+        Across hosts keep ``None`` (or a list holding devices of every process).
       out_dir: directory for resumable output (created if missing).
 
     Returns:
@@ -412,10 +414,13 @@ def _choose_layout(net, probe, n_seed, n_scale, n_dev, memory_budget_mb, chunk):
     if chunk is not None:
         return min(chunk[0], n_seed), min(chunk[1], n_scale)
     per_point = _bytes_per_point(net, probe, str(net.dtype))
-    # The budget holds per device: a chunk split over n devices may hold n times the points.
-    points = max(1, int(memory_budget_mb * 2**20 // per_point)) * n_dev
+    # The budget covers a whole chunk, all devices together: conservative on accelerators,
+    # and exactly right for CPU devices, which share the host's memory.
+    points = max(1, int(memory_budget_mb * 2**20 // per_point))
     scale_chunk = min(n_scale, points)
     seed_chunk = max(1, min(n_seed, points // scale_chunk))
+    if n_dev < seed_chunk < n_seed:
+        seed_chunk -= seed_chunk % n_dev  # whole seeds per device: no padding in full chunks
     return seed_chunk, scale_chunk
 
 
