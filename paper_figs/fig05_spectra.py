@@ -24,7 +24,9 @@ METHODS = (
     "J J^T of the Jacobian of the first L blocks are computed exactly (gradjax.jacobian_spectra: "
     "per-block Jacobians, running product, LAPACK SVD) and compared with the free-probability "
     "mean (1) and variance L (mu_2/mu_1^2 - 1 - s_1) (gradjax.isometry_prediction), and for the "
-    "linear Gaussian net with the Fuss-Catalan density and edge (gradjax.fuss_catalan_density)."
+    "linear Gaussian net with the Fuss-Catalan density and edge (gradjax.fuss_catalan_density). "
+    "The predictions are infinite-width limits: they hold for depth << width, and deviate "
+    "(heavy tails, lower median variance) as depth/width approaches 1/2."
 )
 
 ENSEMBLES = ("gaussian", "orthogonal")
@@ -113,7 +115,7 @@ def plot(cfg: dict, result: dict):
         numbers, arrays = result["numbers"], result["arrays"]
         depths = numbers["depths"]
         floor = 1e-4
-        fig, axes = new_figure(3, 4, width=7.2, height=7.0)
+        fig, axes = new_figure(3, 4, width=7.4, height=7.0)
         cols = sequential_colors(len(depths))
         for row, ens in enumerate(ENSEMBLES):
             for c, (act, _) in enumerate(CASES):
@@ -162,7 +164,6 @@ def plot(cfg: dict, result: dict):
             )
             ax.set_ylim(5e-7, None)
         axes[2, 0].legend(loc="lower right", fontsize=6.5)
-        axes[2, 0].set_title("variance, gauss. W (dots meas., lines theory)", fontsize=7.5)
         ax = axes[2, 2]
         lam = arrays["eig_gaussian_linear"]
         ax.plot(d_arr, np.median(lam[:, :, 0], 0), "o", color=palette[0], label="measured")
@@ -172,7 +173,7 @@ def plot(cfg: dict, result: dict):
             yscale="log",
             xlabel="depth $L$",
             ylabel=r"$\lambda_{max}(JJ^T)$",
-            title=f"edge, linear Gauss. N={numbers['width']}",
+            title="edge, linear gauss.",
         )
         ax.legend()
         ax = axes[2, 3]
@@ -191,12 +192,13 @@ def plot(cfg: dict, result: dict):
             xscale="log",
             xlabel="depth $L$",
             ylabel=r"mean $\lambda(JJ^T)$",
-            title="mean: o Gauss., s orth.",
+            title="mean (o gauss, s orth)",
         )
-        ax.set_ylim(0.5, 1.5)
+        ax.set_ylim(0.3, 1.5)
         fig.suptitle(
             f"Spectrum of $JJ^T$ at criticality ($\\chi_1=1$), width {numbers['width']}, "
-            f"{cfg['seeds']} seeds pooled; histograms show the eigenvalues above $10^{{-4}}$",
+            f"{cfg['seeds']} seeds pooled\nhistograms: eigenvalues above $10^{{-4}}$; "
+            "bottom row: dots measured (median over seeds), lines theory",
             fontsize=9,
         )
         return fig
@@ -211,7 +213,13 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
     relu_var = numbers["gaussian_relu_var"][-1]
     relu_var_o = numbers["orthogonal_relu_var"][-1]
     mean_ok = 0.5 < relu_mean < 2.0
-    widens = relu_var > 0.5 * d and relu_var_o > 0.25 * d
+    # Widening: the spread grows several-fold from one layer to the deepest, for both weight
+    # ensembles (the mean factor being 1 is what the article's argument relies on).
+    widens = (
+        relu_var > 5.0 * numbers["gaussian_relu_var"][0]
+        and relu_var_o > 5.0 * numbers["orthogonal_relu_var"][0]
+        and relu_var_o > 1.0
+    )
     c10 = "nuanced" if mean_ok and widens else ("confirmed" if mean_ok else "contradicted")
     t_orth = numbers["orthogonal_tanh_var"][-1]
     t_gauss = numbers["gaussian_tanh_var"][-1]
@@ -225,8 +233,11 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
                 f"ReLU at He init keeps the mean eigenvalue of JJ^T at {relu_mean:.2f} after "
                 f"{d} layers, but its variance grows with depth: {relu_var:.1f} (Gaussian W, "
                 f"theory {numbers['gaussian_relu_var_pred'][-1]:.0f}) and {relu_var_o:.1f} "
-                f"(orthogonal W, theory {numbers['orthogonal_relu_var_pred'][-1]:.0f}): no "
-                "dynamical isometry."
+                f"(orthogonal W, theory {numbers['orthogonal_relu_var_pred'][-1]:.0f}; from "
+                f"{numbers['gaussian_relu_var'][0]:.1f} and {numbers['orthogonal_relu_var'][0]:.1f}"
+                f" at one layer): no dynamical isometry. The theory is the infinite-width "
+                f"limit; at depth/width = {d / numbers['width']:.2g} the spectrum is heavy-tailed "
+                "and the median sample variance falls below it."
             ),
             "numbers": [
                 "gaussian_relu_mean",
