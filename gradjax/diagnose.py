@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradjax.errors import GradjaxInputError, check_int, check_real, invalid
+from gradjax.errors import GradjaxInputError, check_choice, check_int, check_real, invalid
 from gradjax.results import pytree_dataclass
 
 LossLike = str | Callable[[Any, Any], jax.Array]
@@ -74,12 +74,16 @@ class Thresholds:
       warmup_spike: in a recorded training history, a warm-up is suggested when the largest
         global norm of the first tenth of the steps exceeds ``warmup_spike`` times the median
         of the rest (default 10).
+      step_gain: the first optimiser step at the planned learning rate is unstable when its
+        loss decrease is below ``step_gain`` times the best decrease among the halved rates
+        (default 0.5).
     """
 
     vanishing: float = 0.1
     exploding: float = 10.0
     clip_percentile: float = 90.0
     warmup_spike: float = 10.0
+    step_gain: float = 0.5
 
     def __post_init__(self) -> None:
         check_real("thresholds.vanishing", self.vanishing, strictly_positive=True)
@@ -94,6 +98,7 @@ class Thresholds:
         if self.clip_percentile > 100:
             raise invalid("thresholds.clip_percentile", self.clip_percentile, "a number <= 100")
         check_real("thresholds.warmup_spike", self.warmup_spike, strictly_positive=True)
+        check_real("thresholds.step_gain", self.step_gain, strictly_positive=True)
 
 
 # ---------------------------------------------------------------------------- paths, groups
@@ -396,6 +401,33 @@ class LayerSpectrum:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepProbe:
+    """The loss after one first optimiser step at the planned rate and at smaller ones.
+
+    Adam's first update is exactly ``-lr * sign(g)`` (bias-corrected moments of one gradient,
+    ``eps`` aside), so this tells, before training, whether the planned learning rate already
+    overshoots at step one: the situation a warm-up exists for (Liu et al. 2020; Xiong et al.
+    2020 for post-LN Transformers).
+
+    Attributes:
+      optimizer: ``"adam"`` (step ``-lr sign(g)``) or ``"sgd"`` (step ``-lr g``).
+      lrs: the probed rates, the planned one first, then halvings.
+      losses: the loss after one step at each rate.
+      loss0: the loss before the step.
+      unstable: the planned step gains less than ``Thresholds.step_gain`` of the best
+        decrease among the rates (or raises the loss).
+      safe_lr: the largest probed rate whose decrease is at least that fraction of the best.
+    """
+
+    optimizer: str
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    loss0: float
+    unstable: bool
+    safe_lr: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """What :func:`diagnose` found: measurements, verdicts and suggestions.
 
@@ -424,6 +456,7 @@ class Report:
         ``clip_percentile``-th percentile of the observed norms; of ``norm_history`` when one is
         given), or ``nan`` if nothing was observed.
       spectra: per-layer Jacobian summaries (empty unless ``layers`` was given).
+      step_probe: the first-step probe (``None`` unless ``lr`` was given).
       suggestions: concrete changes, most important first.
       thresholds: the :class:`Thresholds` used.
       context: what the caller said about the model (activation, sigma_w, ...).
@@ -450,6 +483,7 @@ class Report:
     microbatch_global_norms: np.ndarray
     clip_threshold: float
     spectra: tuple[LayerSpectrum, ...]
+    step_probe: StepProbe | None
     suggestions: tuple[str, ...]
     thresholds: Thresholds
     context: dict[str, Any]
@@ -493,6 +527,15 @@ class Report:
                 lines.append(
                     f"  {s.layer:<8} {s.mean_sq:>10.3g} {s.sigma_max:>10.3g} {s.sigma_min:>10.3g}"
                 )
+        if self.step_probe is not None:
+            sp = self.step_probe
+            steps = ", ".join(f"{lr:.3g}: {v:.4g}" for lr, v in zip(sp.lrs, sp.losses, strict=True))
+            lines += [
+                "",
+                f"first {sp.optimizer} step (loss before {sp.loss0:.4g}) -> {steps}",
+                f"  planned lr {sp.lrs[0]:.3g} is {'UNSTABLE' if sp.unstable else 'stable'}; "
+                f"largest stable probed lr {sp.safe_lr:.3g}",
+            ]
         if math.isfinite(self.clip_threshold):
             lines += [
                 "",
@@ -541,6 +584,9 @@ class Report:
                 ),
                 "microbatch_global_norms": self.microbatch_global_norms,
                 "spectra": [dataclasses.asdict(s) for s in self.spectra],
+                "step_probe": None
+                if self.step_probe is None
+                else dataclasses.asdict(self.step_probe),
                 "suggestions": list(self.suggestions),
                 "context": self.context,
             }
@@ -692,6 +738,7 @@ def suggest(
     series: str = "activations",
     early_spike: float | None = None,
     warmup_steps: int | None = None,
+    step_probe: StepProbe | None = None,
 ) -> tuple[str, ...]:
     """Concrete changes for a verdict, tied to the standard fixes.
 
@@ -709,6 +756,7 @@ def suggest(
       series: which series the verdict reads.
       early_spike: max early global norm over the later median, from a training history.
       warmup_steps: a warm-up length to suggest (default: a tenth of the recorded steps).
+      step_probe: the first-step probe, if one was run.
 
     Returns:
       Suggestions, most important first.
@@ -777,6 +825,17 @@ def suggest(
                 "deep BatchNorm nets explode at init (Yang et al. 2019): use fewer BN layers, "
                 "LayerNorm, or residual blocks"
             )
+    if step_probe is not None and step_probe.unstable:
+        lr = step_probe.lrs[0]
+        out.insert(
+            0,
+            f"add a learning-rate warm-up: one {step_probe.optimizer} step at lr = {lr:.3g} "
+            f"takes the loss from {step_probe.loss0:.4g} to {step_probe.losses[0]:.4g}, while "
+            f"lr = {step_probe.safe_lr:.3g} is stable; ramp up, e.g. "
+            f"optax.linear_schedule(0.0, {lr:.3g}, transition_steps=...) or "
+            "optax.warmup_cosine_decay_schedule (post-LN Transformers need this; pre-LN "
+            "usually does not)",
+        )
     if early_spike is not None and early_spike > thresholds.warmup_spike:
         steps = f" over the first {warmup_steps} steps" if warmup_steps else ""
         out.append(
@@ -834,6 +893,9 @@ def diagnose(
     norm: str | None = None,
     residual: str | None = None,
     max_jacobian_size: int = 1 << 22,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    probe_halvings: int = 5,
 ) -> Report:
     """Diagnoses the gradient flow of a model on one batch.
 
@@ -862,6 +924,10 @@ def diagnose(
       norm: ``"batch"``/``"layer"``/``None``, for advice.
       residual: ``"plain"``/``"scaled"``/``"skipinit"``/``None``, for advice.
       max_jacobian_size: layers whose Jacobian has more entries are not summarised.
+      lr: the planned learning rate; when given, the loss after one first ``optimizer`` step
+        at ``lr`` and at ``probe_halvings`` halvings of it is measured (:class:`StepProbe`).
+      optimizer: ``"adam"`` or ``"sgd"``, for the first-step probe.
+      probe_halvings: how many halved rates the probe tries.
 
     Returns:
       A :class:`Report`.
@@ -886,6 +952,10 @@ def diagnose(
     if not isinstance(thresholds, Thresholds):
         raise invalid("thresholds", thresholds, "a gradjax.diagnose.Thresholds")
     check_int("microbatches", microbatches, minimum=1)
+    if lr is not None:
+        check_real("lr", lr, strictly_positive=True)
+    check_choice("optimizer", optimizer, ("adam", "sgd"))
+    check_int("probe_halvings", probe_halvings, minimum=1, maximum=30)
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise invalid("batch", type(batch).__name__, "a pair (inputs, targets)")
     x, y = batch
@@ -1025,6 +1095,11 @@ def diagnose(
     clip = float(np.percentile(finite, thresholds.clip_percentile)) if finite.size else math.nan
 
     spectra = _spectra(layers, layer_names, x, max_jacobian_size)
+    step_probe = None
+    if lr is not None:
+        step_probe = _step_probe(
+            objective, adapter.params, pert0, x, y, gp, lr, optimizer, probe_halvings, thresholds
+        )
     depth = len(s_names) or None
     context = {
         "activation": activation,
@@ -1047,6 +1122,7 @@ def diagnose(
         series=series,
         early_spike=early_spike,
         warmup_steps=warmup_steps,
+        step_probe=step_probe,
     )
     return Report(
         kind=adapter.kind,
@@ -1070,9 +1146,51 @@ def diagnose(
         microbatch_global_norms=micro,
         clip_threshold=clip,
         spectra=spectra,
+        step_probe=step_probe,
         suggestions=suggestions,
         thresholds=thresholds,
         context=context,
+    )
+
+
+def _step_probe(
+    objective: Callable[..., jax.Array],
+    params: Any,
+    pert: Any,
+    x: Any,
+    y: Any,
+    grads: Any,
+    lr: float,
+    optimizer: str,
+    halvings: int,
+    thresholds: Thresholds,
+) -> StepProbe:
+    lrs = np.asarray([lr * 0.5**k for k in range(halvings + 1)])
+    direction = jax.tree.map(jnp.sign if optimizer == "adam" else (lambda g: g), grads)
+
+    @jax.jit
+    def losses(rates):
+        def after(rate):
+            stepped = jax.tree.map(
+                lambda p, d: p - jnp.asarray(rate, jnp.asarray(p).dtype) * d, params, direction
+            )
+            return objective(stepped, pert, x, y)
+
+        return jax.lax.map(after, rates)
+
+    loss0 = float(objective(params, pert, x, y))
+    values = np.asarray(losses(jnp.asarray(lrs, jnp.float32)), np.float64)
+    gains = np.where(np.isfinite(values), loss0 - values, -np.inf)
+    best = float(np.max(gains))
+    ok = gains >= thresholds.step_gain * best if best > 0 else np.zeros_like(gains, bool)
+    safe = float(lrs[np.argmax(ok)]) if ok.any() else math.nan
+    return StepProbe(
+        optimizer=optimizer,
+        lrs=tuple(float(v) for v in lrs),
+        losses=tuple(float(v) for v in values),
+        loss0=loss0,
+        unstable=bool(not ok[0]),
+        safe_lr=safe,
     )
 
 

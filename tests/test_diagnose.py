@@ -343,3 +343,19 @@ def test_bad_inputs_raise_clear_errors(getkey):
         gj.diagnose(model.apply, variables, x, "mse")
     with pytest.raises(gj.GradjaxInputError, match="loss"):
         gj.diagnose(model.apply, variables, (x, y), "hinge")
+
+
+def test_first_step_probe_matches_closed_form():
+    # L(w) = 0.5 sum(w^2) with w = 1 (4 entries): L0 = 2; Adam's first step w - lr sign(w)
+    # gives L = 2 (1 - lr)^2. At lr = 4, 2, 1, 0.5, 0.25: 18, 2, 0, 0.5, 1.125. The best gain
+    # is 2 (lr = 1); lr = 4 is unstable and the largest rate with gain >= 1 is 1.
+    params = {"w": jnp.ones(4)}
+    apply = lambda p, x: jnp.broadcast_to(p["w"], x.shape)
+    report = gj.diagnose(
+        apply, params, (jnp.ones((4, 4)), jnp.zeros((4, 4))), "mse", lr=4.0, probe_halvings=4
+    )
+    probe = report.step_probe
+    np.testing.assert_allclose(probe.losses, [18.0, 2.0, 0.0, 0.5, 1.125], atol=1e-6)
+    assert probe.loss0 == pytest.approx(2.0)
+    assert probe.unstable and probe.safe_lr == pytest.approx(1.0)
+    assert "warm-up" in report.suggestions[0]
