@@ -1364,11 +1364,11 @@ def _plot_report(report: Report, *, title: str | None):
         )
         ax.text(
             (start + stop - 1) / 2,
-            1.0,
+            0.02,
             f"{r.name}\n{r.verdict}",
             transform=ax.get_xaxis_transform(),
             ha="center",
-            va="top",
+            va="bottom",
             fontsize=6.5,
             color=_VERDICT_COLORS[r.verdict],
         )
@@ -1387,8 +1387,15 @@ def _plot_report(report: Report, *, title: str | None):
     )
     if n and np.isfinite(vals[-1]):
         t = report.thresholds
-        ax.axhline(vals[-1] * t.vanishing, color="0.4", linestyle=":", linewidth=0.8)
+        ax.axhline(
+            vals[-1] * t.vanishing,
+            color="0.4",
+            linestyle=":",
+            linewidth=0.8,
+            label=f"{t.vanishing:g}x / {t.exploding:g}x output layer",
+        )
         ax.axhline(vals[-1] * t.exploding, color="0.4", linestyle=":", linewidth=0.8)
+        ax.legend(loc="upper right", fontsize=6)
 
     ax = axes[1]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -359,3 +359,31 @@ def test_first_step_probe_matches_closed_form():
     assert probe.loss0 == pytest.approx(2.0)
     assert probe.unstable and probe.safe_lr == pytest.approx(1.0)
     assert "warm-up" in report.suggestions[0]
+
+
+def test_cli_writes_report_and_rejects_bad_input(tmp_path, capsys):
+    from gradjax.cli import main
+
+    out = tmp_path / "diag"
+    code = main(
+        [
+            "diagnose",
+            "--activation",
+            "sigmoid",
+            "--depth",
+            "8",
+            "--width",
+            "16",
+            "--batch",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["verdict"] == "vanishing"  # sigmoid, sigma_w = 1: chi_1 <= 1/16
+    assert (out / "report.png").stat().st_size > 0
+    assert "verdict: VANISHING" in (out / "report.txt").read_text()
+    assert main(["diagnose", "--sigma-w", "-1", "--out", str(out)]) == 2
+    assert "--sigma-w=-1.0 is invalid" in capsys.readouterr().err
