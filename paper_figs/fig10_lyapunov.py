@@ -51,7 +51,7 @@ def config(quick: bool) -> dict:
     """Quick: narrower, shallower, fewer seeds; the same code path."""
     if quick:
         return {"width": 48, "depth": 150, "seeds": 2, "naive_depths": [1, 2, 5, 10, 25, 50]}
-    return {"width": 96, "depth": 400, "seeds": 4, "naive_depths": [1, 2, 5, 10, 25, 50, 100]}
+    return {"width": 96, "depth": 300, "seeds": 4, "naive_depths": [1, 2, 5, 10, 25, 50, 100]}
 
 
 def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
