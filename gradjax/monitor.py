@@ -251,7 +251,7 @@ def _plot_history(history: NormHistory, max_groups: int, clip_percentile, title)
     g = len(history.names)
     pick = np.unique(np.linspace(0, g - 1, min(max_groups, g)).round().astype(int))
     cols = sequential_colors(len(pick))
-    fig, axes = new_figure(1, 2, width=7.2, height=3.0)
+    fig, axes = new_figure(1, 2, width=7.2, height=3.4)
     ax = axes[0]
     positive = lambda v: np.where(np.isfinite(v) & (v > 0), v, np.nan)
     for c, j in zip(cols, pick, strict=True):
@@ -273,7 +273,13 @@ def _plot_history(history: NormHistory, max_groups: int, clip_percentile, title)
         ylabel=r"$\|\nabla L\|$ per group",
         title="gradient norms over training",
     )
-    ax.legend(fontsize=6, ncol=1, loc="best")
+    # Outside the axes: the lines fill the panel.
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        loc="outside lower center",
+        fontsize=6.5,
+        ncol=min(6, len(pick) + 2),
+    )
     ax = axes[1]
     with np.errstate(divide="ignore", invalid="ignore"):
         img = np.log10(positive(arr)).T
