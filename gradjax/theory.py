@@ -1,4 +1,4 @@
-"""Mean-field theory of signal and gradient propagation, by Gauss-Hermite quadrature in JAX.
+"""Mean-field theory of signal and gradient propagation, by Hermite quadrature in JAX.
 
 Conventions are those of Poole et al. (2016) and Schoenholz et al. (2017): a network of width
 N -> infinity with ``W_ij ~ N(0, sigma_w^2 / N)`` and ``b_i ~ N(0, sigma_b^2)``; pre-activations
@@ -12,6 +12,11 @@ N -> infinity with ``W_ij ~ N(0, sigma_w^2 / N)`` and ``b_i ~ N(0, sigma_b^2)``;
 * depth scales:     ``xi_q = -1 / ln(dq^{l+1}/dq^l at q*)``, ``xi_c = -1 / ln chi_c`` with
   ``chi_c = sigma_w^2 E[phi'(u_1) phi'(u_2)]`` at c*, and ``xi_grad = -1 / ln chi_1``
   (negative when gradients grow: they e-fold every ``|xi_grad|`` layers).
+
+Gaussian expectations use Hermite-weighted rules: one-dimensional ones the equally spaced
+Hermite rule of :func:`normal_rule` (Gauss-Hermite nodes are too sparse near 0 to resolve
+``phi'(sqrt(q) z)`` at the large q* of saturating activations near their critical point),
+two-dimensional ones (the correlation map) a tensor Gauss-Hermite rule (:func:`gauss_hermite`).
 
 The critical line ``chi_1 = 1`` separates the ordered phase (gradients vanish) from the chaotic
 one (gradients explode). Everything here is a pure JAX function of ``(sigma_w2, sigma_b2)`` that

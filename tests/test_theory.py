@@ -150,7 +150,9 @@ def test_empirical_chi1_of_a_wide_network_matches_theory(getkey):
     )
     params = net.init(getkey())
     x = jax.random.normal(getkey(), (256,))
-    emp = gj.empirical_chi1(net, params, x, key=getkey(), probes=16)
+    emp = jax.jit(lambda p, x, k: gj.empirical_chi1(net, p, x, key=k, probes=16))(
+        params, x, getkey()
+    )
     assert _f(emp.chi1) == pytest.approx(_f(gj.mean_field("tanh", sw2, sb2).chi1), rel=0.05)
 
 
@@ -163,7 +165,8 @@ def test_critical_init_gives_unit_mean_squared_singular_value(getkey):
     net = gj.build(cfg)
     params = net.init(getkey())
     xs = jax.random.normal(getkey(), (4, width))
-    per_x = jax.vmap(lambda x: gj.layer_jacobians(net, params, x).hidden)(xs)
+    hidden = jax.jit(jax.vmap(lambda x: gj.layer_jacobians(net, params, x).hidden))
+    per_x = hidden(xs)
     mean_sq = np.asarray(jnp.sum(per_x**2, axis=(2, 3)) / width)[:, 3:]
     assert np.mean(mean_sq) == pytest.approx(1.0, abs=0.05)
     w_var = np.var(np.asarray(params["hidden"]["W"])) * width
