@@ -130,15 +130,13 @@ def test_rank_deficient_factor_is_data_not_a_crash():
     assert np.all(np.asarray(spec.log_growth) == -np.inf)
 
 
-def test_jit_does_not_recompile_and_vmaps(getkey):
+def test_jit_does_not_recompile(getkey):
     net = gj.build(gj.NetConfig(depth=6, width=8, activation="tanh"))
     f = jax.jit(lambda p, v: lyapunov_spectrum(net, p, v, k=3).exponents)
     x = jnp.ones((8,))
     f(net.init(getkey()), x)
     f(net.init(getkey()), x)
-    assert f._cache_size() == 1
-    batched = jax.vmap(lambda k: f(net.init(k), x))(jax.random.split(getkey(), 3))
-    assert batched.shape == (3, 3)
+    assert f._cache_size() == 1  # vmap over seeds is exercised by the closed-form test
 
 
 @pytest.mark.parametrize(
