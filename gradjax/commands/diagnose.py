@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from gradjax.commands.common import positive_int, writable_dir
@@ -136,5 +137,7 @@ def _example_problem(name: str, *, batch: int, seed: int) -> dict:
         )
     spec = importlib.util.spec_from_file_location(f"gradjax_example_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclass-based modules (Flax Linen) look themselves up while loading.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module.make_problem(batch=batch, seed=seed, **kwargs)
