@@ -50,7 +50,7 @@ def _num(x) -> float | str:
 def config(quick: bool) -> dict:
     """Quick: narrower, shallower, fewer seeds; the same code path."""
     if quick:
-        return {"width": 48, "depth": 150, "seeds": 2, "naive_depths": [1, 2, 5, 10, 25, 50]}
+        return {"width": 32, "depth": 100, "seeds": 2, "naive_depths": [1, 2, 5, 10, 25, 50]}
     return {"width": 96, "depth": 300, "seeds": 4, "naive_depths": [1, 2, 5, 10, 25, 50, 100]}
 
 
