@@ -310,7 +310,8 @@ def jacobian_spectra(
       :func:`gradjax.lyapunov_spectrum` with ``sweeps > 0`` beyond that).
     """
     cfg = net.cfg
-    depths = tuple(depths) if isinstance(depths, (list, tuple)) else (depths,)
+    depths = tuple(depths) if isinstance(depths, (list, tuple, np.ndarray)) else (depths,)
+    depths = tuple(int(d) if isinstance(d, np.integer) else d for d in depths)
     if not depths:
         raise invalid("depths", depths, f"a non-empty increasing sequence in [1, {cfg.depth}]")
     for d in depths:
