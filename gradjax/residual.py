@@ -300,9 +300,17 @@ def _profile_one(net: Net, batch: int, loss: str | LossFn, key: jax.Array, gain=
         params["hidden"]["gain"] = jnp.full_like(params["hidden"]["gain"], gain)
     x = jax.random.normal(kx, (batch, net.cfg.input_dim), net.dtype)
     y = jax.random.normal(ky, (batch, net.cfg.out_dim), net.dtype)
-    lg = layer_gradients(net, params, x, y, loss=loss)
-    acts = net.forward(params, x).act
-    flat = lg.activations.reshape(net.cfg.depth, -1)
+    loss_fn = get_loss(loss)
+    eps = jnp.zeros((net.cfg.depth, batch, net.cfg.width), net.dtype)
+
+    def objective(e):
+        # One forward pass gives the loss and the block outputs; its gradient with respect to
+        # zero perturbations of the block outputs is dL/da_l (as in layer_gradients).
+        trace = net.forward(params, x, perturbations=e)
+        return loss_fn(trace.output, y), trace.act
+
+    (_, acts), g_act = jax.value_and_grad(objective, has_aux=True)(eps)
+    flat = g_act.reshape(net.cfg.depth, -1)
     norms = jnp.sqrt(jnp.sum(flat**2, axis=-1))
     return jnp.mean(acts**2, axis=(1, 2)), norms, norms[-1]
 

@@ -35,26 +35,20 @@ def test_scale_invariance_is_exact_in_float64(x64, getkey, norm):
     net = gj.build(cfg)
     params = net.init(getkey())
     x, y = _batch(getkey(), 6, 10, jnp.float64)
-    for c in (0.1, 7.3):
-        r = gj.scale_invariance(net, params, x, y, layer=2, c=c)
-        assert r.batch_coupled
-        assert float(r.jacobian_rel_change) < 1e-10
-        assert float(r.output_rel_change) < 1e-10
-        assert float(r.loss_rel_change) < 1e-10
-        assert float(r.grad_rel_err) < 1e-10
-        np.testing.assert_allclose(float(r.grad_ratio), 1.0 / c, rtol=1e-10)
+    cs = jnp.array([0.1, 7.3])
+    # c traced under jit and vmap: one compilation for every scale.
+    f = jax.jit(jax.vmap(lambda c: gj.scale_invariance(net, params, x, y, layer=2, c=c)))
+    r = f(cs)
+    assert r.batch_coupled
+    assert float(r.jacobian_rel_change.max()) < 1e-10
+    assert float(r.output_rel_change.max()) < 1e-10
+    assert float(r.loss_rel_change.max()) < 1e-10
+    assert float(r.grad_rel_err.max()) < 1e-10
+    np.testing.assert_allclose(r.grad_ratio, 1.0 / cs, rtol=1e-10)
 
 
-def test_scale_invariance_float32_under_jit_and_violation_without_norm(getkey):
+def test_scale_invariance_is_violated_without_a_norm(getkey):
     x, y = _batch(getkey(), 8, 16)
-    bn = gj.build(gj.NetConfig(depth=4, width=16, norm="batch"))
-    params = bn.init(getkey())
-    cs = jnp.array([0.5, 3.0])
-    f = jax.jit(jax.vmap(lambda c: gj.scale_invariance(bn, params, x, y, layer=0, c=c)))
-    r = f(cs)  # c traced: one compile for every scale
-    # float32 with the default eps = 1e-5: eps / Var(z) ~ 1e-5 plus rounding.
-    assert float(r.jacobian_rel_change.max()) < 1e-4 and float(r.grad_rel_err.max()) < 1e-4
-    np.testing.assert_allclose(r.grad_ratio, 1.0 / cs, rtol=1e-4)
     plain = gj.build(gj.NetConfig(depth=4, width=16))
     r = gj.scale_invariance(plain, plain.init(getkey()), x, y, layer=1, c=3.0)
     # Without a norm the block Jacobian scales with c (tanh saturates, so by less than 3x).
@@ -75,16 +69,6 @@ def test_batchnorm_output_has_zero_mean_unit_variance_per_feature(getkey):
     z = net.forward(params, x).preact
     vz = np.var(np.asarray(z, np.float64), axis=1)
     np.testing.assert_allclose(s.var, vz / (vz + net.cfg.norm_eps), rtol=2e-5)
-    np.testing.assert_allclose(s.var, 1.0, atol=1e-3)
-
-
-def test_layernorm_output_has_zero_mean_unit_variance_per_example(getkey):
-    net = gj.build(gj.NetConfig(depth=4, width=32, norm="layer", norm_affine=False))
-    params = net.init(getkey())
-    x, _ = _batch(getkey(), 3, 32)
-    s = jax.jit(gj.norm_statistics, static_argnums=0)(net, params, x)
-    assert s.axis == "features" and s.mean.shape == (4, 3)
-    np.testing.assert_allclose(s.mean, 0.0, atol=2e-6)
     np.testing.assert_allclose(s.var, 1.0, atol=1e-3)
 
 
@@ -144,9 +128,9 @@ def test_ln_rate_matches_scipy_quadrature():
 
 
 def test_rate_table_covers_every_activation():
-    t = gj.rate_table(batch_sizes=(8, 64), samples=2048)
+    t = gj.rate_table(batch_sizes=(8,), samples=2048)
     assert t.activations == gj.activation_names()
-    assert t.batch_norm.shape == (len(t.activations), 2)
+    assert t.batch_norm.shape == (len(t.activations), 1)
     # BatchNorm explodes for every activation of the table at finite batch (Yang et al. 2019).
     assert bool(jnp.all(t.batch_norm > 1.0))
     i = t.activations.index("relu")
@@ -168,12 +152,6 @@ def test_measured_bn_growth_matches_the_derived_rate(getkey):
     np.testing.assert_allclose(float(m.fit.rate), theory, rtol=tol)
 
 
-def test_measured_ln_growth_matches_the_derived_rate(getkey):
-    net = gj.build(gj.NetConfig(depth=50, width=256, activation="tanh", norm="layer"))
-    m = gj.norm_gradient_growth(net, getkey(), batch=4, seeds=2)
-    np.testing.assert_allclose(float(m.fit.rate), float(gj.ln_gradient_rate("tanh")), rtol=0.03)
-
-
 def test_fit_layer_growth_recovers_a_geometric_profile():
     layers = np.arange(40)
     norms = np.sqrt(1.3 ** (40 - layers))  # ||g_l||^2 grows by 1.3 per layer towards l = 0
@@ -190,7 +168,7 @@ def test_bad_inputs_raise_clear_errors(getkey):
     with pytest.raises(gj.GradjaxInputError, match="batch"):
         gj.norm_gradient_growth(net, getkey(), batch=1)
     with pytest.raises(gj.GradjaxInputError, match="at least 2"):
-        net.apply(net.init(getkey()), jnp.ones((1, 8)))
+        net.apply(None, jnp.ones((1, 8)))  # rejected before any parameter is read
     with pytest.raises(gj.GradjaxInputError, match="norm"):
         gj.NetConfig(depth=3, width=8, norm="group")
     with pytest.raises(gj.GradjaxInputError, match="residual"):
@@ -200,11 +178,9 @@ def test_bad_inputs_raise_clear_errors(getkey):
     with pytest.raises(gj.GradjaxInputError, match="batch_size"):
         gj.bn_gradient_rate("relu", batch_size=1)
     with pytest.raises(gj.GradjaxInputError, match="c="):
-        gj.scale_invariance(
-            net, net.init(getkey()), jnp.ones((4, 8)), jnp.ones((4, 1)), layer=1, c=-2.0
-        )
+        gj.scale_invariance(net, None, jnp.ones((4, 8)), jnp.ones((4, 1)), layer=1, c=-2.0)
     with pytest.raises(gj.GradjaxInputError, match="index"):
-        gj.scale_block(net, net.init(getkey()), layer=3, c=2.0)
+        gj.scale_block(net, None, layer=3, c=2.0)
     with pytest.raises(gj.GradjaxInputError, match="norm"):
         gj.norm_statistics(gj.build(gj.NetConfig(depth=2, width=4)), None, jnp.ones((2, 4)))
     # B <= 3: the expected inverse batch variance diverges, so does the rate.
