@@ -156,3 +156,15 @@ def test_bad_inputs():
         gj.NormHistory.from_stacked({"a": np.ones(3), "b": np.ones(4)})
     with pytest.raises(gj.GradjaxInputError, match="percentile"):
         gj.NormHistory.from_stacked({"a": np.ones(3)}).clip_threshold(150)
+
+
+def test_group_norms_survive_huge_gradients_and_report_nan():
+    # 1e20 squared overflows float32; the scaled sum does not: sqrt(4) * 1e20 exactly.
+    grads = {
+        "Dense_0": {"kernel": jnp.full((2, 2), 1e20, jnp.float32)},
+        "hidden": {"W": jnp.stack([jnp.full((2, 2), 1e20), jnp.full((2, 2), jnp.nan)])},
+    }
+    norms = gj.module_group_norms(grads)
+    assert float(norms["Dense_0"]) == pytest.approx(2e20, rel=1e-6)
+    assert float(norms["hidden/0"]) == pytest.approx(2e20, rel=1e-6)
+    assert math.isnan(float(norms["hidden/1"]))
