@@ -139,9 +139,9 @@ def train(problem: dict, *, steps: int, lr: float, warmup: int, batch: int = 128
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--out", default=None, help="directory for PNG/JSON (optional)")
     args = parser.parse_args(argv)
     results = {}
