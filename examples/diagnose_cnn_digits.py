@@ -95,15 +95,15 @@ def make_problem(*, variant: str = "sigmoid", batch: int = 128, seed: int = 0) -
             "options": options, "data": data, "model": model}
 
 
-def train(problem: dict, *, steps: int, lr: float = 0.05, batch: int = 128, seed: int = 0):
-    """Trains with SGD + momentum under one jitted ``lax.scan``, recording gradient norms.
+def train(problem: dict, *, steps: int, lr: float = 3e-3, batch: int = 128, seed: int = 0):
+    """Trains with Adam under one jitted ``lax.scan``, recording gradient norms.
 
     Returns:
       ``(params, history, test_accuracy, losses)``.
     """
     data, model = problem["data"], problem["model"]
     params = problem["params"]["params"]
-    tx = gj.monitor(optax.sgd(lr, momentum=0.9))
+    tx = gj.monitor(optax.adam(lr))
     n = data.x_train.shape[0]
     idx = jax.random.randint(jax.random.key(seed + 1), (steps, batch), 0, n)
 
