@@ -86,13 +86,21 @@ def make_problem(*, variant: str = "sigmoid", batch: int = 128, seed: int = 0) -
       ``{"apply_fn", "params", "batch", "loss_fn", "options", "data"}``.
     """
     data = digits()
-    model = CNN(activation="sigmoid" if variant == "sigmoid" else "relu",
-                he_init=variant == "relu_he")
+    model = CNN(
+        activation="sigmoid" if variant == "sigmoid" else "relu", he_init=variant == "relu_he"
+    )
     x, y = data.x_train[:batch], data.y_train[:batch]
     variables = model.init(jax.random.key(seed), x)
     options = {"activation": model.activation, "sigma_w": 1.0}
-    return {"apply_fn": model.apply, "params": variables, "batch": (x, y), "loss_fn": loss_fn,
-            "options": options, "data": data, "model": model}
+    return {
+        "apply_fn": model.apply,
+        "params": variables,
+        "batch": (x, y),
+        "loss_fn": loss_fn,
+        "options": options,
+        "data": data,
+        "model": model,
+    }
 
 
 def train(problem: dict, *, steps: int, lr: float = 3e-3, batch: int = 128, seed: int = 0):
@@ -134,28 +142,43 @@ def main(argv: list[str] | None = None) -> dict:
     for variant in ("sigmoid", "relu_he"):
         problem = make_problem(variant=variant)
         t0 = time.perf_counter()
-        report = gj.diagnose(problem["apply_fn"], problem["params"], problem["batch"],
-                             problem["loss_fn"], **problem["options"])
+        report = gj.diagnose(
+            problem["apply_fn"],
+            problem["params"],
+            problem["batch"],
+            problem["loss_fn"],
+            **problem["options"],
+        )
         seconds = time.perf_counter() - t0
         print(f"\n=== {variant}: diagnose took {seconds:.2f} s ===")
         print(report.summary())
         _, history, accuracy, losses = train(problem, steps=args.steps)
-        print(f"trained {args.steps} steps: final loss {losses[-10:].mean():.3f}, "
-              f"test accuracy {accuracy:.3f}; p90 global grad norm {history.clip_threshold():.3g}")
-        results[variant] = {"verdict": report.verdict, "accuracy": accuracy,
-                            "growth_per_layer": report.growth_per_layer}
+        print(
+            f"trained {args.steps} steps: final loss {losses[-10:].mean():.3f}, "
+            f"test accuracy {accuracy:.3f}; p90 global grad norm {history.clip_threshold():.3g}"
+        )
+        results[variant] = {
+            "verdict": report.verdict,
+            "accuracy": accuracy,
+            "growth_per_layer": report.growth_per_layer,
+        }
         if args.out:
             from pathlib import Path
 
             from gradjax.plotting import save_figure
 
             out = Path(args.out)
-            save_figure(report.plot(title=f"CNN on digits, {variant}: {report.verdict}"),
-                        out / f"cnn_{variant}_report")
-            save_figure(history.plot(title=f"CNN on digits, {variant}: training"),
-                        out / f"cnn_{variant}_history")
+            save_figure(
+                report.plot(title=f"CNN on digits, {variant}: {report.verdict}"),
+                out / f"cnn_{variant}_report",
+            )
+            save_figure(
+                history.plot(title=f"CNN on digits, {variant}: training"),
+                out / f"cnn_{variant}_history",
+            )
             (out / f"cnn_{variant}_report.json").write_text(
-                __import__("json").dumps(report.to_dict(), indent=2))
+                __import__("json").dumps(report.to_dict(), indent=2)
+            )
     print("\nsummary:", results)
     return results
 

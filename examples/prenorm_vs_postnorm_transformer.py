@@ -100,12 +100,17 @@ def make_problem(*, variant: str = "post", batch: int = 128, seed: int = 0) -> d
     model = Transformer(post_norm=variant == "post", rngs=nnx.Rngs(seed))
     batch_xy = (data.x_train[:batch], data.y_train[:batch])
     options = {"norm": "layer", "residual": "plain", "lr": 3e-3}
-    return {"apply_fn": model, "params": None, "batch": batch_xy, "loss_fn": loss_fn,
-            "options": options, "data": data}
+    return {
+        "apply_fn": model,
+        "params": None,
+        "batch": batch_xy,
+        "loss_fn": loss_fn,
+        "options": options,
+        "data": data,
+    }
 
 
-def train(problem: dict, *, steps: int, lr: float, warmup: int, batch: int = 128,
-          seed: int = 0):
+def train(problem: dict, *, steps: int, lr: float, warmup: int, batch: int = 128, seed: int = 0):
     """Adam (optionally with linear warm-up), one jitted ``lax.scan``, norms monitored.
 
     Returns:
@@ -113,8 +118,7 @@ def train(problem: dict, *, steps: int, lr: float, warmup: int, batch: int = 128
     """
     data, model = problem["data"], problem["apply_fn"]
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    schedule = (optax.linear_schedule(0.0, lr, warmup) if warmup
-                else optax.constant_schedule(lr))
+    schedule = optax.linear_schedule(0.0, lr, warmup) if warmup else optax.constant_schedule(lr)
     tx = gj.monitor(optax.adam(schedule))
     idx = jax.random.randint(jax.random.key(seed + 1), (steps, batch), 0, data.x_train.shape[0])
     call = nnx.capture(lambda m, x: m(x), nnx.Perturbation)
@@ -149,40 +153,59 @@ def main(argv: list[str] | None = None) -> dict:
         problem = make_problem(variant=variant)
         t0 = time.perf_counter()
         # lr: probe the first Adam step at the planned learning rate (and halvings of it).
-        report = gj.diagnose(problem["apply_fn"], problem["params"], problem["batch"],
-                             problem["loss_fn"], **{**problem["options"], "lr": args.lr})
+        report = gj.diagnose(
+            problem["apply_fn"],
+            problem["params"],
+            problem["batch"],
+            problem["loss_fn"],
+            **{**problem["options"], "lr": args.lr},
+        )
         print(f"\n=== {variant}-LN at init (diagnose: {time.perf_counter() - t0:.2f} s) ===")
         print(report.summary())
-        results[f"{variant}_init"] = {"verdict": report.verdict,
-                                      "growth_per_layer": report.growth_per_layer,
-                                      "first_step_unstable": report.step_probe.unstable,
-                                      "safe_lr": report.step_probe.safe_lr,
-                                      "suggestions": list(report.suggestions)}
+        results[f"{variant}_init"] = {
+            "verdict": report.verdict,
+            "growth_per_layer": report.growth_per_layer,
+            "first_step_unstable": report.step_probe.unstable,
+            "safe_lr": report.step_probe.safe_lr,
+            "suggestions": list(report.suggestions),
+        }
         if args.out:
             from pathlib import Path
 
             from gradjax.plotting import save_figure
 
-            save_figure(report.plot(title=f"{variant}-LN Transformer at init: {report.verdict}"),
-                        Path(args.out) / f"transformer_{variant}_report")
-    runs = {"post, no warm-up": ("post", 0), f"post, warm-up {args.warmup}": ("post", args.warmup),
-            "pre, no warm-up": ("pre", 0)}
+            save_figure(
+                report.plot(title=f"{variant}-LN Transformer at init: {report.verdict}"),
+                Path(args.out) / f"transformer_{variant}_report",
+            )
+    runs = {
+        "post, no warm-up": ("post", 0),
+        f"post, warm-up {args.warmup}": ("post", args.warmup),
+        "pre, no warm-up": ("pre", 0),
+    }
     for label, (variant, warmup) in runs.items():
         problem = make_problem(variant=variant)
         history, losses, accuracy = train(problem, steps=args.steps, lr=args.lr, warmup=warmup)
         early = float(np.mean(losses[: args.steps // 5]))
-        print(f"{label:<22} loss first 20%: {early:.3f}  last 10%: "
-              f"{np.mean(losses[-args.steps // 10:]):.3f}  test accuracy {accuracy:.3f}  "
-              f"p90 grad norm {history.clip_threshold():.3g}")
-        results[label] = {"accuracy": accuracy, "early_loss": early,
-                          "final_loss": float(np.mean(losses[-args.steps // 10:]))}
+        print(
+            f"{label:<22} loss first 20%: {early:.3f}  last 10%: "
+            f"{np.mean(losses[-args.steps // 10 :]):.3f}  test accuracy {accuracy:.3f}  "
+            f"p90 grad norm {history.clip_threshold():.3g}"
+        )
+        results[label] = {
+            "accuracy": accuracy,
+            "early_loss": early,
+            "final_loss": float(np.mean(losses[-args.steps // 10 :])),
+        }
         if args.out:
             from pathlib import Path
 
             from gradjax.plotting import save_figure
 
-            save_figure(history.plot(title=f"{label}: per-module gradient norms"),
-                        Path(args.out) / f"transformer_{label.replace(' ', '_').replace(',', '')}")
+            save_figure(
+                history.plot(title=f"{label}: per-module gradient norms"),
+                Path(args.out) / f"transformer_{label.replace(' ', '_').replace(',', '')}",
+            )
     if args.out:
         from pathlib import Path
 
