@@ -147,9 +147,12 @@ class _Sharded:
 def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -> _Sharded:
     """The chunk function with the seed (``axis=0``) or scale (``axis=1``) axis split over a mesh.
 
-    Cached on (net, probe, devices, axis): a repeat sweep reuses the compiled executable. Keys
-    travel as raw ``uint32`` key data, because a global array spanning several hosts is built
-    from NumPy pieces (:func:`jax.make_array_from_callback`), which typed keys are not.
+    A ``shard_map``: every device runs the unsharded chunk program on its own slice, with no
+    communication at all (points are independent), rather than leaving XLA's SPMD partitioner
+    to split an SVD or a scan and insert collectives. Cached on (net, probe, devices, axis): a
+    repeat sweep reuses the compiled executable. Keys travel as raw ``uint32`` key data,
+    because a global array spanning several hosts is built from NumPy pieces
+    (:func:`jax.make_array_from_callback`), which typed keys are not.
     """
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -157,15 +160,21 @@ def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -
     mesh = Mesh(np.asarray(devices, dtype=object), ("sweep",))
     body = _chunk_body(net, probe)
 
-    def fn(key_data, sigma_w, sigma_b):
+    def local(key_data, sigma_w, sigma_b):
         return body(jax.random.wrap_key_data(key_data), sigma_w, sigma_b)
 
-    keys = NamedSharding(mesh, P("sweep") if axis == 0 else P())
-    scales = NamedSharding(mesh, P() if axis == 0 else P("sweep"))
-    # One sharding for every output leaf (a pytree prefix): all leaves lead with (seed, scale).
-    out = NamedSharding(mesh, P("sweep") if axis == 0 else P(None, "sweep"))
-    jitted = jax.jit(fn, in_shardings=(keys, scales, scales), out_shardings=out)
-    return _Sharded(jitted, keys, scales)
+    key_spec = P("sweep") if axis == 0 else P()
+    scale_spec = P() if axis == 0 else P("sweep")
+    # One spec for every output leaf (a pytree prefix): all leaves lead with (seed, scale).
+    out_spec = P("sweep") if axis == 0 else P(None, "sweep")
+    mapped = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(key_spec, scale_spec, scale_spec),
+        out_specs=out_spec,
+        check_vma=False,  # outputs are per-device slices by construction
+    )
+    return _Sharded(jax.jit(mapped), NamedSharding(mesh, key_spec), NamedSharding(mesh, scale_spec))
 
 
 @functools.lru_cache(maxsize=64)
@@ -239,9 +248,12 @@ def sweep(
         a callable is called as ``progress(done_chunks, total_chunks)`` after each chunk.
       probe_name: recorded in the result's metadata and in the resume fingerprint (name
         probes that differ only in closed-over settings, so their directories stay apart).
-      devices: ``None`` for every device of ``jax.devices()`` (all hosts), an int ``n`` for
-        the first ``n`` of them, or an explicit sequence of devices. One device runs unsharded.
-        Across hosts keep ``None`` (or a list holding devices of every process).
+      devices: ``None`` for every device of ``jax.devices()`` (all hosts; but one device for
+        a single-process CPU run, whose several CPU devices would share the same cores), an
+        int ``n`` for the first ``n`` devices, or an explicit sequence of devices. One device
+        runs unsharded. Across hosts keep ``None`` (or a list holding devices of every
+        process). Several CPU devices in one process calling LAPACK at once (the SVD) can
+        deadlock in a multi-threaded OpenBLAS; set ``OPENBLAS_NUM_THREADS=1`` for that.
       out_dir: directory for resumable output (created if missing).
 
     Returns:
@@ -395,6 +407,11 @@ def _check_chunk(chunk: Any) -> tuple[int, int]:
 def _resolve_devices(devices: Any) -> tuple:
     available = jax.devices()
     if devices is None:
+        # Several CPU "devices" of one process are one host's cores split up: sharding over
+        # them gains nothing, and LAPACK (OpenBLAS, behind the SVD) can deadlock when several
+        # of them call it at once. Accelerators, and every multi-host run, use all devices.
+        if jax.process_count() == 1 and jax.default_backend() == "cpu":
+            return tuple(available[:1])
         return tuple(available)
     if isinstance(devices, int) and not isinstance(devices, bool):
         check_int("devices", devices, minimum=1, maximum=len(available))

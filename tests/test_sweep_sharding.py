@@ -71,7 +71,7 @@ def test_seed_axis_sharding_is_bitwise_unsharded_with_padding(setup):
 def test_scale_axis_sharding_matches_unsharded(setup):
     net, probe = setup
     # 1 seed (< 4 devices) and 3 scales: the scale axis is split, padded from 3 to 4.
-    out = gj.sweep(net, probe, seeds=1, sigma_w=SIGMA_W, chunk=(1, 3), devices=None)
+    out = gj.sweep(net, probe, seeds=1, sigma_w=SIGMA_W, chunk=(1, 3), devices=4)
     assert out.meta["shard_axis"] == "scale"
     # Seed 0 of the unsharded 5-seed sweep is the same network and inputs.
     ref = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=1)
@@ -170,6 +170,13 @@ def test_different_sweep_in_same_directory_is_refused(setup, tmp_path):
         gj.sweep(net, probe, out_dir=tmp_path, probe_name="other", **kwargs)
     # Nothing was mixed in: the directory is as the first sweep left it.
     assert (tmp_path / "manifest.json").read_text() == before
+
+
+def test_default_devices_on_cpu_is_one_device(setup):
+    net, probe = setup
+    # Several CPU devices of one process share the same cores: the default does not shard.
+    res = gj.sweep(net, probe, seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), progress=False)
+    assert res.meta["devices"] == 1 and res.meta["shard_axis"] is None
 
 
 def test_bad_devices_and_progress_are_refused(setup):

@@ -30,7 +30,10 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-budget-mb", type=float, default=1024.0)
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument(
-        "--devices", type=positive_int, default=None, help="use the first N devices (default all)"
+        "--devices",
+        type=positive_int,
+        default=None,
+        help="use the first N devices (default: all accelerators of all hosts; one on CPU)",
     )
     dist = p.add_argument_group("multi-host (see gradjax.distributed for the launch)")
     dist.add_argument(
