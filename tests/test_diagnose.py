@@ -101,9 +101,10 @@ def test_known_configurations_get_their_verdict(activation, sigma_w, init, expec
 
 def test_relu_growth_matches_mean_field():
     # Mean field (Schoenholz et al. 2017): ||dL/da_l|| grows by sqrt(chi_1) per layer towards
-    # the input; for ReLU chi_1 = sigma_w^2 / 2 = 2, so the factor is sqrt(2). Finite width
-    # (64) adds O(1/sqrt(width)) noise to each layer's factor; the fit over 16 layers averages it.
-    *_, report = _net_report(activation="relu", sigma_w=2.0, width=64)
+    # the input; for ReLU chi_1 = sigma_w^2 / 2 = 2, so the factor is sqrt(2). At width 32 the
+    # least-squares fit over 16 layers scatters by about +-0.05 across seeds (finite-width
+    # O(1/sqrt(width)) noise per layer); 0.1 is twice that.
+    *_, report = _net_report(activation="relu", sigma_w=2.0)
     assert abs(report.growth_per_layer - math.sqrt(2.0)) < 0.1
 
 
