@@ -39,10 +39,11 @@ def config(quick: bool) -> dict:
 
 
 def _sigma_w2_values(activation: str, critical: float) -> list[float]:
-    # Below, at and above the edge of chaos; sigmoid's "below" is the textbook sigma_w^2 = 1,
-    # where the article's vanishing-gradient story holds.
+    # Below, at and above the edge of chaos. Sigmoid's "below" is sigma_w^2 = 16, the naive
+    # guess from phi'(0) = 1/4 (16 / 4^2 = 1), which still vanishes because q* > 0; at the
+    # textbook sigma_w^2 = 1 (chi_1 ~ 0.06) the gradient underflows float32 within 32 layers.
     if activation == "sigmoid":
-        return [1.0, critical, 2.0 * critical]
+        return [16.0, critical, 2.0 * critical]
     return [0.5 * critical, critical, 2.0 * critical]
 
 
@@ -50,11 +51,20 @@ def _fit_chi1(norms: np.ndarray, skip: int) -> np.ndarray:
     """exp(slope) of log ||dL/da_l||^2 vs l, from layer ``skip`` on; one value per row."""
     depth = norms.shape[-1]
     layers = np.arange(skip, depth, dtype=np.float64)
-    logs = 2.0 * np.log(norms[..., skip:].astype(np.float64))
+    tail = norms[..., skip:].astype(np.float64)
+    # A gradient that underflowed to 0 (or overflowed) has no slope to fit: NaN, not a number.
+    logs = 2.0 * np.log(np.where((tail > 0) & np.isfinite(tail), tail, np.nan))
     centred = layers - layers.mean()
     slope = ((logs - logs.mean(-1, keepdims=True)) * centred).sum(-1) / (centred**2).sum()
     # Gradients grow towards the input when chi_1 > 1, i.e. decrease along l: chi_1 = e^-slope.
     return np.exp(-slope)
+
+
+def _num(value: float) -> float | str:
+    value = float(value)
+    if np.isfinite(value):
+        return value
+    return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
@@ -98,12 +108,12 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
         numbers[f"{act}_sigma_w2"] = [float(v) for v in sw2]
         numbers[f"{act}_chi1_theory"] = [float(v) for v in chi1]
         med = np.median(measured, axis=0)
-        numbers[f"{act}_chi1_measured"] = [float(v) for v in med]
+        numbers[f"{act}_chi1_measured"] = [_num(v) for v in med]
         numbers[f"{act}_chi1_rel_err"] = [
-            float(abs(m / t - 1)) for m, t in zip(med, chi1, strict=True)
+            _num(abs(m / t - 1)) for m, t in zip(med, chi1, strict=True)
         ]
         first_over_last = np.median(rel[..., 0], axis=0)
-        numbers[f"{act}_first_over_last"] = [float(v) for v in first_over_last]
+        numbers[f"{act}_first_over_last"] = [_num(v) for v in first_over_last]
         if act == "tanh":
             # The case where weight gradients mislead: tanh, sigma_b = 0, sigma_w^2 = 0.8.
             w0 = res["weights"][:, -1, 0]
@@ -116,6 +126,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
                 gj.mean_field("tanh", linear_regime_sw2, 0.0).chi1
             )
     numbers["sigmoid_critical_sigma_w"] = math.sqrt(numbers["sigmoid_critical_sigma_w2"])
+    numbers["sigmoid_chi1_at_one"] = float(gj.mean_field("sigmoid", 1.0, 0.0).chi1)
     return {"numbers": numbers, "arrays": arrays}
 
 
@@ -186,20 +197,17 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
     """C4 from the fitted vs theoretical chi_1; C5 from the saturating activations' critical
     points."""
     errs = [e for act in ACTIVATIONS for e in numbers[f"{act}_chi1_rel_err"]]
-    worst = max(errs)
+    fitted = [e for e in errs if isinstance(e, float)]
+    worst = max(fitted) if fitted else float("inf")
     # Direction: below critical vanishes (first/last < 1), above explodes (> 1).
-    direction_ok = all(
-        numbers[f"{act}_first_over_last"][0] < 1 < numbers[f"{act}_first_over_last"][2]
-        for act in ACTIVATIONS
-    )
+    ratio = lambda act, i: float(numbers[f"{act}_first_over_last"][i])
+    direction_ok = all(ratio(act, 0) < 1 < ratio(act, 2) for act in ACTIVATIONS)
     c4 = (
         "confirmed"
         if direction_ok and worst <= 0.1
         else ("nuanced" if direction_ok else "contradicted")
     )
-    sig_crit = numbers["sigmoid_first_over_last"][1]
-    tanh_crit = numbers["tanh_first_over_last"][1]
-    sig_std = numbers["sigmoid_first_over_last"][0]
+    sig_crit, tanh_crit, sig_naive = ratio("sigmoid", 1), ratio("tanh", 1), ratio("sigmoid", 0)
     doomed = sig_crit < 1e-2 and tanh_crit < 1e-2
     c5 = "confirmed" if doomed else "nuanced"
     return [
@@ -222,14 +230,16 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
                 f"layer's gradient is {tanh_crit:.2g}x (tanh) and {sig_crit:.2g}x (sigmoid) the "
                 f"last's over {cfg['depth']} layers. Sigmoid's critical point is sigma_w^2 = "
                 f"{numbers['sigmoid_critical_sigma_w2']:.1f} (sigma_w = "
-                f"{numbers['sigmoid_critical_sigma_w']:.2f}); at sigma_w^2 = 1 it vanishes "
-                f"({sig_std:.1e}x), as the article says."
+                f"{numbers['sigmoid_critical_sigma_w']:.2f}); at the naive sigma_w^2 = 16 "
+                f"(16 x phi'(0)^2 = 1) it still vanishes ({sig_naive:.1e}x), and at sigma_w^2 = 1 "
+                f"chi_1 = {numbers['sigmoid_chi1_at_one']:.3f}, the article's vanishing case."
             ),
             "numbers": [
                 "tanh_first_over_last",
                 "sigmoid_first_over_last",
                 "sigmoid_critical_sigma_w2",
                 "sigmoid_critical_sigma_w",
+                "sigmoid_chi1_at_one",
             ],
         },
     ]
