@@ -902,7 +902,9 @@ def diagnose(
     Args:
       apply_fn: ``apply_fn(params, x) -> output``: a Linen ``model.apply`` (``params`` are its
         variables), any pure JAX function, or an ``nnx.Module`` itself (then ``params`` is
-        ``None``).
+        ``None``). A model that needs more arguments is wrapped, e.g. BatchNorm in train
+        mode: ``lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]``
+        (Linen variables are still recognised by their ``"params"`` collection).
       params: the parameters (Linen variables, a pytree, or ``None`` for NNX).
       batch: ``(inputs, targets)``; inputs have the batch on axis 0.
       loss_fn: ``loss_fn(output, targets) -> scalar``, or ``"mse"``/``"xent"``.
