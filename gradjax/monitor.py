@@ -42,9 +42,10 @@ from gradjax.results import pytree_dataclass, static_field
 def module_group_norms(tree: Any, *, stacked: Sequence[str] = ("hidden",)) -> dict[str, jax.Array]:
     """Gradient norms grouped by module path (one per layer for stacked leaves).
 
-    Each group's norm is ``scale * sqrt(sum((g / scale)^2))`` with ``scale`` the group's
-    largest magnitude: exploding float32 gradients (entries near 1e20, whose squares
-    overflow) stay measurable until the entries themselves are non-finite. A stacked module
+    Each group's norm is ``sqrt(sum(g^2))``, or ``scale * sqrt(sum((g / scale)^2))`` with
+    ``scale`` the group's largest magnitude when the plain sum overflows: exploding float32
+    gradients (entries near 1e20) stay measurable until the entries themselves are
+    non-finite. A stacked module
     is reduced for all its layers at once (a few vector reductions rather than a handful of
     operations per layer: on a CPU the per-operation cost, not the arithmetic, is what a
     monitor adds to a training step).
@@ -75,12 +76,7 @@ def module_group_norms(tree: Any, *, stacked: Sequence[str] = ("hidden",)) -> di
         if not jnp.issubdtype(dtype, jnp.inexact):
             dtype = jnp.float32
         leaves = [v.astype(dtype) for v in leaves]
-        scale = jnp.max(jnp.stack([jnp.max(jnp.abs(v), axis=1) for v in leaves]), axis=0)
-        usable = jnp.isfinite(scale) & (scale > 0)
-        safe = jnp.where(usable, scale, jnp.ones_like(scale))
-        total = sum(jnp.sum(jnp.square(v / safe[:, None]), axis=1) for v in leaves)
-        # A non-finite scale is nan (a nan entry) or inf (an inf entry): the norm's value.
-        norm = jnp.where(jnp.isfinite(scale), jnp.sqrt(total) * safe, scale)
+        norm = _group_norm(leaves)
         if layers is None:
             out["/".join(key)] = norm[0]
         else:
@@ -88,6 +84,28 @@ def module_group_norms(tree: Any, *, stacked: Sequence[str] = ("hidden",)) -> di
             for layer in range(layers):
                 out["/".join((*key[:at], str(layer), *key[at + 1 :]))] = norm[layer]
     return out
+
+
+def _group_norm(leaves: list[jax.Array]) -> jax.Array:
+    """Row-wise Frobenius norm over several ``(rows, -1)`` arrays, overflow-safe.
+
+    One pass over the gradients in the common case: the plain sum of squares. Only when it
+    is not finite (a float32 overflow above ~1e19 per entry, or a NaN/inf entry) is the
+    scaled two-pass form computed, under ``lax.cond`` so a healthy step never pays for it.
+    """
+    total = sum(jnp.sum(jnp.square(v), axis=1) for v in leaves)
+
+    def scaled(_):
+        scale = jnp.max(jnp.stack([jnp.max(jnp.abs(v), axis=1) for v in leaves]), axis=0)
+        usable = jnp.isfinite(scale) & (scale > 0)
+        safe = jnp.where(usable, scale, jnp.ones_like(scale))
+        ss = sum(jnp.sum(jnp.square(v / safe[:, None]), axis=1) for v in leaves)
+        # A non-finite scale is nan (a nan entry) or inf (an inf entry): the norm's value.
+        return jnp.where(jnp.isfinite(scale), jnp.sqrt(ss) * safe, scale)
+
+    return jax.lax.cond(
+        jnp.all(jnp.isfinite(total)), lambda _: jnp.sqrt(total), scaled, operand=None
+    )
 
 
 def monitor(
