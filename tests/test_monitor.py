@@ -44,10 +44,10 @@ def test_module_group_norms_nnx_state_and_stacked_layers(getkey):
     assert float(norms["hidden/1"]) == pytest.approx(math.sqrt(128.0))
 
 
-def _net_problem(key):
-    net = gj.build(gj.NetConfig(depth=5, width=16, activation="tanh", sigma_w=1.5))
+def _net_problem(key, depth=5, width=16):
+    net = gj.build(gj.NetConfig(depth=depth, width=width, activation="tanh", sigma_w=1.5))
     kp, kx, ky = jax.random.split(key, 3)
-    x = jax.random.normal(kx, (32, 16))
+    x = jax.random.normal(kx, (32, width))
     y = jax.random.normal(ky, (32, 1))
     return net, net.init(kp), x, y
 
@@ -94,7 +94,7 @@ def test_monitor_records_exact_per_layer_norms_inside_a_jitted_scan(getkey):
 
 
 def test_monitored_step_does_not_recompile(getkey):
-    net, params, x, y = _net_problem(getkey())
+    net, params, x, y = _net_problem(getkey(), depth=3, width=8)
     tx = gj.monitor(optax.sgd(1e-3))  # (optax.adam trips strict dtype promotion)
     traces = []
 
@@ -113,7 +113,7 @@ def test_monitored_step_does_not_recompile(getkey):
 
 
 def test_monitor_vmaps_over_seeds(getkey):
-    net, params, x, y = _net_problem(getkey())
+    net, params, x, y = _net_problem(getkey(), depth=3, width=8)
     tx = gj.monitor()
     seeds = jax.vmap(net.init)(jax.random.split(getkey(), 3))
 
