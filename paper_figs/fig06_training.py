@@ -378,27 +378,41 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
             ],
         }
     )
-    # C7: warm-up removes early oscillation.
+    # C7: warm-up removes early oscillation. A change counts only when the interquartile
+    # ranges over seeds do not overlap; otherwise the effect is within seed-to-seed spread.
     w = cfg["warmup_steps"]
-    better, parts = 0, []
+    effects, parts = [], []
     for opt in ("sgd", "adam"):
         off = _num(n[f"{opt}_warmup0_early_oscillation_median"])
         on = _num(n[f"{opt}_warmup{w}_early_oscillation_median"])
-        better += int(on < off)
+        off_lo, off_hi = (_num(v) for v in n[f"{opt}_warmup0_early_oscillation_iqr"])
+        on_lo, on_hi = (_num(v) for v in n[f"{opt}_warmup{w}_early_oscillation_iqr"])
+        effect = "less" if on_hi < off_lo else ("more" if on_lo > off_hi else "no clear change")
+        effects.append(effect)
         parts.append(
-            f"{opt.upper()} {off:.3g} -> {on:.3g} "
+            f"{opt.upper()} {off:.3g} [IQR {off_lo:.3g}-{off_hi:.3g}] -> {on:.3g} "
+            f"[{on_lo:.3g}-{on_hi:.3g}], {effect} "
             f"(divergence {n[f'{opt}_warmup0_divergence_rate']:.0%} -> "
             f"{n[f'{opt}_warmup{w}_divergence_rate']:.0%})"
         )
-    c7 = {2: "confirmed", 1: "nuanced", 0: "contradicted"}[better]
+    if all(e == "less" for e in effects):
+        c7 = "confirmed"
+    elif all(e == "more" for e in effects):
+        c7 = "contradicted"
+    else:
+        c7 = "nuanced"
     out.append(
         {
             "claim": "C7",
             "verdict": c7,
-            "summary": f"Early oscillation (median, first {cfg['window']} steps) without -> with "
+            "summary": f"Early oscillation (excess total variation of the smoothed log-loss, "
+            f"median over seeds, first {cfg['window']} steps) without -> with "
             f"a {w}-step warm-up: " + "; ".join(parts) + ".",
             "numbers": [
-                f"{o}_warmup{x}_early_oscillation_median" for o in ("sgd", "adam") for x in (0, w)
+                f"{o}_warmup{x}_early_oscillation_{q}"
+                for o in ("sgd", "adam")
+                for x in (0, w)
+                for q in ("median", "iqr")
             ],
         }
     )

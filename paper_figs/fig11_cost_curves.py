@@ -37,10 +37,10 @@ def config(quick: bool) -> dict[str, Any]:
         return {
             "activation": "tanh",
             "sigma_w": 1.0,
-            "widths": {"exact": [64, 128, 256], "matrix_free": [64, 128, 256]},
+            "widths": {"exact": [32, 64, 128], "matrix_free": [32, 64, 128]},
             "depth_for_widths": 4,
-            "depths": [4, 16],
-            "width_for_depths": 128,
+            "depths": [2, 8],
+            "width_for_depths": 64,
             "probes": 16,
             "lanczos_steps": 8,
             "fit_points": 2,

@@ -240,9 +240,9 @@ def render_report(
             if row is None:
                 lines.append(f"| {claim} | {text} | not measured | — | — |")
                 continue
+            summary = row["summary"].replace("|", "\\|")  # keep the table's columns intact
             lines.append(
-                f"| {claim} | {text} | **{row['verdict']}** | {row['summary']} | "
-                f"[{name}](#{name}) |"
+                f"| {claim} | {text} | **{row['verdict']}** | {summary} | [{name}](#{name}) |"
             )
     if failures:
         lines += ["", "## Failed figures", ""]
