@@ -3,7 +3,7 @@
 Usage:
     python3 dev.py test              # ruff + the whole test suite
     python3 dev.py figures [ARGS]    # every figure, numbers.json and REPORT.md in figures/
-    python3 dev.py bench [ARGS]      # the benchmark suite, JSON in bench_results/
+    python3 dev.py bench [ARGS]      # the benchmark suite, JSON in bench-results/
     python3 dev.py setup             # only create/refresh .venv
 
 The environment lives in ``.venv`` and is refreshed when ``pyproject.toml`` changes.
@@ -24,9 +24,15 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".gradjax-deps"
 
 
-def _run(*cmd: str | Path) -> None:
+def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
     print("+", " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
+    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, env=env)
+
+
+def _timing_env() -> dict[str, str]:
+    # LAPACK (the SVDs) runs on OpenBLAS, whose spinning threads slow small SVDs several-fold
+    # when anything else shares the cores; one thread per process is faster and steadier.
+    return {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
 
 
 def setup() -> None:
@@ -68,10 +74,10 @@ def main(argv: list[str]) -> int:
             test(rest)
         elif job == "figures":
             setup()
-            _run(BIN / "gradjax", "figures", *(rest or ["--out", "figures"]))
+            _run(BIN / "gradjax", "figures", *(rest or ["--out", "figures"]), env=_timing_env())
         elif job == "bench":
             setup()
-            _run(BIN / "gradjax", "bench", *(rest or ["--out", "bench_results"]))
+            _run(BIN / "gradjax", "bench", *(rest or ["--out", "bench-results"]), env=_timing_env())
         else:
             print(f"dev.py: unknown job {job!r}; expected one of: setup, test, figures, bench")
             return 2

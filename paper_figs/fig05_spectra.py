@@ -141,7 +141,7 @@ def plot(cfg: dict, result: dict):
                 if c == 0:
                     ax.set_ylabel("density (per decade)")
         axes[0, 0].legend(title="dashed: Fuss-Catalan", loc="upper left")
-        axes[1, 0].text(0.05, 0.85, "theory: all\n$\\lambda=1$", transform=axes[1, 0].transAxes)
+        axes[1, 0].text(0.6, 0.85, "theory: all\n$\\lambda=1$", transform=axes[1, 0].transAxes)
         palette = PALETTE
         d_arr = np.array(depths, float)
         for k, ens in enumerate(ENSEMBLES):
@@ -153,8 +153,8 @@ def plot(cfg: dict, result: dict):
                 ax.plot(d_arr, meas, "o", color=palette[c], markersize=4, label=LABELS[act])
                 if np.all(pred > 1e-6):
                     ax.plot(d_arr, pred, "-", color=palette[c], linewidth=1.0)
-                else:
-                    ax.axhline(1e-6, color=palette[c], linewidth=1.0)
+                else:  # zero predicted variance, drawn at the plot's floor
+                    ax.axhline(1e-6, color=palette[c], linewidth=1.0, linestyle=":")
             ax.set(
                 xscale="log",
                 yscale="log",
@@ -192,7 +192,7 @@ def plot(cfg: dict, result: dict):
             xscale="log",
             xlabel="depth $L$",
             ylabel=r"mean $\lambda(JJ^T)$",
-            title="mean (o gauss, s orth)",
+            title="mean ($\\circ$ gauss., $\\square$ ortho.)",
         )
         ax.set_ylim(0.3, 1.5)
         fig.suptitle(

@@ -251,7 +251,7 @@ def plot(cfg: dict, result: dict):
             ylabel="fraction",
             title="C8: diverged (bars), test accuracy (points)",
         )
-        ax_c8.legend(fontsize=6, loc="center right")
+        ax_c8.legend(fontsize=6, loc="lower left", framealpha=0.9, frameon=True)
 
         w = cfg["warmup_steps"]
         window = cfg["window"]
@@ -279,7 +279,7 @@ def plot(cfg: dict, result: dict):
             yscale="log",
             xlabel="step",
             ylabel="training loss (nats)",
-            title=f"C7: warm-up; osc. = excess variation of smoothed log L, steps 1-{window}",
+            title=f"C7: warm-up on/off (osc.: excess variation, steps 1-{window})",
         )
         ax_c7.legend(fontsize=6)
 

@@ -148,3 +148,16 @@ def test_chain_rule_by_hand_equals_jax_grad_for_any_block(getkey):
     by_hand = gj.chain_rule_activation_gradients(net, params, x, y)
     auto = gj.layer_gradients(net, params, x[None], y[None]).activations[:, 0]
     np.testing.assert_allclose(by_hand, auto, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(auto))))
+
+
+def test_spectrum_probe_closed_form_matches_autodiff_spectra(getkey):
+    # The probe takes the closed form diag(phi') W (+ I) for norm-free nets; it must give the
+    # spectra of the autodiff Jacobians.
+    for residual in (None, "scaled"):
+        net = gj.build(gj.NetConfig(depth=5, width=12, residual=residual, sigma_w=1.7))
+        params, key = net.init(getkey()), getkey()
+        got = gj.probes.spectrum_probe(net)(params, key)
+        x = jax.random.normal(key, (12,))
+        want = gj.spectrum_summary(gj.layer_jacobians(net, params, x).hidden)
+        np.testing.assert_allclose(got["hidden"].sigma_max, want.sigma_max, rtol=1e-5)
+        np.testing.assert_allclose(got["hidden"].mean_sq, want.mean_sq, rtol=1e-5)
