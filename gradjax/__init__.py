@@ -41,6 +41,7 @@ from gradjax.isometry import DerivativeMoments as DerivativeMoments
 from gradjax.isometry import IsometryPrediction as IsometryPrediction
 from gradjax.isometry import JacobianSpectra as JacobianSpectra
 from gradjax.isometry import SpectrumMoments as SpectrumMoments
+from gradjax.isometry import critical_net as critical_net
 from gradjax.isometry import critical_point as critical_point
 from gradjax.isometry import derivative_moments as derivative_moments
 from gradjax.isometry import fuss_catalan_density as fuss_catalan_density

@@ -139,6 +139,36 @@ def critical_point(
     return CriticalPoint(q_star=jnp.asarray(q_star), sigma_w2=sw2, sigma_b2=jnp.maximum(sb2, 0.0))
 
 
+def critical_net(
+    activation: ActivationLike, *, q_star: float, depth: int, width: int, init: str = "gaussian"
+) -> tuple[Net, CriticalPoint]:
+    """A network on the critical line at fixed point ``q*`` (see :func:`critical_point`).
+
+    Args:
+      activation: a name or callable.
+      q_star: the fixed point (``> 0``).
+      depth: number of blocks.
+      width: hidden width.
+      init: ``"gaussian"`` or ``"orthogonal"`` weights.
+
+    Returns:
+      ``(net, point)``: the network at ``sigma_w^2, sigma_b^2`` of the critical point, and it.
+    """
+    from gradjax.config import NetConfig
+    from gradjax.models import build
+
+    point = critical_point(activation, q_star=q_star)
+    cfg = NetConfig(
+        depth=depth,
+        width=width,
+        activation=activation,
+        init=init,
+        sigma_w=math.sqrt(float(point.sigma_w2)),
+        sigma_b=math.sqrt(float(point.sigma_b2)),
+    )
+    return build(cfg), point
+
+
 @pytree_dataclass
 class IsometryPrediction:
     """Free-probability moments of the eigenvalues of ``J J^T`` (Pennington et al. 2017).

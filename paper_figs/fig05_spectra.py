@@ -61,18 +61,8 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
         base = jax.jit(jax.vmap(proto.init_base))(init_keys)
         for act, q in CASES:
             progress(f"{ens} {act}")
-            cp = gj.critical_point(act, q_star=q)
+            net, cp = gj.critical_net(act, q_star=q, depth=max_depth, width=width, init=ens)
             sw2, sb2 = float(cp.sigma_w2), float(cp.sigma_b2)
-            net = gj.build(
-                gj.NetConfig(
-                    depth=max_depth,
-                    width=width,
-                    activation=act,
-                    init=ens,
-                    sigma_w=math.sqrt(sw2),
-                    sigma_b=math.sqrt(sb2),
-                )
-            )
 
             def eig(b, key, net=net, q=q, sw2=sw2, sb2=sb2):
                 x = gj.isometry_input(key, width, q_star=q, sigma_w2=sw2, sigma_b2=sb2)
@@ -192,9 +182,10 @@ def plot(cfg: dict, result: dict):
             xscale="log",
             xlabel="depth $L$",
             ylabel=r"mean $\lambda(JJ^T)$",
-            title="mean ($\\circ$ gauss., $\\square$ ortho.)",
+            title="mean eigenvalue",
         )
         ax.set_ylim(0.3, 1.5)
+        ax.text(0.04, 0.05, "solid: gauss.\ndashed: ortho.", transform=ax.transAxes, fontsize=7)
         fig.suptitle(
             f"Spectrum of $JJ^T$ at criticality ($\\chi_1=1$), width {numbers['width']}, "
             f"{cfg['seeds']} seeds pooled\nhistograms: eigenvalues above $10^{{-4}}$; "

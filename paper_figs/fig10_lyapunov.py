@@ -72,18 +72,8 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
         if ens not in bases:  # one base draw per seed and ensemble (common random numbers)
             proto = gj.build(gj.NetConfig(depth=depth, width=width, init=ens))
             bases[ens] = jax.jit(jax.vmap(proto.init_base))(init_keys)
-        cp = gj.critical_point(act, q_star=q)
+        net, cp = gj.critical_net(act, q_star=q, depth=depth, width=width, init=ens)
         sw2, sb2 = float(cp.sigma_w2), float(cp.sigma_b2)
-        net = gj.build(
-            gj.NetConfig(
-                depth=depth,
-                width=width,
-                activation=act,
-                init=ens,
-                sigma_w=math.sqrt(sw2),
-                sigma_b=math.sqrt(sb2),
-            )
-        )
 
         def one(b, key, net=net, q=q, sw2=sw2, sb2=sb2):
             x = gj.isometry_input(key, width, q_star=q, sigma_w2=sw2, sigma_b2=sb2)
