@@ -86,6 +86,23 @@ def _example(script: str):
     return module
 
 
+def _time_diagnose(problem: dict, quick: bool) -> dict:
+    """Times one end-to-end ``gj.diagnose`` call on an example problem, compilation included."""
+    return harness.time_fn(
+        lambda: (
+            gj.diagnose(
+                problem["apply_fn"],
+                problem["params"],
+                problem["batch"],
+                problem["loss_fn"],
+                **problem["options"],
+            ).loss
+        ),
+        repeats=1 if quick else 2,
+        warmup=0,
+    )
+
+
 def run(quick: bool = False) -> dict:
     """Runs the benchmark; returns its JSON record."""
     cfg = _config(quick)
@@ -146,36 +163,13 @@ def run(quick: bool = False) -> dict:
         ratios["overhead_fraction_cnn"] = overhead_cnn
 
         for variant in ("sigmoid", "relu_he"):
-            prob = cnn.make_problem(variant=variant)
-            timings[f"diagnose_cnn_{variant}"] = harness.time_fn(
-                lambda prob=prob: (
-                    gj.diagnose(
-                        prob["apply_fn"],
-                        prob["params"],
-                        prob["batch"],
-                        prob["loss_fn"],
-                        **prob["options"],
-                    ).loss
-                ),
-                repeats=1 if quick else 2,
-                warmup=0,
+            timings[f"diagnose_cnn_{variant}"] = _time_diagnose(
+                cnn.make_problem(variant=variant), quick
             )
     if transformer is not None:
         for variant in ("post", "pre"):
-            prob = transformer.make_problem(variant=variant)
-            timings[f"diagnose_transformer_{variant}ln"] = harness.time_fn(
-                lambda prob=prob: (
-                    gj.diagnose(
-                        prob["apply_fn"],
-                        prob["params"],
-                        prob["batch"],
-                        prob["loss_fn"],
-                        **prob["options"],
-                    ).loss
-                ),
-                repeats=1 if quick else 2,
-                warmup=0,
-            )
+            problem = transformer.make_problem(variant=variant)
+            timings[f"diagnose_transformer_{variant}ln"] = _time_diagnose(problem, quick)
     return harness.record(
         NAME,
         config=cfg,
