@@ -125,6 +125,7 @@ from gradjax.spectra import singular_values as singular_values
 from gradjax.spectra import spectrum_summary as spectrum_summary
 from gradjax.spectra import summarize_spectrum as summarize_spectrum
 from gradjax.sweep import SweepResult as SweepResult
+from gradjax.sweep import accepts_lazy_scales as accepts_lazy_scales
 from gradjax.sweep import sweep as sweep
 from gradjax.theory import CriticalLine as CriticalLine
 from gradjax.theory import FixedPoint as FixedPoint

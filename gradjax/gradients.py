@@ -94,6 +94,7 @@ def layer_gradients(
     """
     loss_fn = get_loss(loss)
     net.check_input(x)
+    Net.require_materialized(params, "layer_gradients")  # dL/dW of lazy W would be scaled
     lead = jnp.shape(x)[:-1]
     eps = jnp.zeros((net.cfg.depth, *lead, net.cfg.width), net.dtype)
 

@@ -178,6 +178,7 @@ def expected_factors(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
       A :class:`LayerJacobians` built from the formula, for comparison with
       :func:`layer_jacobians`.
     """
+    Net.require_materialized(params, "expected_factors")
     if net.cfg.norm is not None:
         raise invalid("norm", net.cfg.norm, "None: the closed form diag(phi'(z)) W has no norm")
     trace = net.forward(params, x)
@@ -212,6 +213,7 @@ def chain_rule_activation_gradients(
     Returns:
       ``(depth, width)``: dL/da_1 ... dL/da_depth.
     """
+    Net.require_materialized(params, "chain_rule_activation_gradients")
     loss_fn = get_loss(loss)
     trace = net.forward(params, x)
     jac = layer_jacobians(net, params, x)
@@ -256,6 +258,7 @@ def chain_rule_weight_gradients(
     Returns:
       ``(depth-1, width, width)`` gradients of the hidden blocks' weights, in layer order.
     """
+    Net.require_materialized(params, "chain_rule_weight_gradients")
     loss_fn = get_loss(loss)
     trace = net.forward(params, x)
     factors = expected_factors(net, params, x)
@@ -294,6 +297,7 @@ def chain_rule_check(
     Returns:
       A :class:`ChainRuleCheck` of relative errors (float round-off when the claims hold).
     """
+    Net.require_materialized(params, "chain_rule_check")
     rel = lambda a, b: jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30)
     jac = layer_jacobians(net, params, x)
     formula = expected_factors(net, params, x)

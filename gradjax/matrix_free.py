@@ -298,6 +298,7 @@ def matrix_free_probe(
             net, params, x, key=kp, probes=probes, lanczos_steps=lanczos_steps
         )
 
+    probe.lazy_scales = True  # forward pass, JVPs and VJPs only: see gradjax.sweep
     return probe
 
 
@@ -386,4 +387,5 @@ def chi1_probe(net: Net, *, probes: int = 8, skip: int = -1) -> Callable:
         x = jax.random.normal(kx, (net.cfg.input_dim,), net.dtype)
         return empirical_chi1(net, params, x, key=kp, probes=probes, skip=skip)
 
+    probe.lazy_scales = True  # forward pass and JVPs only: see gradjax.sweep
     return probe

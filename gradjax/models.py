@@ -131,6 +131,7 @@ class Net:
         *,
         sigma_w: float | jax.Array | None = None,
         sigma_b: float | jax.Array | None = None,
+        lazy: bool = False,
     ) -> Params:
         """Applies weight and bias scales to unit-scale parameters.
 
@@ -139,9 +140,17 @@ class Net:
           sigma_w: weight scale (may be traced, e.g. a vmapped sweep axis); default the
             config's.
           sigma_b: bias standard deviation (may be traced); default the config's.
+          lazy: keep ``W`` and ``b`` unscaled and add the scales as leaves ``w_scale`` and
+            ``b_scale`` (per block; stacked for the hidden group), which :meth:`block`
+            applies to the block's output instead of its weights. Under ``vmap`` over the
+            scales the weights then stay shared: a grid of scales costs one matrix-matrix
+            product per layer instead of one rescaled weight copy per grid point. Lazy
+            parameters are for forward passes and derivatives with respect to activations;
+            :meth:`materialize` turns them into ordinary ones.
 
         Returns:
-          Parameters with ``W <- sigma_w * scheme_factor * W`` and ``b <- sigma_b * b``.
+          Parameters with ``W <- sigma_w * scheme_factor * W`` and ``b <- sigma_b * b`` (or
+          the lazy form).
         """
         cfg = self.cfg
         sw = cfg.sigma_w if sigma_w is None else sigma_w
@@ -158,9 +167,50 @@ class Net:
                 cfg.init, fan_in, fan_out, activation=cfg.activation, sigma_b=cfg.sigma_b
             )
             out[group] = dict(leaves)
-            out[group]["W"] = leaves["W"] * jnp.asarray(sw * factor, self.dtype)
-            out[group]["b"] = leaves["b"] * jnp.asarray(sb, self.dtype)
+            w_scale = jnp.asarray(sw * factor, self.dtype)
+            b_scale = jnp.asarray(sb, self.dtype)
+            if lazy:
+                # One scale per block, so lax.scan and layer_params slice them like W.
+                lead = leaves["W"].shape[:-2]
+                out[group]["w_scale"] = jnp.broadcast_to(w_scale, lead)
+                out[group]["b_scale"] = jnp.broadcast_to(b_scale, lead)
+            else:
+                out[group]["W"] = leaves["W"] * w_scale
+                out[group]["b"] = leaves["b"] * b_scale
         return out
+
+    @staticmethod
+    def is_lazy(params: Params) -> bool:
+        """Whether ``params`` are in the lazy form of :meth:`scale` (``lazy=True``)."""
+        return any("w_scale" in leaves for leaves in params.values())
+
+    @staticmethod
+    def materialize(params: Params) -> Params:
+        """Folds lazy scales into ``W`` and ``b``; ordinary parameters come back unchanged.
+
+        Args:
+          params: parameters, lazy or not.
+
+        Returns:
+          Ordinary parameters (no ``w_scale``/``b_scale`` leaves).
+        """
+        out: Params = {}
+        for group, leaves in params.items():
+            leaves = dict(leaves)
+            if "w_scale" in leaves:
+                leaves["W"] = leaves["W"] * leaves.pop("w_scale")[..., None, None]
+                leaves["b"] = leaves["b"] * leaves.pop("b_scale")[..., None]
+            out[group] = leaves
+        return out
+
+    @staticmethod
+    def require_materialized(params: Params, where: str) -> None:
+        """Raises a clear error when a function that reads ``W`` itself gets lazy params."""
+        if Net.is_lazy(params):
+            raise GradjaxInputError(
+                f"params is invalid for {where}: it holds lazy scales (w_scale/b_scale, from "
+                "Net.scale(..., lazy=True)); pass Net.materialize(params) instead"
+            )
 
     def init(self, key: jax.Array) -> Params:
         """Draws parameters at the config's (sigma_w, sigma_b).
@@ -195,7 +245,7 @@ class Net:
           ``(z, u, a_next)``: pre-activation, normalised pre-activation, block output.
         """
         cfg = self.cfg
-        z = a @ layer["W"].T + layer["b"]
+        z = _affine(layer, a)
         u = self._normalise(z, layer)
         h = self.activation(u)
         if not residual or cfg.residual is None:
@@ -294,7 +344,7 @@ class Net:
             return a_next, (z, u, a_next)
 
         a_last, (zs, us, acts) = jax.lax.scan(step, a0, (params["hidden"], perturbations[1:]))
-        out = a_last @ params["readout"]["W"].T + params["readout"]["b"]
+        out = _affine(params["readout"], a_last)
         stack = lambda first, rest: jnp.concatenate([first[None], rest], axis=0)
         return ForwardTrace(
             output=out, preact=stack(z0, zs), normed=stack(u0, us), act=stack(a0, acts)
@@ -316,6 +366,15 @@ class Net:
           An ``nnx.Module``; ``nnx.split`` / ``nnx.state`` / ``nnx.Optimizer`` work on it.
         """
         return _nnx_module_class()(self, params)
+
+
+def _affine(layer: dict[str, jax.Array], a: jax.Array) -> jax.Array:
+    """``W a + b``, with lazy scales applied to the product (see :meth:`Net.scale`)."""
+    if "w_scale" not in layer:
+        return a @ layer["W"].T + layer["b"]
+    # Scaling the product, not W, keeps W unbatched under a vmap over the scales, so the
+    # product of a batch of activations with the shared W is one matrix-matrix product.
+    return (a @ layer["W"].T) * layer["w_scale"] + layer["b"] * layer["b_scale"]
 
 
 def build(cfg: NetConfig) -> Net:

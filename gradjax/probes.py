@@ -85,6 +85,7 @@ def signal_probe(net: Net, *, batch: int = 2) -> Probe:
         x = jax.random.normal(key, (batch, net.cfg.input_dim), net.dtype)
         return forward_statistics(net, params, x)
 
+    probe.lazy_scales = True  # forward pass only: see gradjax.sweep
     return probe
 
 

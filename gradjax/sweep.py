@@ -113,15 +113,29 @@ def _key_name(key: Any) -> str:
 # ---------------------------------------------------------------------------- compiled chunks
 
 
+def accepts_lazy_scales(probe: Probe) -> bool:
+    """Whether a probe declared that it works on lazily scaled parameters.
+
+    A probe that only runs the network forward and differentiates with respect to
+    activations (never reads ``W`` itself) gives the same numbers on the lazy parameters of
+    :meth:`gradjax.Net.scale` (``lazy=True``); it says so with the attribute
+    ``probe.lazy_scales = True``. The engine then keeps the weights of a seed shared across
+    its scale grid, so a chunk of P scales costs matrix-matrix products instead of P
+    rescaled weight copies and P matrix-vector products.
+    """
+    return bool(getattr(probe, "lazy_scales", False))
+
+
 def _chunk_body(net: Any, probe: Probe) -> Callable:
     """``(seed keys (S,), sigma_w (P,), sigma_b (P,)) -> pytree with leading axes (S, P)``."""
+    lazy = accepts_lazy_scales(probe)
 
     def per_seed(key, sigma_w, sigma_b):
         init_key, probe_key = jax.random.split(key)
         base = net.init_base(init_key)
 
         def per_scale(sw, sb):
-            return probe(net.scale(base, sigma_w=sw, sigma_b=sb), probe_key)
+            return probe(net.scale(base, sigma_w=sw, sigma_b=sb, lazy=lazy), probe_key)
 
         return jax.vmap(per_scale)(sigma_w, sigma_b)
 
@@ -177,12 +191,11 @@ def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -
     return _Sharded(jax.jit(mapped), NamedSharding(mesh, key_spec), NamedSharding(mesh, scale_spec))
 
 
-@functools.lru_cache(maxsize=64)
-def _bytes_per_point(net: Any, probe: Probe, dtype_name: str) -> int:
-    """Peak bytes of one (seed, scale) point, from XLA's memory analysis of a compiled point."""
+def _chunk_bytes(net: Any, probe: Probe, dtype_name: str, points: int) -> int:
+    """Peak bytes of a chunk of one seed and ``points`` scales, from XLA's memory analysis."""
     fn = _chunk_function(net, probe)
     key = jax.random.split(jax.random.key(0), 1)
-    scale = jnp.ones((1,), dtype_name)
+    scale = jnp.ones((points,), dtype_name)
     try:
         stats = fn.lower(key, scale, scale).compile().memory_analysis()
         total = stats.temp_size_in_bytes + stats.output_size_in_bytes
@@ -191,6 +204,23 @@ def _bytes_per_point(net: Any, probe: Probe, dtype_name: str) -> int:
         out = jax.eval_shape(fn, key, scale, scale)
         total = 4 * sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out))
     return max(int(total), 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _memory_model(net: Any, probe: Probe, dtype_name: str) -> tuple[int, int]:
+    """``(per_seed, per_point)`` bytes: a chunk of S seeds x P scales needs about
+    ``S * (per_seed + P * per_point)``.
+
+    Measured from two compiled chunks (one and two scales of one seed). The split matters for
+    lazily scaled probes, whose seed's weights are shared by all its scales: counting them
+    once per point would shrink chunks, and their matrix products, many times over.
+    """
+    one = _chunk_bytes(net, probe, dtype_name, 1)
+    if not accepts_lazy_scales(probe):
+        return 0, one  # each point holds its own rescaled weights: all cost is per point
+    two = _chunk_bytes(net, probe, dtype_name, 2)
+    per_point = max(two - one, 1)
+    return max(one - per_point, 0), per_point
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -234,7 +264,10 @@ def sweep(
 
     Args:
       net: a :class:`gradjax.Net` (anything with ``init_base``, ``scale``, ``cfg``, ``dtype``).
-      probe: ``probe(params, key) -> pytree of arrays``, pure and jit/vmap-safe.
+      probe: ``probe(params, key) -> pytree of arrays``, pure and jit/vmap-safe. A probe with
+        the attribute ``lazy_scales = True`` gets the lazy parameters of
+        ``net.scale(..., lazy=True)`` and shares each seed's weights across the scale grid
+        (see :func:`accepts_lazy_scales`); gradjax's chi_1, matrix-free and signal probes do.
       seeds: a count (seeds 0..n-1) or explicit seed ids.
       sigma_w: the sigma_w grid; ``None`` keeps the config's value and drops the axis.
       sigma_b: the sigma_b grid; ``None`` keeps the config's value and drops the axis.
@@ -430,12 +463,13 @@ def _choose_layout(net, probe, n_seed, n_scale, n_dev, memory_budget_mb, chunk):
     """``(seeds_per_chunk, scales_per_chunk)`` from an explicit chunk or the memory budget."""
     if chunk is not None:
         return min(chunk[0], n_seed), min(chunk[1], n_scale)
-    per_point = _bytes_per_point(net, probe, str(net.dtype))
+    per_seed, per_point = _memory_model(net, probe, str(net.dtype))
     # The budget covers a whole chunk, all devices together: conservative on accelerators,
     # and exactly right for CPU devices, which share the host's memory.
-    points = max(1, int(memory_budget_mb * 2**20 // per_point))
-    scale_chunk = min(n_scale, points)
-    seed_chunk = max(1, min(n_seed, points // scale_chunk))
+    budget = memory_budget_mb * 2**20
+    scale_chunk = min(n_scale, max(1, int((budget - per_seed) // per_point)))
+    seed_bytes = per_seed + scale_chunk * per_point
+    seed_chunk = max(1, min(n_seed, int(budget // seed_bytes)))
     if n_dev < seed_chunk < n_seed:
         seed_chunk -= seed_chunk % n_dev  # whole seeds per device: no padding in full chunks
     return seed_chunk, scale_chunk

@@ -49,6 +49,37 @@ def test_scale_is_linear_in_sigma_with_common_random_numbers(getkey):
     assert float(jnp.var(big["hidden"]["W"])) == pytest.approx(2 / 512, rel=0.03)
 
 
+@pytest.mark.parametrize("norm", [None, "layer"])
+def test_lazy_scales_match_the_python_loop_and_materialize(getkey, norm):
+    cfg = gj.NetConfig(depth=5, width=12, in_dim=7, out_dim=3, init="he", norm=norm)
+    net = gj.build(cfg)
+    base = net.init_base(getkey())
+    lazy = net.scale(base, sigma_w=1.7, sigma_b=0.4, lazy=True)
+    eager = net.scale(base, sigma_w=1.7, sigma_b=0.4)
+    assert net.is_lazy(lazy) and not net.is_lazy(eager)
+    assert lazy["hidden"]["W"] is base["hidden"]["W"]  # the weights themselves are untouched
+    x = jax.random.normal(getkey(), (4, 7))
+    np.testing.assert_allclose(net.apply(lazy, x), net.apply(eager, x), rtol=2e-5, atol=2e-6)
+    if norm is None:
+        reference = _reference_forward(eager, x, jnp.tanh)
+        np.testing.assert_allclose(net.apply(lazy, x), reference, rtol=2e-5, atol=2e-6)
+    folded = net.materialize(lazy)
+    for group in ("input", "hidden", "readout"):
+        np.testing.assert_allclose(folded[group]["W"], eager[group]["W"], rtol=1e-6)
+        np.testing.assert_allclose(folded[group]["b"], eager[group]["b"], rtol=1e-6)
+    assert not net.is_lazy(folded)
+
+
+def test_functions_that_read_weights_refuse_lazy_params(getkey):
+    net = gj.build(gj.NetConfig(depth=3, width=8))
+    lazy = net.scale(net.init_base(getkey()), lazy=True)
+    x = jax.random.normal(getkey(), (8,))
+    with pytest.raises(gj.GradjaxInputError, match="lazy scales.*materialize"):
+        gj.expected_factors(net, lazy, x)
+    with pytest.raises(gj.GradjaxInputError, match="layer_gradients"):
+        gj.layer_gradient_norms(net, lazy, x[None], jnp.zeros((1, 1)))
+
+
 def test_orthogonal_linear_net_is_an_isometry_times_gain(getkey):
     net = gj.build(
         gj.NetConfig(depth=6, width=16, activation="linear", init="orthogonal", sigma_w=1.3)

@@ -37,6 +37,24 @@ def test_common_random_numbers_make_the_scale_axis_exact():
     np.testing.assert_allclose(res["w2"][:, 1], 9 * res["w2"][:, 0], rtol=1e-5)
 
 
+def test_lazy_probe_equals_the_materialised_sweep_and_shares_weights():
+    net = gj.build(gj.NetConfig(depth=6, width=32, activation="tanh"))
+    lazy = gj.chi1_probe(net, probes=4)
+    assert gj.accepts_lazy_scales(lazy)
+    plain = lambda params, key: lazy(params, key)  # no attribute: gets materialised params
+    kwargs = dict(seeds=2, sigma_w=[0.8, 1.0, 1.5], sigma_b=[0.0, 0.4], progress=False)
+    a = gj.sweep(net, lazy, **kwargs)
+    b = gj.sweep(net, plain, **kwargs)
+    np.testing.assert_allclose(a["mean_sq"], b["mean_sq"], rtol=2e-5)
+    # Shared weights: a lazy chunk's memory grows far more slowly with its scale count.
+    from gradjax.sweep import _memory_model
+
+    per_seed, per_point = _memory_model(net, lazy, "float32")
+    _, per_point_plain = _memory_model(net, plain, "float32")
+    assert per_point < per_point_plain
+    assert per_seed > 0
+
+
 def test_chunking_does_not_change_results():
     kw = dict(seeds=5, sigma_w=[0.5, 1.0, 1.5], progress=False)
     whole = gj.sweep(NET, _probe, chunk=(5, 3), **kw)
