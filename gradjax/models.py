@@ -370,11 +370,15 @@ class Net:
 
 def _affine(layer: dict[str, jax.Array], a: jax.Array) -> jax.Array:
     """``W a + b``, with lazy scales applied to the product (see :meth:`Net.scale`)."""
+    # a @ W^T as one contraction of a's last axis with W's input axis: no explicit transpose
+    # of W, which XLA would otherwise materialise (a full weight copy) in the transposed
+    # products of VJPs inside loops such as Lanczos.
+    product = jax.lax.dot_general(a, layer["W"], (((a.ndim - 1,), (1,)), ((), ())))
     if "w_scale" not in layer:
-        return a @ layer["W"].T + layer["b"]
+        return product + layer["b"]
     # Scaling the product, not W, keeps W unbatched under a vmap over the scales, so the
     # product of a batch of activations with the shared W is one matrix-matrix product.
-    return (a @ layer["W"].T) * layer["w_scale"] + layer["b"] * layer["b_scale"]
+    return product * layer["w_scale"] + layer["b"] * layer["b_scale"]
 
 
 def build(cfg: NetConfig) -> Net:
