@@ -178,19 +178,25 @@ def expected_factors(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
       A :class:`LayerJacobians` built from the formula, for comparison with
       :func:`layer_jacobians`.
     """
-    Net.require_materialized(params, "expected_factors")
     if net.cfg.norm is not None:
         raise invalid("norm", net.cfg.norm, "None: the closed form diag(phi'(z)) W has no norm")
     trace = net.forward(params, x)
     dphi = derivative(net.activation)(trace.preact)
-    first = dphi[0][:, None] * params["input"]["W"]
-    hidden = dphi[1:, :, None] * params["hidden"]["W"]
+    first = dphi[0][:, None] * _weight(params["input"])
+    hidden = dphi[1:, :, None] * _weight(params["hidden"])
     if net.cfg.residual is not None:
         gain = params["hidden"]["gain"] if net.cfg.residual == "skipinit" else net.cfg.alpha
         gain = jnp.broadcast_to(jnp.asarray(gain, hidden.dtype), hidden.shape[:1])
         eye = jnp.eye(net.cfg.width, dtype=hidden.dtype)
         hidden = eye + gain[:, None, None] * hidden
     return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
+
+
+def _weight(group: dict[str, jax.Array]) -> jax.Array:
+    """A block group's effective weights, lazy scales folded in (one fused product)."""
+    if "w_scale" not in group:
+        return group["W"]
+    return group["W"] * group["w_scale"][..., None, None]
 
 
 @functools.partial(jax.jit, static_argnames=("net", "loss"))

@@ -51,6 +51,10 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
     LayerNorm by autodiff; with BatchNorm they are those of the whole batch map over ``batch``
     inputs.
 
+    The probe works on lazily scaled parameters (``lazy_scales``) and computes the singular
+    values in its ``finalize`` step, one batched LAPACK program per sweep chunk (see
+    :func:`gradjax.sweep`); called directly, ``probe(params, key)`` does both.
+
     Args:
       net: the network.
       batch: batch size used only for BatchNorm networks.
@@ -60,7 +64,7 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
       (hidden with a leading layer axis).
     """
 
-    def probe(params: Params, key: jax.Array):
+    def jacobians(params: Params, key: jax.Array):
         if net.cfg.norm == "batch":
             x = jax.random.normal(key, (batch, net.cfg.input_dim), net.dtype)
             jac = batch_layer_jacobians(net, params, x)
@@ -70,11 +74,18 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
         else:
             x = jax.random.normal(key, (net.cfg.input_dim,), net.dtype)
             jac = layer_jacobians(net, params, x)
-        return {
-            "first": summarize_spectrum(singular_values(jac.first)),
-            "hidden": summarize_spectrum(singular_values(jac.hidden)),
-        }
+        return {"first": jac.first, "hidden": jac.hidden}
 
+    def summaries(jac):
+        # Leading axes broadcast: one network, or a whole chunk of them.
+        return {name: summarize_spectrum(singular_values(j)) for name, j in jac.items()}
+
+    def probe(params: Params, key: jax.Array):
+        return summaries(jacobians(params, key))
+
+    probe.lazy_scales = True
+    probe.per_network = jacobians
+    probe.finalize = summaries
     return probe
 
 

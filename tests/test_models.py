@@ -75,7 +75,7 @@ def test_functions_that_read_weights_refuse_lazy_params(getkey):
     lazy = net.scale(net.init_base(getkey()), lazy=True)
     x = jax.random.normal(getkey(), (8,))
     with pytest.raises(gj.GradjaxInputError, match="lazy scales.*materialize"):
-        gj.expected_factors(net, lazy, x)
+        gj.chain_rule_check(net, lazy, x, jnp.zeros((1,)))
     with pytest.raises(gj.GradjaxInputError, match="layer_gradients"):
         gj.layer_gradient_norms(net, lazy, x[None], jnp.zeros((1, 1)))
 

@@ -55,6 +55,25 @@ def test_lazy_probe_equals_the_materialised_sweep_and_shares_weights():
     assert per_seed > 0
 
 
+def test_two_part_probe_equals_calling_it_per_network():
+    net = gj.build(gj.NetConfig(depth=4, width=16, activation="tanh"))
+    probe = gj.probes.spectrum_probe(net)  # Jacobians per network, SVDs per chunk
+    res = gj.sweep(net, probe, seeds=[2], sigma_w=[0.7, 1.9], key=5, progress=False)
+    init_key, probe_key = jax.random.split(jax.random.fold_in(jax.random.key(5), 2))
+    for j, sw in enumerate([0.7, 1.9]):
+        params = net.scale(net.init_base(init_key), sigma_w=sw)  # materialised weights
+        direct = probe(params, probe_key)
+        np.testing.assert_allclose(res["hidden.sigma_max"][0, j], direct["hidden"].sigma_max, 1e-5)
+        np.testing.assert_allclose(res["first.mean_sq"][0, j], direct["first"].mean_sq, 1e-5)
+
+
+def test_half_a_two_part_probe_is_refused():
+    probe = lambda params, key: {"out": params["input"]["b"]}
+    probe.finalize = lambda out: out
+    with pytest.raises(gj.GradjaxInputError, match="per_network"):
+        gj.sweep(NET, probe, seeds=1, sigma_w=[1.0], progress=False)
+
+
 def test_chunking_does_not_change_results():
     kw = dict(seeds=5, sigma_w=[0.5, 1.0, 1.5], progress=False)
     whole = gj.sweep(NET, _probe, chunk=(5, 3), **kw)
