@@ -3,15 +3,17 @@
 Timings, all on the same network, data, optimiser chain (clip + warm-up cosine SGD) and
 number of optimisation steps:
   * ``gradjax``: :func:`gradjax.train.train`: every seed in one ``vmap`` of a ``lax.scan``
-    over steps (one compiled program, compile excluded);
+    over steps (one compiled program, compile excluded), the seed axis split over the
+    process's devices (``gradjax bench`` asks XLA for one CPU device per core, so on two cores
+    each core trains eight seeds);
   * ``jit_loop``: a Python loop over seeds, each a jitted single-seed scan (the same program
     at ``seeds=1``, compiled once and called per seed);
   * ``eager_loop``: an un-jitted per-step loop (``jax.value_and_grad`` + ``tx.update`` +
     ``optax.apply_updates`` dispatched op by op). It is far too slow to run in full, so a few
     steps of one seed are timed and scaled linearly to seeds x steps (stated in the JSON);
   * ``matmul_shapes_only``: the same sequence of forward/backward matmul shapes, alone, in
-    one jitted scan: the ceiling these small matrix shapes allow on this machine, which
-    explains how far the fraction of the big-matmul peak can go at width 128.
+    one jitted scan on one device: what these small matrix shapes reach without splitting
+    the seeds (XLA runs a batch of 128 x 128 products on about one core).
 
 FLOPs are counted honestly: forward matmul FLOPs ``2 B (D N + (L-1) N^2 + N O)`` per step and
 seed, times 3 for forward + backward (the backward pass does two matmuls per forward one).
@@ -148,7 +150,14 @@ def run(quick: bool = False) -> dict:
     acc = np.asarray(result.test.accuracy)
     return harness.record(
         NAME,
-        config={**cfg, "activation": "relu", "init": "he", "optimizer": "sgd", "clip": 1.0},
+        config={
+            **cfg,
+            "activation": "relu",
+            "init": "he",
+            "optimizer": "sgd",
+            "clip": 1.0,
+            "seed_devices": len(jax.devices()) if cfg["seeds"] % len(jax.devices()) == 0 else 1,
+        },
         timings={
             "gradjax": t_ours,
             "jit_loop": t_jit,

@@ -225,7 +225,10 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> optax.GradientTransforma
     def update_fn(updates: Any, state: optax.EmptyState, params: Any = None):
         del params
         leaves = jax.tree.leaves(updates)
-        g_norm = safe_norm(jnp.stack([safe_norm(u).astype(leaves[0].dtype) for u in leaves]))
+        # From the same per-group norms that record_gradient_norms takes of these gradients:
+        # in one compiled step XLA then reduces every gradient tensor once, not twice.
+        norms = [n.astype(leaves[0].dtype) for n in group_norms(updates).values()]
+        g_norm = safe_norm(jnp.stack(norms))
         limit = jnp.asarray(max_norm, g_norm.dtype)
         keep = (g_norm <= limit) | jnp.isinf(limit)
         factor = jnp.where(

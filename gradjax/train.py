@@ -39,6 +39,7 @@ from gradjax.optim import (
     HYPERPARAMS,
     chain_from_config,
     get_hyperparams,
+    group_norms,
     recorded_norms,
     safe_norm,
     set_hyperparams,
@@ -175,6 +176,7 @@ def _layer_weight_norms(params: Params) -> jax.Array:
 
 
 def _layer_grad_norms(norms: Mapping[str, jax.Array], depth: int) -> jax.Array:
+    """Per-block ``||W_l||`` from :func:`~gradjax.optim.group_norms` of a gradjax pytree."""
     # The names group_norms gives gradjax's parameter layout.
     names = ["input/W", *(f"hidden/{i}/W" for i in range(depth - 1))]
     return jnp.stack([norms[n] for n in names])
@@ -210,11 +212,16 @@ def train_step(
     value, grads = jax.value_and_grad(lambda p: loss_fn(net.apply(p, x), y))(params)
     updates, opt_state = tx.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    grad_norms = _layer_grad_norms(recorded_norms(opt_state), net.cfg.depth)
-    all_grads = safe_norm(jnp.stack([safe_norm(g) for g in jax.tree.leaves(grads)]))
+    # Each tensor is reduced once: the per-layer norms give the global ones (a norm of
+    # norms), and the clipping transformation's global norm is built from the same per-layer
+    # norms of the same gradients, which XLA computes once.
+    raw = recorded_norms(opt_state)
+    grad_norms = _layer_grad_norms(raw, net.cfg.depth)
+    all_grads = safe_norm(jnp.stack(list(raw.values())))
     update_norm = safe_norm(jnp.stack([safe_norm(u) for u in jax.tree.leaves(updates)]))
-    all_params = safe_norm(jnp.stack([safe_norm(w) for w in jax.tree.leaves(new_params)]))
-    weight_norms = _layer_weight_norms(new_params)
+    param_norms = group_norms(new_params)
+    weight_norms = _layer_grad_norms(param_norms, net.cfg.depth)
+    all_params = safe_norm(jnp.stack(list(param_norms.values())))
     finite = (
         jnp.isfinite(value)
         & jnp.isfinite(all_grads)
@@ -310,8 +317,12 @@ def _compiled(
     overrides: tuple[tuple[str, Any], ...],
     names: tuple[str, ...],
     with_params: bool,
+    devices: tuple = (),
 ) -> tuple[Callable, Callable, Callable]:
-    """The jitted init / segment / evaluation functions of one experiment shape (cached)."""
+    """The jitted init / segment / evaluation functions of one experiment shape (cached).
+
+    With several ``devices`` the segment function is a ``shard_map`` over their seed axis.
+    """
     tx = chain_from_config(tcfg, **dict(overrides))
 
     def init_one(key, hyper, params0):
@@ -367,12 +378,64 @@ def _compiled(
         return state, norms, indices
 
     segment_all = jax.vmap(jax.vmap(segment_one, in_axes=(0, 0, None)), in_axes=(0, None, None))
+    if len(devices) > 1:
+        from jax.sharding import PartitionSpec as P
+
+        # Every state and record leaf leads with (hyper, seed); indices with (seed,); the data
+        # is replicated. Each device runs the unsharded program on its seeds.
+        segment_all = jax.shard_map(
+            segment_all,
+            mesh=_seed_mesh(devices),
+            in_specs=(P(None, "seed"), P("seed"), P()),
+            out_specs=P(None, "seed"),
+            check_vma=False,
+        )
     eval_all = jax.vmap(jax.vmap(eval_one, in_axes=(0, None)), in_axes=(0, None))
     return (
         jax.jit(init_all),
         jax.jit(segment_all),
         jax.jit(eval_all),
     )
+
+
+def _seed_devices(devices: Any, seeds: int) -> tuple:
+    """The devices the seed axis is split over: as many as divide ``seeds``."""
+    available = jax.devices()
+    if devices is None:
+        chosen = tuple(available) if jax.process_count() == 1 else tuple(available[:1])
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise invalid("devices", devices, f"a count in 1..{len(available)}")
+        chosen = tuple(available[:devices])
+    else:
+        try:
+            chosen = tuple(devices)
+        except TypeError:
+            chosen = ()
+        if not chosen or any(d not in available for d in chosen) or len(set(chosen)) != len(chosen):
+            raise invalid(
+                "devices", devices, f"None, a count in 1..{len(available)} or a list of devices"
+            )
+    n = max(k for k in range(1, len(chosen) + 1) if seeds % k == 0)
+    return chosen[:n]
+
+
+def _seed_mesh(devices: tuple) -> Any:
+    from jax.sharding import Mesh
+
+    return Mesh(np.asarray(devices, dtype=object), ("seed",))
+
+
+def _place_on_mesh(devices: tuple, state: Any, indices: jax.Array, data: Dataset) -> tuple:
+    """Puts the runs' state and minibatch order on the seed mesh, the data on every device."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = _seed_mesh(devices)
+    state = jax.device_put(state, NamedSharding(mesh, P(None, "seed")))
+    indices = jax.device_put(indices, NamedSharding(mesh, P("seed")))
+    data = jax.device_put(data, NamedSharding(mesh, P()))
+    return state, indices, data
 
 
 def _check_hyper(
@@ -429,6 +492,7 @@ def train(
     params: Params | None = None,
     progress: bool | Callable[[int, int], None] | None = None,
     segments: int | None = None,
+    devices: int | Sequence[Any] | None = None,
 ) -> TrainResult:
     """Trains ``seeds`` copies of ``net`` for each hyper-parameter setting, in one program.
 
@@ -449,6 +513,14 @@ def train(
         None/False for silence.
       segments: number of compiled calls the steps are split into (default: 1 without
         progress, about 10 with it); each segment is one ``lax.scan``.
+      devices: ``None`` for every device of a single-process run (one device across
+        processes), an int ``n`` for the first ``n``, or a list of devices. The seed axis is
+        split over them (``shard_map``; seeds are independent, so there is no
+        communication), using the largest device count that divides ``seeds``. On a CPU,
+        ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (set before JAX starts)
+        makes one device per core: each trains its share of seeds on its own core, which
+        roughly doubles throughput on two cores because XLA runs small batched matmuls on
+        about one core per device.
 
     Returns:
       A :class:`TrainResult` with axes ``("hyper", "seed")``.
@@ -497,13 +569,16 @@ def train(
     seg_len = steps // segments
 
     names = tuple(sorted(hyper_np))
+    device_list = _seed_devices(devices, seeds)
     init_all, segment_all, eval_all = _compiled(
-        net, tcfg, _chain_overrides(tcfg, names), names, params is not None
+        net, tcfg, _chain_overrides(tcfg, names), names, params is not None, device_list
     )
     root = jax.random.key(key) if isinstance(key, int) else key
     keys = jax.random.split(root, seeds)
     hyper_j = {k: jnp.asarray(v, net.dtype) for k, v in hyper_np.items()}
     state, init_norms, indices = init_all(keys, hyper_j, params, data)
+    if len(device_list) > 1:
+        state, indices, data = _place_on_mesh(device_list, state, indices, data)
 
     report = _progress_reporter(progress, steps)
     records = []

@@ -81,6 +81,18 @@ def test_vmapped_training_equals_per_seed_training(result):
     assert np.all(np.asarray(h.first_nonfinite[0]) == -1)
 
 
+def test_seeds_split_over_devices_equal_one_device():
+    # conftest provides 4 CPU devices; 4 seeds split 4 ways vs all on one device.
+    short = dataclasses.replace(TCFG, steps=20)
+    split = gtrain.train(NET, DATA, short, seeds=4, key=3, hyper={"clip": [math.inf, 0.5]})
+    one = gtrain.train(NET, DATA, short, seeds=4, key=3, hyper={"clip": [math.inf, 0.5]}, devices=1)
+    assert len(jax.devices()) >= 4
+    # One seed per device batches its matmuls differently from four on one: float rounding.
+    np.testing.assert_allclose(split.history.loss, one.history.loss, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(split.history.grad_norms, one.history.grad_norms, rtol=1e-4)
+    np.testing.assert_allclose(split.history.test.accuracy, one.history.test.accuracy, atol=0.01)
+
+
 def test_exploding_run_records_first_nonfinite_step(result):
     h = result.history
     for s in range(3):
@@ -116,8 +128,9 @@ def test_train_does_not_recompile_on_a_repeat_call(result):
     after = gtrain._compiled.cache_info()
     assert after.hits == before.hits + 1 and after.misses == before.misses
     names = ("clip", "learning_rate")
+    devices = gtrain._seed_devices(None, 3)
     _, segment_all, _ = gtrain._compiled(
-        NET, TCFG, gtrain._chain_overrides(TCFG, names), names, False
+        NET, TCFG, gtrain._chain_overrides(TCFG, names), names, False, devices
     )
     assert segment_all._cache_size() == 1
     np.testing.assert_array_equal(again.history.loss, result.history.loss)
@@ -225,6 +238,8 @@ def test_statistics_against_closed_forms():
         ({"hyper": {"warmup_steps": [STEPS + 1]}}, "warmup_steps"),
         ({"hyper": {"learning_rate": [0.1, 0.2], "clip": [1.0]}}, "hyper"),
         ({"seeds": 0}, "seeds"),
+        ({"devices": 99}, "devices"),
+        ({"devices": ["cpu"]}, "devices"),
     ],
 )
 def test_bad_input(kwargs, field):
