@@ -34,9 +34,6 @@ from gradjax.results import pytree_dataclass
 
 Params = dict[str, dict[str, jax.Array]]
 
-# Hidden stacks up to this many blocks are unrolled in the forward pass (see Net.forward).
-_FULL_UNROLL_MAX_BLOCKS = 32
-
 
 @pytree_dataclass
 class ForwardTrace:
@@ -346,13 +343,7 @@ class Net:
             a_next = a_next + eps
             return a_next, (z, u, a_next)
 
-        # Shallow stacks are unrolled: XLA then schedules and fuses across blocks and keeps the
-        # backward pass's residuals in plain buffers (depth 20 trains 1.4x faster); deep ones
-        # keep one compiled block so compile time stays flat in depth.
-        unroll = cfg.depth - 1 <= _FULL_UNROLL_MAX_BLOCKS
-        a_last, (zs, us, acts) = jax.lax.scan(
-            step, a0, (params["hidden"], perturbations[1:]), unroll=unroll
-        )
+        a_last, (zs, us, acts) = jax.lax.scan(step, a0, (params["hidden"], perturbations[1:]))
         out = _affine(params["readout"], a_last)
         stack = lambda first, rest: jnp.concatenate([first[None], rest], axis=0)
         return ForwardTrace(

@@ -38,7 +38,7 @@ def config(quick: bool) -> dict:
     """Grid and network sizes (quick: coarser grid, narrower nets, one seed)."""
     if quick:
         return {"grid": 8, "width": 128, "depth": 16, "seeds": 1, "probes": 4}
-    return {"grid": 14, "width": 256, "depth": 20, "seeds": 2, "probes": 4}
+    return {"grid": 32, "width": 512, "depth": 64, "seeds": 4, "probes": 4}
 
 
 def _grids(act: str, n: int) -> tuple[np.ndarray, np.ndarray]:
