@@ -32,12 +32,7 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
 def _timing_env() -> dict[str, str]:
     # LAPACK (the SVDs) runs on OpenBLAS, whose spinning threads slow small SVDs several-fold
     # when anything else shares the cores; one thread per process is faster and steadier.
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
-    # One XLA CPU device per core: training splits its seeds over them.
-    flag = "--xla_force_host_platform_device_count"
-    if flag not in env.get("XLA_FLAGS", ""):
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}={os.cpu_count() or 1}".strip()
-    return env
+    return {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
 
 
 def setup() -> None:

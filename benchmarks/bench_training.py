@@ -3,9 +3,12 @@
 Timings, all on the same network, data, optimiser chain (clip + warm-up cosine SGD) and
 number of optimisation steps:
   * ``gradjax``: :func:`gradjax.train.train`: every seed in one ``vmap`` of a ``lax.scan``
-    over steps (one compiled program, compile excluded), the seed axis split over the
-    process's devices (``gradjax bench`` asks XLA for one CPU device per core, so on two cores
-    each core trains eight seeds);
+    over steps (one compiled program, compile excluded), the seed axis split over one XLA
+    CPU device per core (eight seeds per core on two cores). That needs
+    ``XLA_FLAGS=--xla_force_host_platform_device_count``, set before JAX starts, so this run
+    is timed in a child process that only trains: several CPU devices in one process can
+    deadlock jaxlib's LAPACK kernels, which the other timings here use;
+  * ``gradjax_one_device``: the same call with every seed on one device, in this process;
   * ``jit_loop``: a Python loop over seeds, each a jitted single-seed scan (the same program
     at ``seeds=1``, compiled once and called per seed);
   * ``eager_loop``: an un-jitted per-step loop (``jax.value_and_grad`` + ``tx.update`` +
@@ -21,6 +24,10 @@ seed, times 3 for forward + backward (the backward pass does two matmuls per for
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -51,9 +58,7 @@ def train_flops(cfg: dict, in_dim: int, out_dim: int) -> float:
     return 3.0 * per_example * cfg["batch"] * cfg["steps"] * cfg["seeds"]
 
 
-def run(quick: bool = False) -> dict:
-    """Runs the benchmark; returns its JSON record."""
-    cfg = _config(quick)
+def _setup(cfg: dict):
     data = gdata.digits()
     net = gj.build(
         gj.NetConfig(
@@ -73,12 +78,56 @@ def run(quick: bool = False) -> dict:
         warmup_steps=cfg["steps"] // 10,
         clip=1.0,
     )
+    return data, net, tcfg
+
+
+def _time_training(cfg: dict) -> tuple[dict, object]:
+    """Times ``train`` over every device of this process; returns (timing, history)."""
+    data, net, tcfg = _setup(cfg)
 
     def ours():
         return train_runs(net, data, tcfg, seeds=cfg["seeds"], key=0).history
 
-    t_ours = harness.time_fn(ours, repeats=5, budget_s=120)
-    result = ours()
+    return harness.time_fn(ours, repeats=5, budget_s=120), ours()
+
+
+def _time_split_over_cores(cfg: dict) -> dict:
+    """The seed-split timing from a child process with one CPU device per core."""
+    flag = "--xla_force_host_platform_device_count"
+    env = dict(os.environ)
+    flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(flag))
+    env["XLA_FLAGS"] = f"{flags} {flag}={os.cpu_count() or 1}".strip()
+    cmd = [sys.executable, "-m", "benchmarks.bench_training", "--child", json.dumps(cfg)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _child(cfg: dict) -> None:
+    timing, history = _time_training(cfg)
+    acc = np.asarray(history.test.accuracy)
+    print(
+        json.dumps(
+            {
+                "timing": timing,
+                "devices": len(jax.devices()),
+                "test_accuracy_median": float(np.median(acc)),
+                "diverged_runs": int(np.sum(np.asarray(history.first_nonfinite) >= 0)),
+                "loss": np.asarray(history.loss).ravel()[:: cfg["steps"] // 4].tolist(),
+            }
+        )
+    )
+
+
+def run(quick: bool = False) -> dict:
+    """Runs the benchmark; returns its JSON record."""
+    cfg = _config(quick)
+    data, net, tcfg = _setup(cfg)
+    split = _time_split_over_cores(cfg)
+    t_ours = split["timing"]
+    t_one, result = _time_training(cfg)
+    # The split run trains the same networks: its losses equal this process's to rounding.
+    one_loss = np.asarray(result.loss).ravel()[:: cfg["steps"] // 4]
+    split_vs_one = float(np.max(np.abs(np.asarray(split["loss"]) - one_loss)))
 
     def jit_loop():
         return [
@@ -147,7 +196,6 @@ def run(quick: bool = False) -> dict:
     flops = train_flops(cfg, data.in_dim, data.num_classes)
     mm_flops = 3.0 * 2 * s * b * n * n * layers * cfg["steps"]
     achieved = flops / t_ours["median"]
-    acc = np.asarray(result.test.accuracy)
     return harness.record(
         NAME,
         config={
@@ -156,10 +204,11 @@ def run(quick: bool = False) -> dict:
             "init": "he",
             "optimizer": "sgd",
             "clip": 1.0,
-            "seed_devices": len(jax.devices()) if cfg["seeds"] % len(jax.devices()) == 0 else 1,
+            "seed_devices": split["devices"],
         },
         timings={
             "gradjax": t_ours,
+            "gradjax_one_device": t_one,
             "jit_loop": t_jit,
             "eager_loop": t_eager,
             "matmul_shapes_only": t_mm,
@@ -169,10 +218,12 @@ def run(quick: bool = False) -> dict:
             "vs_jit_loop": t_jit["median"] / t_ours["median"],
             "fraction_of_matmul_peak": achieved / peak,
             "matmul_shapes_fraction_of_peak": mm_flops / t_mm["median"] / peak,
+            "one_device_fraction_of_matmul_peak": flops / t_one["median"] / peak,
         },
         accuracy={
-            "test_accuracy_median": float(np.median(acc)),
-            "diverged_runs": int(np.sum(np.asarray(result.first_nonfinite) >= 0)),
+            "test_accuracy_median": split["test_accuracy_median"],
+            "diverged_runs": split["diverged_runs"],
+            "max_abs_loss_diff_split_vs_one_device": split_vs_one,
         },
         targets={
             "vs_eager_loop": ">= 10",
@@ -191,6 +242,7 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
-
-    print(json.dumps(harness._json_safe(run()), indent=2))
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        _child(json.loads(sys.argv[2]))
+    else:
+        print(json.dumps(harness._json_safe(run()), indent=2))

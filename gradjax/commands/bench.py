@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import Any
 
-from gradjax.commands.common import one_cpu_device_per_core, writable_dir
+from gradjax.commands.common import writable_dir
 from gradjax.errors import GradjaxInputError, invalid
 
 PREFIX = "bench_"
@@ -111,7 +111,6 @@ def run_benchmark(module_name: str, *, quick: bool) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    one_cpu_device_per_core()  # before any JAX computation starts the backends
     available = discover(args.package)
     unknown = [n for n in args.names if n not in available]
     if unknown:

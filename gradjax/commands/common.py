@@ -45,18 +45,3 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
     return value
-
-
-CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-
-
-def one_cpu_device_per_core() -> None:
-    """Asks XLA for one CPU device per core, unless ``XLA_FLAGS`` already sets a count.
-
-    Must run before JAX starts its backends (importing gradjax does not). Training splits
-    its seeds over these devices (each core trains its share); sweeps still use one device
-    on a CPU (see :func:`gradjax.sweep`), so nothing else changes.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if CPU_DEVICES_FLAG not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICES_FLAG}={os.cpu_count() or 1}".strip()

@@ -22,9 +22,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # The figure set ships beside the library and is imported only when asked for.
-    from gradjax.commands.common import one_cpu_device_per_core, writable_dir
-
-    one_cpu_device_per_core()  # the training figures split their seeds over the cores
+    from gradjax.commands.common import writable_dir
     from paper_figs.run import discover, run_figures, select
 
     select(discover(), args.only)  # an unknown name fails before any work

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gradjax.commands.common import one_cpu_device_per_core, positive_int, writable_dir
+from gradjax.commands.common import positive_int, writable_dir
 
 
 def _float(text: str) -> float:
@@ -52,7 +52,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    one_cpu_device_per_core()  # seeds are split over the cores
     from gradjax.config import NetConfig, TrainConfig
     from gradjax.errors import check_int
 
