@@ -30,8 +30,11 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
 
 
 def _timing_env() -> dict[str, str]:
-    # LAPACK (the SVDs) runs on OpenBLAS, whose spinning threads slow small SVDs several-fold
-    # when anything else shares the cores; one thread per process is faster and steadier.
+    # For the benchmarks only. LAPACK (the SVDs) runs on OpenBLAS, whose spinning threads slow
+    # small SVDs several-fold when anything else shares the cores; one thread per process is
+    # faster and steadier. The figures job keeps OpenBLAS's default: with one OpenBLAS thread,
+    # jaxlib's batch-parallel QR (several pool threads calling OpenBLAS at once) hung on the
+    # Lyapunov figure's orthogonal networks (width >= 64), and without it finished.
     return {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
 
 
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
             test(rest)
         elif job == "figures":
             setup()
-            _run(BIN / "gradjax", "figures", *(rest or ["--out", "figures"]), env=_timing_env())
+            _run(BIN / "gradjax", "figures", *(rest or ["--out", "figures"]))
         elif job == "bench":
             setup()
             _run(BIN / "gradjax", "bench", *(rest or ["--out", "bench-results"]), env=_timing_env())

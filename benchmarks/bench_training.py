@@ -6,8 +6,8 @@ number of optimisation steps:
     over steps (one compiled program, compile excluded), the seed axis split over one XLA
     CPU device per core (eight seeds per core on two cores). That needs
     ``XLA_FLAGS=--xla_force_host_platform_device_count``, set before JAX starts, so this run
-    is timed in a child process that only trains: several CPU devices in one process can
-    deadlock jaxlib's LAPACK kernels, which the other timings here use;
+    is timed in a child process: the other benchmarks keep timing one device, as a default
+    JAX process has;
   * ``gradjax_one_device``: the same call with every seed on one device, in this process;
   * ``jit_loop``: a Python loop over seeds, each a jitted single-seed scan (the same program
     at ``seeds=1``, compiled once and called per seed);

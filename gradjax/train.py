@@ -520,9 +520,7 @@ def train(
         ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (set before JAX starts)
         makes one device per core: each trains its share of seeds on its own core, which
         roughly doubles throughput on two cores because XLA runs small batched matmuls on
-        about one core per device. Do that only in a process that calls no LAPACK (SVDs,
-        QR, the orthogonal initialiser): with several CPU devices, jaxlib's batch-parallel
-        LAPACK kernels can deadlock (observed with a batched QR).
+        about one core per device.
 
     Returns:
       A :class:`TrainResult` with axes ``("hyper", "seed")``.
