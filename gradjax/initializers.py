@@ -8,19 +8,21 @@ base once per seed and only multiplies, so neighbouring scales see the same weig
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from gradjax.activations import ActivationLike
 from gradjax.errors import check_choice, check_int, check_real
+from gradjax.lapack import after
 
 # Schemes whose base draw is N(0, 1/fan_in).
 _FAN_IN_GAUSSIAN = ("gaussian", "glorot", "he", "lecun", "critical")
 
 
 def base_weight(
-    key: jax.Array, kind: str, fan_out: int, fan_in: int, dtype=jnp.float32
+    key: jax.Array, kind: str, fan_out: int, fan_in: int, dtype=jnp.float32, *, order_after=()
 ) -> jax.Array:
     """Draws an unscaled weight matrix of shape ``(fan_out, fan_in)``.
 
@@ -30,6 +32,7 @@ def base_weight(
       fan_out: rows (output units).
       fan_in: columns (input units).
       dtype: floating dtype of the result.
+      order_after: for ``orthogonal``, arrays the QR waits for (see :mod:`gradjax.lapack`).
 
     Returns:
       N(0, 1/fan_in) entries for the fan-in Gaussian schemes, N(0, 1) for ``normal``, and a
@@ -39,12 +42,14 @@ def base_weight(
     check_int("fan_out", fan_out, minimum=1)
     check_int("fan_in", fan_in, minimum=1)
     if kind == "orthogonal":
-        return haar_orthogonal(key, fan_out, fan_in, dtype)
+        return haar_orthogonal(key, fan_out, fan_in, dtype, order_after=order_after)
     w = jax.random.normal(key, (fan_out, fan_in), dtype)
     return w if kind == "normal" else w / math.sqrt(fan_in)
 
 
-def haar_orthogonal(key: jax.Array, rows: int, cols: int, dtype=jnp.float32) -> jax.Array:
+def haar_orthogonal(
+    key: jax.Array, rows: int, cols: int, dtype=jnp.float32, *, order_after: Any = ()
+) -> jax.Array:
     """A Haar-distributed matrix with orthonormal rows (rows <= cols) or columns (rows >= cols).
 
     Args:
@@ -52,12 +57,14 @@ def haar_orthogonal(key: jax.Array, rows: int, cols: int, dtype=jnp.float32) -> 
       rows: number of rows.
       cols: number of columns.
       dtype: floating dtype.
+      order_after: arrays whose computation the QR waits for (the previous QR of the same
+        program; see :mod:`gradjax.lapack`).
 
     Returns:
       ``Q`` of shape ``(rows, cols)``; square ``Q`` is orthogonal.
     """
     n, m = max(rows, cols), min(rows, cols)
-    a = jax.random.normal(key, (n, m), dtype)
+    a = after(jax.random.normal(key, (n, m), dtype), order_after)
     q, r = jnp.linalg.qr(a)
     # Fixing the signs of R's diagonal makes Q Haar-distributed rather than QR-biased.
     q = q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)

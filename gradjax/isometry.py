@@ -34,6 +34,7 @@ import numpy as np
 from gradjax.activations import ActivationLike, derivative, get_activation
 from gradjax.errors import GradjaxInputError, check_choice, check_int, check_real, invalid
 from gradjax.jacobians import layer_jacobians
+from gradjax.lapack import after
 from gradjax.models import Net, Params
 from gradjax.results import pytree_dataclass, static_field
 
@@ -363,7 +364,8 @@ def jacobian_spectra(
                 lambda acc, j: (j @ acc, None), prod, jac.hidden[done - 1 : d - 1]
             )
             done = d
-        eigs.append(jnp.linalg.svd(prod, compute_uv=False) ** 2)
+        # One SVD after the other: concurrent LAPACK calls can deadlock (gradjax.lapack).
+        eigs.append(jnp.linalg.svd(after(prod, *eigs), compute_uv=False) ** 2)
     return JacobianSpectra(eigenvalues=jnp.stack(eigs), depths=depths)
 
 

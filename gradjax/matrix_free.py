@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from gradjax.errors import check_int, invalid
+from gradjax.lapack import after
 from gradjax.models import Net, Params
 from gradjax.results import pytree_dataclass, static_field
 
@@ -265,7 +266,9 @@ def layer_spectrum_estimates(
             _block_fn(net, layer, True), a_prev, k, probes, lanczos_steps, net.dtype
         )
 
-    hidden = jax.vmap(one)(params["hidden"], trace.act[:-1], hidden_keys)
+    # After the first block's estimate: each holds an eigh, and independent LAPACK calls can
+    # deadlock (see gradjax.lapack).
+    hidden = jax.vmap(one)(params["hidden"], after(trace.act[:-1], first), hidden_keys)
     stack = [jnp.concatenate([f[None], h]) for f, h in zip(first, hidden, strict=True)]
     return MatrixFreeSummary(
         mean_sq=stack[0], mean_sq_stderr=stack[1], sigma_max=stack[2], sigma_max_error=stack[3]

@@ -104,16 +104,23 @@ class Net:
         self._check_dtype()
         cfg, n, d = self.cfg, self.cfg.width, self.cfg.input_dim
         k_in, k_hid, k_out, kb_in, kb_hid, kb_out = jax.random.split(key, 6)
-        draw = lambda k, rows, cols: base_weight(k, cfg.init, rows, cols, self.dtype)
+        # Each group's draw waits for the previous one: orthogonal draws are QRs, and
+        # independent LAPACK calls in one program can deadlock (see gradjax.lapack).
+        draw = lambda k, rows, cols, prev=(): base_weight(
+            k, cfg.init, rows, cols, self.dtype, order_after=prev
+        )
         hidden_keys = jax.random.split(k_hid, cfg.depth - 1)
+        w_in = draw(k_in, n, d)
+        w_hidden = jax.vmap(lambda k: draw(k, n, n, w_in))(hidden_keys)
+        w_out = draw(k_out, cfg.out_dim, n, w_hidden)
         params: Params = {
-            "input": {"W": draw(k_in, n, d), "b": jax.random.normal(kb_in, (n,), self.dtype)},
+            "input": {"W": w_in, "b": jax.random.normal(kb_in, (n,), self.dtype)},
             "hidden": {
-                "W": jax.vmap(lambda k: draw(k, n, n))(hidden_keys).reshape(cfg.depth - 1, n, n),
+                "W": w_hidden.reshape(cfg.depth - 1, n, n),
                 "b": jax.random.normal(kb_hid, (cfg.depth - 1, n), self.dtype),
             },
             "readout": {
-                "W": draw(k_out, cfg.out_dim, n),
+                "W": w_out,
                 "b": jax.random.normal(kb_out, (cfg.out_dim,), self.dtype),
             },
         }

@@ -14,6 +14,7 @@ import jax
 
 from gradjax.gradients import LossFn, layer_gradient_norms
 from gradjax.jacobians import batch_layer_jacobians, expected_factors, layer_jacobians
+from gradjax.lapack import after
 from gradjax.models import Net, Params
 from gradjax.signal import forward_statistics
 from gradjax.spectra import singular_values, summarize_spectrum
@@ -77,8 +78,11 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
         return {"first": jac.first, "hidden": jac.hidden}
 
     def summaries(jac):
-        # Leading axes broadcast: one network, or a whole chunk of them.
-        return {name: summarize_spectrum(singular_values(j)) for name, j in jac.items()}
+        # Leading axes broadcast: one network, or a whole chunk of them. The hidden SVDs wait
+        # for the first block's: concurrent LAPACK calls can deadlock (gradjax.lapack).
+        first = singular_values(jac["first"])
+        hidden = singular_values(after(jac["hidden"], first))
+        return {"first": summarize_spectrum(first), "hidden": summarize_spectrum(hidden)}
 
     def probe(params: Params, key: jax.Array):
         return summaries(jacobians(params, key))
