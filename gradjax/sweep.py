@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradjax.config import as_grid
+from gradjax.distributed import select_devices
 from gradjax.errors import check_int, check_real, invalid
 
 Probe = Callable[[Any, jax.Array], Any]
@@ -488,24 +489,11 @@ def _check_chunk(chunk: Any) -> tuple[int, int]:
 
 def _resolve_devices(devices: Any) -> tuple:
     available = jax.devices()
-    if devices is None:
-        # Several CPU "devices" of one process are one host's cores split up: sharding over
-        # them gains nothing, and LAPACK (OpenBLAS, behind the SVD) can deadlock when several
-        # of them call it at once. Accelerators, and every multi-host run, use all devices.
-        if jax.process_count() == 1 and jax.default_backend() == "cpu":
-            return tuple(available[:1])
-        return tuple(available)
-    if isinstance(devices, int) and not isinstance(devices, bool):
-        check_int("devices", devices, minimum=1, maximum=len(available))
-        return tuple(available[:devices])
-    try:
-        chosen = tuple(devices)
-    except TypeError:
-        chosen = ()
-    allowed = f"None, a count in 1..{len(available)} or a non-empty list of jax.devices()"
-    if not chosen or any(d not in available for d in chosen) or len(set(chosen)) != len(chosen):
-        raise invalid("devices", devices, allowed)
-    return chosen
+    # Several CPU "devices" of one process are one host's cores split up: sharding over
+    # them gains nothing, and LAPACK (OpenBLAS, behind the SVD) can deadlock when several
+    # of them call it at once. Accelerators, and every multi-host run, use all devices.
+    one_cpu = jax.process_count() == 1 and jax.default_backend() == "cpu"
+    return select_devices(devices, default=available[:1] if one_cpu else available)
 
 
 def _choose_layout(net, probe, n_seed, n_scale, n_dev, memory_budget_mb, chunk):

@@ -32,6 +32,7 @@ import optax
 
 from gradjax.config import TrainConfig
 from gradjax.data import Dataset
+from gradjax.distributed import select_devices
 from gradjax.errors import GradjaxInputError, invalid
 from gradjax.gradients import get_loss
 from gradjax.models import Net, Params
@@ -401,21 +402,8 @@ def _compiled(
 def _seed_devices(devices: Any, seeds: int) -> tuple:
     """The devices the seed axis is split over: as many as divide ``seeds``."""
     available = jax.devices()
-    if devices is None:
-        chosen = tuple(available) if jax.process_count() == 1 else tuple(available[:1])
-    elif isinstance(devices, int) and not isinstance(devices, bool):
-        if not 1 <= devices <= len(available):
-            raise invalid("devices", devices, f"a count in 1..{len(available)}")
-        chosen = tuple(available[:devices])
-    else:
-        try:
-            chosen = tuple(devices)
-        except TypeError:
-            chosen = ()
-        if not chosen or any(d not in available for d in chosen) or len(set(chosen)) != len(chosen):
-            raise invalid(
-                "devices", devices, f"None, a count in 1..{len(available)} or a list of devices"
-            )
+    default = available if jax.process_count() == 1 else available[:1]
+    chosen = select_devices(devices, default=default)
     n = max(k for k in range(1, len(chosen) + 1) if seeds % k == 0)
     return chosen[:n]
 
