@@ -34,7 +34,7 @@ import numpy as np
 from gradjax.activations import ActivationLike, derivative, get_activation
 from gradjax.errors import GradjaxInputError, check_choice, check_int, check_real, invalid
 from gradjax.jacobians import layer_jacobians
-from gradjax.lapack import after
+from gradjax.lapack import after, singular_values
 from gradjax.models import Net, Params
 from gradjax.results import pytree_dataclass, static_field
 
@@ -365,7 +365,7 @@ def jacobian_spectra(
             )
             done = d
         # One SVD after the other: concurrent LAPACK calls can deadlock (gradjax.lapack).
-        eigs.append(jnp.linalg.svd(after(prod, *eigs), compute_uv=False) ** 2)
+        eigs.append(singular_values(after(prod, *eigs)) ** 2)
     return JacobianSpectra(eigenvalues=jnp.stack(eigs), depths=depths)
 
 

@@ -10,13 +10,28 @@ orthogonal initialisation, each blocked in ``ParallelBatchMap`` with no pool thr
 gradjax therefore never leaves two LAPACK calls of one program independent of each other:
 :func:`after` makes the input of the next call depend on the output of the previous one, so
 they run one after the other, each still spread over the pool.
+
+The same kernels spread a batch over both pool threads only when the thread that starts them
+is not itself a pool thread: a pool thread that starts one blocks while the other thread runs
+every piece, one after another. ``jnp.linalg.svd`` always copies its input first (the kernel
+works in place and wants column-major matrices), and that copy is split over the pool, so
+the SVD starts on whichever pool thread finished last, about half the time: a batch of
+2048 128 x 128 singular-value problems then took 0.93 s instead of 0.50 s on two cores.
+:func:`singular_values` calls the same LAPACK kernel (``gesdd``) with no copy before it:
+it reads each row-major matrix as the column-major transpose, which has the same singular
+values, and lets the kernel copy its input itself, so the batch runs on both threads every
+time (0.50-0.52 s on the same batch).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def after(x: Any, *deps: Any) -> Any:
@@ -32,3 +47,97 @@ def after(x: Any, *deps: Any) -> Any:
     if not jax.tree.leaves(deps):  # nothing to wait for
         return x
     return jax.lax.optimization_barrier((x, deps))[0]
+
+
+_DIRECT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def singular_values(x: jax.Array) -> jax.Array:
+    """Singular values of a matrix or a batch of matrices, largest first, by LAPACK ``gesdd``.
+
+    On a CPU, for float32 and float64, jaxlib's ``gesdd`` kernel is called directly (see the
+    module docstring for why); everywhere else, and wherever that call is not available or
+    fails its one-time check, this is ``jnp.linalg.svd(x, compute_uv=False)``. Both give
+    the same numbers to float rounding; it works under ``jit``, ``vmap`` and ``jvp``.
+
+    Args:
+      x: ``(..., m, n)``.
+
+    Returns:
+      ``(..., min(m, n))``; NaN for a matrix on which LAPACK reports failure.
+    """
+    x = jnp.asarray(x)
+    if x.ndim < 2 or 0 in x.shape[-2:] or x.dtype not in _DIRECT_DTYPES:
+        return _jnp_singular_values(x)
+    if _gesdd_target(x.dtype) is None:
+        return _jnp_singular_values(x)
+    return _singular_values_differentiable(x)
+
+
+def _jnp_singular_values(x: jax.Array) -> jax.Array:
+    return jnp.linalg.svd(x, compute_uv=False)
+
+
+@jax.custom_jvp
+def _singular_values_differentiable(x: jax.Array) -> jax.Array:
+    return jax.lax.platform_dependent(x, cpu=_gesdd_singular_values, default=_jnp_singular_values)
+
+
+@_singular_values_differentiable.defjvp
+def _singular_values_jvp(primals, tangents):
+    # d sigma_i = u_i^T dX v_i: jnp.linalg.svd's own rule, on the same singular values.
+    (x,), (t,) = primals, tangents
+    s = _singular_values_differentiable(x)
+    return s, jax.jvp(_jnp_singular_values, (x,), (t,))[1]
+
+
+def _gesdd_singular_values(x: jax.Array) -> jax.Array:
+    s, info = _gesdd(_gesdd_target(x.dtype), x)
+    return jnp.where((info == 0)[..., None], s, jnp.nan)
+
+
+def _gesdd(target: str, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(singular values, LAPACK info)`` of ``x`` (``(..., m, n)``) from the FFI ``target``."""
+    *batch, m, n = x.shape
+    dummy = jax.ShapeDtypeStruct((*batch, 1, 1), x.dtype)  # U, V^T: not computed in mode N
+    call = jax.ffi.ffi_call(
+        target,
+        (
+            jax.ShapeDtypeStruct((*batch, n, m), x.dtype),  # the kernel's scratch copy
+            jax.ShapeDtypeStruct((*batch, min(m, n)), x.dtype),
+            dummy,
+            dummy,
+            jax.ShapeDtypeStruct(tuple(batch), np.int32),
+        ),
+        vmap_method="broadcast_all",
+    )
+    # The kernel reads column-major matrices: the row-major (m, n) matrix in memory is the
+    # column-major (n, m) transpose, whose singular values are the same. The reshape only
+    # relabels the same memory, so XLA puts no copy before the call.
+    _, s, _, _, info = call(x.reshape(*batch, n, m), mode=np.uint8(ord("N")))
+    return s, info
+
+
+@functools.cache
+def _gesdd_target(dtype: np.dtype) -> str | None:
+    """jaxlib's ``gesdd`` FFI target for ``dtype`` once it passed a check, else ``None``."""
+    try:
+        from jaxlib import lapack as jaxlib_lapack
+
+        target = jaxlib_lapack.prepare_lapack_call("gesdd_ffi", np.dtype(dtype))
+        sample = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(dtype)
+        with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+            got, info = (np.asarray(a) for a in jax.jit(functools.partial(_gesdd, target))(sample))
+        want = np.linalg.svd(sample.astype(np.float64), compute_uv=False)
+        tol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
+        if np.any(info != 0) or not np.allclose(got, want, rtol=tol, atol=tol):
+            raise ValueError(f"gave {got.tolist()} (info {info.tolist()}), not {want.tolist()}")
+    except Exception as err:  # noqa: BLE001 - any failure means: use jnp.linalg.svd
+        warnings.warn(
+            f"gradjax: LAPACK gesdd cannot be called directly ({err!r:.300}); using "
+            "jnp.linalg.svd, which may run a batch on one CPU thread",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return target

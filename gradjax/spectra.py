@@ -5,11 +5,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gradjax import lapack
 from gradjax.results import pytree_dataclass
 
 
 def singular_values(jac: jax.Array) -> jax.Array:
     """Singular values of a matrix or a batch of matrices (LAPACK, descending).
+
+    On a CPU the batch is spread over XLA's threads every time; see
+    :func:`gradjax.lapack.singular_values`.
 
     Args:
       jac: ``(..., m, n)``.
@@ -17,7 +21,7 @@ def singular_values(jac: jax.Array) -> jax.Array:
     Returns:
       ``(..., min(m, n))``, largest first.
     """
-    return jnp.linalg.svd(jac, compute_uv=False)
+    return lapack.singular_values(jac)
 
 
 @pytree_dataclass
