@@ -179,10 +179,11 @@ def _finalize_function(probe: Probe) -> Callable | None:
     """The jitted batched ``finalize`` of a two-part probe, or ``None`` for a plain probe.
 
     It turns a whole chunk of intermediates (leading axes seed, scale) into the results, as
-    a compiled program of its own. That is for LAPACK-bound steps such
-    as singular values: XLA's CPU runtime usually spreads a standalone batched LAPACK call
-    over the cores, but runs it on one core when it sits inside the larger per-network
-    program (measured: 0.5 s against 0.95 s for 2,048 SVDs of 128 x 128 on two cores).
+    a compiled program of its own. That is for LAPACK-bound steps such as singular values:
+    jaxlib's CPU kernels spread a batch over XLA's threads only when they are started from
+    outside XLA's thread pool, as the first step of a program is (see :mod:`gradjax.lapack`);
+    after the per-network steps of the same program they ran on one core (measured: 0.95 s
+    against 0.5 s for 2,048 SVDs of 128 x 128 on two cores).
     """
     _, finalize = _split_probe(probe)
     return None if finalize is None else jax.jit(finalize)
@@ -241,36 +242,78 @@ def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -
     return _Sharded(jax.jit(mapped), NamedSharding(mesh, key_spec), NamedSharding(mesh, scale_spec))
 
 
-def _chunk_bytes(net: Any, probe: Probe, dtype_name: str, points: int) -> int:
-    """Peak bytes of a chunk of one seed and ``points`` scales, from XLA's memory analysis."""
+# glibc's malloc hands out a block larger than its mmap threshold (dynamic, at most 32 MiB
+# on 64-bit Linux) as fresh pages from the OS, returned at every free, so every call of a
+# program whose output or scratch is that large faults all its pages in again. Measured on
+# the 2-core development machine: 134 MB of Jacobians per chunk took 0.57 s to sweep (8
+# seeds x 8 sigma_w, depth 32, width 128, exact spectra), against 0.48 s in chunks whose
+# largest array stays under 32 MiB and whose memory the allocator reuses.
+_CPU_REUSED_BUFFER_BYTES = 32 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class _Linear:
+    """Bytes that grow linearly with a chunk: ``seeds * (per_seed + points * per_point)``."""
+
+    per_seed: int
+    per_point: int
+
+    def __call__(self, seeds: int, points: int) -> int:
+        return seeds * (self.per_seed + points * self.per_point)
+
+    @classmethod
+    def fit(cls, one: int, two: int, shared_weights: bool) -> _Linear:
+        """From a chunk of one seed with one scale (``one``) and with two (``two``)."""
+        if not shared_weights:  # each point holds its own rescaled weights
+            return cls(0, one)
+        per_point = max(two - one, 0)
+        return cls(max(one - per_point, 0), per_point)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MemoryModel:
+    """A chunk's memory: all of it (``total``), XLA's scratch buffer (``scratch``) and its
+    largest output array (``largest_output``); the largest single buffer is the larger of
+    the last two."""
+
+    total: _Linear
+    scratch: _Linear
+    largest_output: _Linear
+
+    def largest_buffer(self, seeds: int, points: int) -> int:
+        return max(self.scratch(seeds, points), self.largest_output(seeds, points))
+
+
+def _chunk_bytes(net: Any, probe: Probe, dtype_name: str, points: int) -> tuple[int, int, int]:
+    """``(peak bytes, scratch bytes, largest output)`` of a chunk of one seed and ``points``
+    scales, from XLA's memory analysis."""
     fn = _chunk_function(net, probe)
     key = jax.random.split(jax.random.key(0), 1)
     scale = jnp.ones((points,), dtype_name)
+    out = jax.eval_shape(fn, key, scale, scale)
+    sizes = [leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out)]
     try:
         stats = fn.lower(key, scale, scale).compile().memory_analysis()
-        total = stats.temp_size_in_bytes + stats.output_size_in_bytes
-        total += stats.argument_size_in_bytes
+        scratch = stats.temp_size_in_bytes
+        total = scratch + stats.output_size_in_bytes + stats.argument_size_in_bytes
     except Exception:  # memory analysis is optional in some backends
-        out = jax.eval_shape(fn, key, scale, scale)
-        total = 4 * sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out))
-    return max(int(total), 1)
+        total, scratch = 4 * sum(sizes), 0
+    return max(int(total), 1), int(scratch), int(max(sizes))
 
 
 @functools.lru_cache(maxsize=64)
-def _memory_model(net: Any, probe: Probe, dtype_name: str) -> tuple[int, int]:
-    """``(per_seed, per_point)`` bytes: a chunk of S seeds x P scales needs about
-    ``S * (per_seed + P * per_point)``.
+def _memory_model(net: Any, probe: Probe, dtype_name: str) -> _MemoryModel:
+    """Measured from two compiled chunks (one and two scales of one seed).
 
-    Measured from two compiled chunks (one and two scales of one seed). The split matters for
-    lazily scaled probes, whose seed's weights are shared by all its scales: counting them
-    once per point would shrink chunks, and their matrix products, many times over.
+    The per-seed part matters for lazily scaled probes, whose seed's weights are shared by all
+    its scales: counting them once per point would shrink chunks, and their matrix products,
+    many times over.
     """
+    shared = accepts_lazy_scales(probe)
     one = _chunk_bytes(net, probe, dtype_name, 1)
-    if not accepts_lazy_scales(probe):
-        return 0, one  # each point holds its own rescaled weights: all cost is per point
-    two = _chunk_bytes(net, probe, dtype_name, 2)
-    per_point = max(two - one, 1)
-    return max(one - per_point, 0), per_point
+    two = _chunk_bytes(net, probe, dtype_name, 2) if shared else one
+    total, scratch, largest = (_Linear.fit(a, b, shared) for a, b in zip(one, two, strict=True))
+    return _MemoryModel(total=total, scratch=scratch, largest_output=largest)
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -324,7 +367,8 @@ def sweep(
       key: root PRNG seed; seed ``i`` uses ``fold_in(key(root), i)``.
       memory_budget_mb: points per compiled chunk are chosen so a chunk's peak memory (XLA's
         memory analysis of one point times the chunk's points, all devices together) stays
-        under this budget.
+        under this budget. On a CPU a chunk also takes no more seeds than keep its largest
+        array under 32 MiB, above which the C allocator maps fresh pages at every call.
       chunk: explicit ``(seeds_per_chunk, scales_per_chunk)``, overriding the budget. A resumed
         ``out_dir`` keeps the chunk layout it was started with.
       progress: ``True`` shows a progress bar over chunks (default: when there are several);
@@ -376,9 +420,7 @@ def sweep(
         store = _ChunkStore.open(Path(out_dir), fingerprint)
         layout = store.layout
     if layout is None:
-        layout = _choose_layout(
-            net, probe, n_seed, n_scale, len(device_list), memory_budget_mb, chunk
-        )
+        layout = _choose_layout(net, probe, n_seed, n_scale, device_list, memory_budget_mb, chunk)
     if store is not None:
         store.start(layout)
     seed_chunk, scale_chunk = layout
@@ -496,17 +538,26 @@ def _resolve_devices(devices: Any) -> tuple:
     return select_devices(devices, default=available[:1] if one_cpu else available)
 
 
-def _choose_layout(net, probe, n_seed, n_scale, n_dev, memory_budget_mb, chunk):
-    """``(seeds_per_chunk, scales_per_chunk)`` from an explicit chunk or the memory budget."""
+def _choose_layout(net, probe, n_seed, n_scale, devices, memory_budget_mb, chunk):
+    """``(seeds_per_chunk, scales_per_chunk)`` from an explicit chunk or the memory budget.
+
+    A seed's whole scale grid goes in one chunk when the budget allows (splitting it draws the
+    seed's weights again); as many seeds join it as the budget allows, and on a CPU only as
+    many as keep the chunk's largest array under ``_CPU_REUSED_BUFFER_BYTES``.
+    """
     if chunk is not None:
         return min(chunk[0], n_seed), min(chunk[1], n_scale)
-    per_seed, per_point = _memory_model(net, probe, str(net.dtype))
+    model = _memory_model(net, probe, str(net.dtype))
+    total = model.total
     # The budget covers a whole chunk, all devices together: conservative on accelerators,
     # and exactly right for CPU devices, which share the host's memory.
     budget = memory_budget_mb * 2**20
-    scale_chunk = min(n_scale, max(1, int((budget - per_seed) // per_point)))
-    seed_bytes = per_seed + scale_chunk * per_point
-    seed_chunk = max(1, min(n_seed, int(budget // seed_bytes)))
+    scale_chunk = min(n_scale, max(1, int((budget - total.per_seed) // max(total.per_point, 1))))
+    seed_chunk = max(1, min(n_seed, int(budget // max(total(1, scale_chunk), 1))))
+    if all(d.platform == "cpu" for d in devices):
+        largest = model.largest_buffer(1, scale_chunk)
+        seed_chunk = max(1, min(seed_chunk, _CPU_REUSED_BUFFER_BYTES // max(largest, 1)))
+    n_dev = len(devices)
     if n_dev < seed_chunk < n_seed:
         seed_chunk -= seed_chunk % n_dev  # whole seeds per device: no padding in full chunks
     return seed_chunk, scale_chunk

@@ -49,10 +49,9 @@ def test_lazy_probe_equals_the_materialised_sweep_and_shares_weights():
     # Shared weights: a lazy chunk's memory grows far more slowly with its scale count.
     from gradjax.sweep import _memory_model
 
-    per_seed, per_point = _memory_model(net, lazy, "float32")
-    _, per_point_plain = _memory_model(net, plain, "float32")
-    assert per_point < per_point_plain
-    assert per_seed > 0
+    lazy_model, plain_model = (_memory_model(net, p, "float32") for p in (lazy, plain))
+    assert lazy_model.total.per_point < plain_model.total.per_point
+    assert lazy_model.total.per_seed > 0
 
 
 def test_two_part_probe_equals_calling_it_per_network():
@@ -86,6 +85,20 @@ def test_chunking_does_not_change_results():
 def test_memory_budget_splits_into_chunks():
     tiny = gj.sweep(NET, _probe, seeds=4, sigma_w=[1.0, 2.0], memory_budget_mb=1e-7, progress=False)
     assert tiny.meta["chunk"] == [1, 1]
+
+
+def test_cpu_chunks_keep_their_largest_array_under_the_allocator_threshold():
+    from gradjax.sweep import _CPU_REUSED_BUFFER_BYTES, _choose_layout, _memory_model
+
+    net = gj.build(gj.NetConfig(depth=9, width=256, activation="tanh"))
+    probe = gj.probes.spectrum_probe(net)
+    model = _memory_model(net, probe, "float32")
+    # The largest output is the hidden Jacobians: (depth - 1) float32 w x w per network.
+    assert model.largest_output(1, 3) == 3 * 8 * 256**2 * 4
+    seeds, scales = _choose_layout(net, probe, 10, 3, jax.devices()[:1], 1024.0, None)
+    assert scales == 3  # a seed's scale grid is never split while the budget allows it
+    assert model.largest_buffer(seeds, 3) <= _CPU_REUSED_BUFFER_BYTES
+    assert model.largest_buffer(seeds + 1, 3) > _CPU_REUSED_BUFFER_BYTES
 
 
 def test_second_sweep_does_not_recompile():
