@@ -2,11 +2,15 @@
 
 Three timings in one run, on the same networks:
   * ``gradjax``: :func:`gradjax.sweep` with :func:`gradjax.probes.spectrum_probe` (Jacobians
-    by forward mode, singular values by LAPACK, all vmapped and jitted);
+    in closed form, singular values by LAPACK, all vmapped and jitted), chunked as the engine
+    chooses by default;
   * ``eager_loop``: what a competent user writes without gradjax: a Python loop over networks
     and layers, ``jax.jacrev`` per block and ``numpy.linalg.svd`` per Jacobian;
-  * ``svd_alone``: the batched singular values of the same, precomputed Jacobians: the floor
-    set by LAPACK, which gradjax should approach.
+  * ``svd_alone``: the batched singular values of the same, precomputed Jacobians
+    (:func:`gradjax.singular_values`, one LAPACK call on the whole batch): the floor set by
+    LAPACK, which gradjax should approach. ``jnp.linalg.svd`` on the same batch is timed too
+    (``svd_alone_jnp``): on a CPU it often runs the batch on one thread (see
+    :mod:`gradjax.lapack`).
 """
 
 from __future__ import annotations
@@ -33,12 +37,9 @@ def run(quick: bool = False) -> dict:
     net = gj.build(gj.NetConfig(depth=cfg["depth"], width=cfg["width"], activation="tanh"))
     sigma_w = np.linspace(0.5, 2.5, cfg["scales"])
     probe = gj.probes.spectrum_probe(net)
-    chunk = (cfg["seeds"], cfg["scales"])
 
     def ours():
-        return gj.sweep(
-            net, probe, seeds=cfg["seeds"], sigma_w=sigma_w, chunk=chunk, progress=False
-        )
+        return gj.sweep(net, probe, seeds=cfg["seeds"], sigma_w=sigma_w, progress=False)
 
     t_ours = harness.time_fn(ours, repeats=5, budget_s=60)
     result = ours()
@@ -63,6 +64,8 @@ def run(quick: bool = False) -> dict:
     jacs = harness.block(all_jacobians(stacked, xs))
     svd = jax.jit(gj.singular_values)
     t_svd = harness.time_fn(lambda: svd(jacs), repeats=5, budget_s=60)
+    svd_jnp = jax.jit(lambda j: jnp.linalg.svd(j, compute_uv=False))
+    t_svd_jnp = harness.time_fn(lambda: svd_jnp(jacs), repeats=5, budget_s=60)
 
     def eager_loop():
         out = []
@@ -97,8 +100,13 @@ def run(quick: bool = False) -> dict:
     )
     return harness.record(
         NAME,
-        config=cfg,
-        timings={"gradjax": t_ours, "eager_loop": t_eager, "svd_alone": t_svd},
+        config={**cfg, "chunk": result.meta["chunk"]},
+        timings={
+            "gradjax": t_ours,
+            "eager_loop": t_eager,
+            "svd_alone": t_svd,
+            "svd_alone_jnp": t_svd_jnp,
+        },
         ratios={
             "vs_eager_loop": t_eager["median"] / t_ours["median"],
             "over_svd_alone": t_ours["median"] / t_svd["median"],
