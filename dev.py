@@ -32,9 +32,7 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
 def _timing_env() -> dict[str, str]:
     # For the benchmarks only. LAPACK (the SVDs) runs on OpenBLAS, whose spinning threads slow
     # small SVDs several-fold when anything else shares the cores; one thread per process is
-    # faster and steadier. The figures job keeps OpenBLAS's default: with one OpenBLAS thread
-    # the Lyapunov figure's QRs of orthogonal networks (width >= 64) hung, and without it they
-    # finish.
+    # faster and steadier. The figures job keeps OpenBLAS's default threads.
     return {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
 
 

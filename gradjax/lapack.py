@@ -8,8 +8,8 @@ one weight group and the orthogonal-factor step of another's, both of one networ
 orthogonal initialisation, each blocked in ``ParallelBatchMap`` with no pool thread left.
 
 gradjax therefore never leaves two LAPACK calls of one program independent of each other:
-:func:`after` makes the input of the next call depend on the output of the previous one, so
-they run one after the other, each still spread over the pool.
+:func:`after` makes the input of the next call read data of the output of the previous one,
+so they run one after the other, each still spread over the pool.
 
 The same kernels spread a batch over both pool threads only when the thread that starts them
 is not itself a pool thread: a pool thread that starts one blocks while the other thread runs
@@ -35,18 +35,45 @@ import numpy as np
 
 
 def after(x: Any, *deps: Any) -> Any:
-    """``x``, made available only once every array in ``deps`` has been computed.
+    """``x``, made to depend on data of every array in ``deps``, so it is computed after them.
+
+    XLA's CPU runtime orders its steps by the buffers they read and write, not by the program
+    text: an optimisation barrier, which only renames buffers, did not order two LAPACK calls
+    (the orthogonal initialisation still deadlocked with one). Here every floating leaf of
+    ``x`` gets ``-0.0`` added, computed from one element of each array in ``deps``: the sum is
+    ``x`` exactly (adding ``-0.0`` changes no value, not even a zero's sign), but the step
+    that computes it must read those elements, so it waits for the steps that wrote them.
 
     Args:
       x: a pytree of arrays (typically the input of a LAPACK call).
       *deps: pytrees of arrays (typically the outputs of the previous LAPACK call).
 
     Returns:
-      ``x``, unchanged in value, ordered after ``deps`` by an optimisation barrier.
+      ``x``, unchanged in value, computed after ``deps``.
     """
-    if not jax.tree.leaves(deps):  # nothing to wait for
+    elements = [jnp.ravel(_numeric(d))[0] for d in jax.tree.leaves(deps) if jnp.size(d) > 0]
+    if not elements:  # nothing to wait for
         return x
-    return jax.lax.optimization_barrier((x, deps))[0]
+    # |clip(e)| * 0 is +0.0 for any element, NaN and inf included; XLA does not fold a float
+    # product by zero (it is not an identity for NaN and inf), so the read stays.
+    zero = sum(
+        jnp.abs(jnp.clip(jnp.nan_to_num(jnp.real(e).astype(jnp.float32)), -1.0, 1.0)) * 0.0
+        for e in elements
+    )
+    minus_zero = -zero
+
+    def add(leaf):
+        leaf = jnp.asarray(leaf)
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            return leaf
+        return leaf + minus_zero.astype(leaf.dtype)
+
+    return jax.tree.map(add, x)
+
+
+def _numeric(a: Any) -> jax.Array:
+    a = jnp.asarray(a) if not isinstance(a, jax.Array) else a
+    return jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a
 
 
 _DIRECT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -78,10 +78,11 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
         return {"first": jac.first, "hidden": jac.hidden}
 
     def summaries(jac):
-        # Leading axes broadcast: one network, or a whole chunk of them. The hidden SVDs wait
-        # for the first block's: concurrent LAPACK calls can deadlock (gradjax.lapack).
-        first = singular_values(jac["first"])
-        hidden = singular_values(after(jac["hidden"], first))
+        # Leading axes broadcast: one network, or a whole chunk of them. The first block's
+        # SVDs wait for the hidden ones (concurrent LAPACK calls can deadlock), so the large
+        # hidden batch is the program's first step and runs on every core (gradjax.lapack).
+        hidden = singular_values(jac["hidden"])
+        first = singular_values(after(jac["first"], hidden))
         return {"first": summarize_spectrum(first), "hidden": summarize_spectrum(hidden)}
 
     def probe(params: Params, key: jax.Array):

@@ -1,5 +1,9 @@
 """gradjax.lapack: singular values by a direct LAPACK call, against float64 NumPy."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,3 +66,38 @@ def test_complex_input_falls_back_to_jnp():
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((2, 3, 3)) + 1j * rng.standard_normal((2, 3, 3))).astype(np.complex64)
     np.testing.assert_allclose(lapack.singular_values(x), _reference(x), rtol=2e-5)
+
+
+def test_after_returns_its_input_exactly_and_reads_its_dependencies():
+    x = jnp.array([-0.0, 0.0, 1.5, -jnp.inf, jnp.nan])
+    dep = jnp.array([jnp.nan, 2.0])
+    out = jax.jit(lapack.after)(x, dep)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(x))
+    np.testing.assert_array_equal(out, x)  # NaN == NaN for assert_array_equal
+    hlo = jax.jit(lapack.after).lower(x, dep).compile().as_text()
+    assert "multiply" in hlo  # the read of dep is not folded away
+
+
+def test_orthogonal_initialisation_does_not_deadlock(tmp_path):
+    # Independent QRs of one program deadlocked XLA's two-thread pool (seen in gdb), and an
+    # optimisation barrier did not prevent it; lapack.after orders them by data. Run in a
+    # child process so that a regression fails by timeout instead of hanging the suite.
+    script = tmp_path / "orthogonal_init.py"
+    script.write_text(
+        "import jax, gradjax as gj\n"
+        "net = gj.build(gj.NetConfig(depth=300, width=96, init='orthogonal'))\n"
+        "draw = jax.jit(jax.vmap(net.init_base))\n"
+        "for i in range(8):\n"
+        "    jax.block_until_ready(draw(jax.random.split(jax.random.key(i), 4)))\n"
+        "print('done')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as users run
+    for threads in ("1", None):  # OpenBLAS single-threaded, and its default
+        if threads is None:
+            env.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            env["OPENBLAS_NUM_THREADS"] = threads
+        run = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240
+        )
+        assert run.returncode == 0 and "done" in run.stdout, run.stderr[-2000:]
