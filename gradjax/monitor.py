@@ -70,13 +70,15 @@ def module_group_norms(tree: Any, *, stacked: Sequence[str] = ("hidden",)) -> di
         else:
             key = names[:-1] if len(names) > 1 else (names or ("leaf",))
             parts.setdefault(tuple(key), (None, []))[1].append(leaf.reshape(1, -1))
-    out: dict[str, jax.Array] = {}
-    for key, (layers, leaves) in parts.items():
+    groups = []
+    for _, leaves in parts.values():
         dtype = jnp.result_type(*leaves)
         if not jnp.issubdtype(dtype, jnp.inexact):
             dtype = jnp.float32
-        leaves = [v.astype(dtype) for v in leaves]
-        norm = _group_norm(leaves)
+        groups.append([v.astype(dtype) for v in leaves])
+    norms = _group_norms(groups) if groups else []
+    out: dict[str, jax.Array] = {}
+    for (key, (layers, _)), norm in zip(parts.items(), norms, strict=True):
         if layers is None:
             out["/".join(key)] = norm[0]
         else:
@@ -86,26 +88,34 @@ def module_group_norms(tree: Any, *, stacked: Sequence[str] = ("hidden",)) -> di
     return out
 
 
-def _group_norm(leaves: list[jax.Array]) -> jax.Array:
-    """Row-wise Frobenius norm over several ``(rows, -1)`` arrays, overflow-safe.
+def _group_norms(groups: list[list[jax.Array]]) -> list[jax.Array]:
+    """Row-wise Frobenius norms of several groups of ``(rows, -1)`` arrays, overflow-safe.
 
-    One pass over the gradients in the common case: the plain sum of squares. Only when it
-    is not finite (a float32 overflow above ~1e19 per entry, or a NaN/inf entry) is the
-    scaled two-pass form computed, under ``lax.cond`` so a healthy step never pays for it.
+    One pass over the gradients in the common case: the plain sums of squares. Only when one
+    of them is not finite (a float32 overflow above ~1e19 per entry, or a NaN/inf entry) is
+    the scaled two-pass form computed, under a single ``lax.cond`` for all groups, so a
+    healthy step pays for one branch, not one per module.
     """
-    total = sum(jnp.sum(jnp.square(v), axis=1) for v in leaves)
+    totals = [sum(jnp.sum(jnp.square(v), axis=1) for v in leaves) for leaves in groups]
+    healthy = jnp.all(jnp.stack([jnp.all(jnp.isfinite(t)) for t in totals]))
+
+    def plain(_):
+        return [jnp.sqrt(t) for t in totals]
 
     def scaled(_):
-        scale = jnp.max(jnp.stack([jnp.max(jnp.abs(v), axis=1) for v in leaves]), axis=0)
-        usable = jnp.isfinite(scale) & (scale > 0)
-        safe = jnp.where(usable, scale, jnp.ones_like(scale))
-        ss = sum(jnp.sum(jnp.square(v / safe[:, None]), axis=1) for v in leaves)
-        # A non-finite scale is nan (a nan entry) or inf (an inf entry): the norm's value.
-        return jnp.where(jnp.isfinite(scale), jnp.sqrt(ss) * safe, scale)
+        return [_scaled_norm(leaves) for leaves in groups]
 
-    return jax.lax.cond(
-        jnp.all(jnp.isfinite(total)), lambda _: jnp.sqrt(total), scaled, operand=None
-    )
+    return jax.lax.cond(healthy, plain, scaled, operand=None)
+
+
+def _scaled_norm(leaves: list[jax.Array]) -> jax.Array:
+    """``scale * sqrt(sum((g / scale)^2))`` per row, ``scale`` the row's largest magnitude."""
+    scale = jnp.max(jnp.stack([jnp.max(jnp.abs(v), axis=1) for v in leaves]), axis=0)
+    usable = jnp.isfinite(scale) & (scale > 0)
+    safe = jnp.where(usable, scale, jnp.ones_like(scale))
+    ss = sum(jnp.sum(jnp.square(v / safe[:, None]), axis=1) for v in leaves)
+    # A non-finite scale is nan (a nan entry) or inf (an inf entry): the norm's value.
+    return jnp.where(jnp.isfinite(scale), jnp.sqrt(ss) * safe, scale)
 
 
 def monitor(
