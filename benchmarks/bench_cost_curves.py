@@ -69,30 +69,38 @@ def config(quick: bool) -> dict[str, Any]:
         "probes": 32,
         "lanczos_steps": 16,
         "fit_points": 3,
-        "repeats": 5,
+        "repeats": 9,
         "budget_s": 4.0,
     }
 
 
-def _spectral_fn(method: str, net: gj.Net, cfg: dict[str, Any]):
-    """The jitted ``(params, x, key) -> (mean_sq (L,), sigma_max (L,))`` of one method."""
+def _spectral_stages(method: str, net: gj.Net, cfg: dict[str, Any]) -> list:
+    """The jitted stages of one method; chained, ``(params, x, key) -> (mean_sq, sigma_max)``.
+
+    The exact method is two programs, as gradjax's spectrum probe runs it: the Jacobians, then
+    their singular values. A LAPACK batch that starts its own program is spread over the
+    cores every time; after the Jacobians in one program it ran on one core about half the
+    time (see :mod:`gradjax.lapack`), which made the timings bimodal.
+    """
     if method == "exact":
 
-        def fn(params, x, key):
+        def jacobians(params, x, key):
             del key  # exact: nothing random
-            s = gj.singular_values(gj.layer_jacobians(net, params, x).all_layers())
-            summary = gj.summarize_spectrum(s)
-            return summary.mean_sq, summary.sigma_max
+            return gj.layer_jacobians(net, params, x).all_layers()
 
-    else:
+        def summary(jac):
+            s = gj.summarize_spectrum(gj.singular_values(jac))
+            return s.mean_sq, s.sigma_max
 
-        def fn(params, x, key):
-            est = layer_spectrum_estimates(
-                net, params, x, key=key, probes=cfg["probes"], lanczos_steps=cfg["lanczos_steps"]
-            )
-            return est.mean_sq, est.sigma_max
+        return [jax.jit(jacobians), jax.jit(summary)]
 
-    return jax.jit(fn)
+    def estimates(params, x, key):
+        est = layer_spectrum_estimates(
+            net, params, x, key=key, probes=cfg["probes"], lanczos_steps=cfg["lanczos_steps"]
+        )
+        return est.mean_sq, est.sigma_max
+
+    return [jax.jit(estimates)]
 
 
 def _network_inputs(net: gj.Net, width: int):
@@ -131,26 +139,40 @@ def measure(method: str, *, width: int, depth: int, cfg: dict[str, Any]) -> dict
 
     Returns:
       ``{"time": time_fn stats, "temp_bytes", "peak_bytes", "mean_sq", "sigma_max"}``;
-      ``peak_bytes`` is XLA's arguments + outputs + temporaries of the compiled call,
-      ``temp_bytes`` the temporaries alone (the working memory beyond the weights).
+      ``peak_bytes`` is XLA's arguments + outputs + temporaries of the largest compiled
+      stage, ``temp_bytes`` the temporaries of all stages plus what one stage hands to the
+      next (the working memory beyond the weights).
     """
     net = gj.build(
         gj.NetConfig(depth=depth, width=width, activation=cfg["activation"], sigma_w=cfg["sigma_w"])
     )
     params, x = _network_inputs(net, width)
     key = jax.random.key(2)
-    compiled = _spectral_fn(method, net, cfg).lower(params, x, key).compile()
-    stats = compiled.memory_analysis()
-    temp = int(stats.temp_size_in_bytes) if stats is not None else -1
-    peak = (
-        int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
-        if stats is not None
-        else -1
-    )
-    timing = harness.time_fn(
-        lambda: compiled(params, x, key), repeats=cfg["repeats"], budget_s=cfg["budget_s"]
-    )
-    mean_sq, sigma_max = (np.asarray(v) for v in compiled(params, x, key))
+    stages = _spectral_stages(method, net, cfg)
+    args, compiled, temp, peak = (params, x, key), [], 0, 0
+    for i, stage in enumerate(stages):
+        program = stage.lower(*args).compile()
+        stats = program.memory_analysis()
+        out = jax.eval_shape(stage, *args)
+        if stats is None or temp < 0:
+            temp = peak = -1
+        else:
+            temp += int(stats.temp_size_in_bytes)
+            if i + 1 < len(stages):  # handed on to the next stage: working memory too
+                temp += sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out))
+            total = stats.temp_size_in_bytes + stats.argument_size_in_bytes
+            peak = max(peak, int(total + stats.output_size_in_bytes))
+        compiled.append(program)
+        args = (out,)
+
+    def run():
+        result = compiled[0](params, x, key)
+        for program in compiled[1:]:
+            result = program(result)
+        return result
+
+    timing = harness.time_fn(run, repeats=cfg["repeats"], budget_s=cfg["budget_s"])
+    mean_sq, sigma_max = (np.asarray(v) for v in run())
     return {
         "time": timing,
         "temp_bytes": temp,
