@@ -1,4 +1,4 @@
-"""Ordering LAPACK calls inside one compiled program, so that they cannot deadlock.
+"""How gradjax calls jaxlib's CPU LAPACK kernels: one after another, and on every core.
 
 jaxlib's CPU LAPACK kernels (SVD, QR, eigh) split a batch over XLA's intra-op thread pool
 and block until every piece is done. Two such kernels that XLA starts at the same time can
@@ -94,9 +94,8 @@ def singular_values(x: jax.Array) -> jax.Array:
       ``(..., min(m, n))``; NaN for a matrix on which LAPACK reports failure.
     """
     x = jnp.asarray(x)
-    if x.ndim < 2 or 0 in x.shape[-2:] or x.dtype not in _DIRECT_DTYPES:
-        return _jnp_singular_values(x)
-    if _gesdd_target(x.dtype) is None:
+    direct = x.ndim >= 2 and 0 not in x.shape[-2:] and x.dtype in _DIRECT_DTYPES
+    if not direct or _gesdd_target(x.dtype) is None:
         return _jnp_singular_values(x)
     return _singular_values_differentiable(x)
 
