@@ -1,0 +1,63 @@
+"""Exponential growth fits: the per-layer factor of a quantity that grows or decays with depth.
+
+Every growth rate gradjax reports (a gradient's factor per layer, the cost exponent of a
+benchmark) is the least-squares slope of a logarithm, computed here once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def log_slope(x, values, *, axis: int = -1, log_x: bool = False) -> np.ndarray:
+    """Least-squares slope of ``log(values)`` against ``x`` (or ``log(x)``) along ``axis``.
+
+    Entries of ``values`` that are non-finite or not positive carry no slope information and
+    are dropped per series; a series with fewer than two usable points gives NaN.
+
+    Args:
+      x: the abscissae, shape ``(n,)``.
+      values: positive values, shape ``(..., n)`` with ``n`` along ``axis``.
+      axis: the axis of ``values`` that runs along ``x``.
+      log_x: fit against ``log(x)`` (a power-law exponent) instead of ``x``.
+
+    Returns:
+      The slopes, shape ``values.shape`` without ``axis`` (float64).
+    """
+    v = np.moveaxis(np.asarray(values, np.float64), axis, -1)
+    t = np.asarray(x, np.float64)
+    if log_x:
+        t = np.log(t)
+    ok = np.isfinite(v) & (v > 0) & np.isfinite(t)
+    logs = np.log(np.where(ok, v, 1.0))
+    n = ok.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_mean = (t * ok).sum(-1) / n
+        y_mean = (logs * ok).sum(-1) / n
+        tc = np.where(ok, t - t_mean[..., None], 0.0)
+        slope = (tc * (logs - y_mean[..., None])).sum(-1) / (tc**2).sum(-1)
+    return np.where(n >= 2, slope, np.nan)
+
+
+def growth_per_layer(values, *, axis: int = -1) -> np.ndarray:
+    """Backward growth factor per layer of series ordered input side first.
+
+    Args:
+      values: positive norms ``g_1..g_L`` (input side first) along ``axis``.
+      axis: the layer axis.
+
+    Returns:
+      ``exp(-b)`` for the fit ``log g_l = a + b l``: above 1 the quantity grows on its way
+      back to the input. NaN for fewer than two finite positive values.
+    """
+    v = np.asarray(values)
+    slope = log_slope(np.arange(v.shape[axis]), v, axis=axis)
+    return np.exp(-slope)
+
+
+def growth_rate(values) -> float:
+    """:func:`growth_per_layer` of one series, as a Python float."""
+    rate = float(growth_per_layer(values))
+    return rate if math.isfinite(rate) else math.nan

@@ -1,0 +1,124 @@
+"""Files gradjax writes: JSON that is always valid, and atomic writes with unique temp names.
+
+Every file gradjax writes goes through :func:`atomic_write`: the bytes go to a uniquely named
+temporary file in the target's directory, are flushed to disk, and then renamed over the
+target. Readers never see a half-written file, an interrupted run leaves the old file intact,
+and two processes writing the same target never share a temporary name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+# Temporary files are ``.<target name>.<random>.tmp``; ones older than this are left-overs of
+# a killed writer (a live write takes far less) and :func:`remove_stale_temps` deletes them.
+STALE_TEMP_SECONDS = 3600.0
+
+
+def json_safe(value: Any) -> Any:
+    """Converts a result to JSON-ready Python values.
+
+    Mappings become dicts with string keys; NumPy/JAX arrays and tuples become lists; NumPy
+    scalars become Python numbers; non-finite floats become the strings ``"nan"``, ``"inf"``
+    and ``"-inf"`` (the JSON standard has no NaN); anything else becomes its ``str``.
+
+    Args:
+      value: any nesting of mappings, sequences, arrays and scalars.
+
+    Returns:
+      A value that ``json.dumps(..., allow_nan=False)`` accepts.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
+        arr = np.asarray(value)
+        return json_safe(arr.tolist()) if arr.ndim else json_safe(arr.item())
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def dumps_json(value: Any, *, indent: int | None = 2) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(value)``: always standard JSON (no bare NaN)."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = False):
+    """Writes a file atomically: ``write(f)`` into a unique temp file, then a rename.
+
+    Args:
+      path: the target file (its directory must exist).
+      write: called with the open temporary file.
+      binary: open the temporary file in binary mode.
+
+    Returns:
+      The target path.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_write_json(path: str | Path, value: Any) -> Path:
+    """Writes ``value`` as standard JSON (see :func:`dumps_json`) to ``path`` atomically."""
+    return atomic_write_text(path, dumps_json(value) + "\n")
+
+
+def atomic_savez(path: str | Path, arrays: Mapping[str, Any]) -> Path:
+    """Writes NumPy arrays as an uncompressed ``.npz`` (no pickle) to ``path`` atomically."""
+    host = {k: np.asarray(v) for k, v in arrays.items()}
+    return atomic_write(path, lambda f: np.savez(f, **host), binary=True)
+
+
+def remove_stale_temps(directory: str | Path, *, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Deletes temporary files left by killed writers in ``directory``.
+
+    Args:
+      directory: a directory gradjax writes into (missing: nothing to do).
+      older_than: only temp files whose last change is at least this many seconds old.
+
+    Returns:
+      How many files were removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for tmp in directory.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process removed or renamed it first
+            continue
+    return removed
