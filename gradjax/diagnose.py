@@ -331,7 +331,7 @@ class GradientFlow:
 
 
 def _global_norm(tree: Any) -> jax.Array:
-    from gradjax.optim import safe_norm  # overflow-safe for huge (exploding) gradients
+    from gradjax.numerics import safe_norm  # overflow-safe for huge (exploding) gradients
 
     leaves = [jnp.ravel(v) for v in jax.tree_util.tree_leaves(tree)]
     if not leaves:

@@ -13,54 +13,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from gradjax.config import TrainConfig
 from gradjax.errors import check_choice, check_int, check_real, invalid
+from gradjax.numerics import safe_norm
+from gradjax.tree_paths import path_parts
+
+if TYPE_CHECKING:
+    # Only for annotations: gradjax.config reads this module's OPTIMIZERS table.
+    from gradjax.config import TrainConfig
 
 GroupFn = Callable[[Any], dict[str, jax.Array]]
 
 # The pytree-path component under which gradjax stacks its hidden blocks (leading axis =
 # layer). Leaves below it are split into one norm per layer.
 STACKED_GROUP = "hidden"
-
-
-def _key_name(key: Any) -> str:
-    """The text of one pytree path entry (dict key, attribute name or sequence index)."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def safe_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
-    """The Euclidean (Frobenius) norm, computed without overflow for huge finite entries.
-
-    A float32 gradient of 1e20 squares to inf; exploding runs must still be measured as finite
-    until the values themselves stop being finite, so the sum of squares is taken after
-    dividing by the largest magnitude. Non-finite inputs give a non-finite norm.
-
-    Args:
-      x: an array.
-      axis: the axes to reduce (default all).
-
-    Returns:
-      The norm over ``axis``, in ``x``'s dtype.
-    """
-    x = jnp.asarray(x)
-    scale = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-    # Zero arrays (and an all-zero row) keep scale 1 so the division is exact and safe.
-    finite_pos = jnp.isfinite(scale) & (scale > 0)
-    safe_scale = jnp.where(finite_pos, scale, jnp.ones_like(scale))
-    norm = jnp.sqrt(jnp.sum(jnp.square(x / safe_scale), axis=axis, keepdims=True)) * safe_scale
-    # jnp.max propagates nan, so a non-finite scale is nan (any nan) or inf (an inf entry):
-    # exactly the norm's value in that case.
-    norm = jnp.where(jnp.isfinite(scale), norm, scale)
-    return jnp.squeeze(norm, axis=axis) if axis is not None else norm.reshape(())
 
 
 def group_norms(tree: Any) -> dict[str, jax.Array]:
@@ -90,7 +61,7 @@ def group_norms(tree: Any) -> dict[str, jax.Array]:
     """
     out: dict[str, jax.Array] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = [_key_name(k) for k in path]
+        names = list(path_parts(path))
         leaf = jnp.asarray(leaf)
         if STACKED_GROUP in names and leaf.ndim >= 1:
             at = names.index(STACKED_GROUP) + 1
@@ -208,8 +179,8 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> optax.GradientTransforma
     Rescales the updates to global norm ``max_norm`` when their norm exceeds it, as optax
     does. Two differences matter for exploding runs: optax squares each entry, so in float32 a
     gradient of 1e20 has norm inf and is "clipped" to 0 (or NaN with ``max_norm = inf``); here
-    the norm is computed with :func:`safe_norm`, and ``max_norm = inf`` passes updates through
-    unchanged, so clipping can be switched off per run under ``vmap``.
+    the norm is computed with :func:`gradjax.numerics.safe_norm`, and ``max_norm = inf``
+    passes updates through unchanged, so clipping can be switched off per run under ``vmap``.
 
     Args:
       max_norm: the largest allowed global norm (> 0, may be traced, ``inf`` for no clipping).

@@ -36,13 +36,13 @@ from gradjax.distributed import select_devices
 from gradjax.errors import GradjaxInputError, invalid
 from gradjax.gradients import get_loss
 from gradjax.models import Net, Params
+from gradjax.numerics import safe_norm
 from gradjax.optim import (
     HYPERPARAMS,
     chain_from_config,
     get_hyperparams,
     group_norms,
     recorded_norms,
-    safe_norm,
     set_hyperparams,
     warmup_cosine,
 )

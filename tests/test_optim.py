@@ -224,16 +224,16 @@ def test_record_gradient_norms_custom_group_fn_and_vmap(getkey):
     np.testing.assert_allclose(state.norms["total"], per_run, rtol=1e-6)
 
 
-def test_safe_norm_survives_huge_finite_values():
-    x = jnp.full((4, 4), 1e30, jnp.float32)
-    # sqrt(16) * 1e30 = 4e30 is finite although 1e30**2 overflows float32.
-    assert float(optim.safe_norm(x)) == pytest.approx(4e30, rel=1e-6)
-    assert not np.isfinite(float(jnp.linalg.norm(x)))
-    assert np.isinf(float(optim.safe_norm(jnp.array([1.0, jnp.inf]))))
-    assert np.isnan(float(optim.safe_norm(jnp.array([jnp.nan, jnp.inf]))))
-    np.testing.assert_allclose(
-        optim.safe_norm(jnp.array([[3.0, 4.0], [0.0, 0.0]]), axis=1), [5.0, 0.0]
-    )
+def test_group_norms_survive_huge_finite_values():
+    # 1e30**2 overflows float32; the per-layer and per-leaf norms must stay finite and exact:
+    # sqrt(16) * 1e30 per 4x4 layer, sqrt(3) * 1e30 for the vector (closed form).
+    tree = {"hidden": {"W": jnp.full((2, 4, 4), 1e30, jnp.float32)}, "b": jnp.full(3, -1e30)}
+    norms = optim.group_norms(tree)
+    assert not np.isfinite(float(jnp.linalg.norm(tree["hidden"]["W"][0])))
+    np.testing.assert_allclose([norms["hidden/0/W"], norms["hidden/1/W"]], [4e30, 4e30], rtol=1e-6)
+    np.testing.assert_allclose(norms["b"], math.sqrt(3) * 1e30, rtol=1e-6)
+    bad = optim.group_norms({"hidden": {"W": jnp.array([[1.0, jnp.inf], [jnp.nan, 1.0]])}})
+    assert np.isinf(float(bad["hidden/0/W"])) and np.isnan(float(bad["hidden/1/W"]))
 
 
 def test_set_hyperparams_rejects_absent_names():
