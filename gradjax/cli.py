@@ -18,7 +18,9 @@ COMMANDS = ("figures", "sweep", "theory", "train", "bench", "diagnose")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    from gradjax.commands.common import Parser  # one-line usage errors, exit 2
+
+    parser = Parser(
         prog="gradjax",
         description="Measure, explain and fix vanishing and exploding gradients.",
     )
