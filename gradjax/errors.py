@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
 
 
 class GradjaxInputError(ValueError):
@@ -28,10 +31,13 @@ def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
 
 
 def check_int(field: str, value: Any, *, minimum: int | None = None, maximum: int | None = None):
-    """Raises unless ``value`` is an integer (not a bool) in ``[minimum, maximum]``."""
+    """Raises unless ``value`` is an integer (not a bool) in ``[minimum, maximum]``.
+
+    Python and NumPy integers are accepted (``np.int64(8)`` as well as ``8``), and so are
+    0-d integer arrays; booleans and floats are not, even when integral.
+    """
     bounds = _bounds_text(minimum, maximum)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(field, value, f"an integer{bounds}")
+    value = as_int(field, value, f"an integer{bounds}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise invalid(field, value, f"an integer{bounds}")
 
@@ -49,17 +55,70 @@ def check_real(
         what += " > 0"
     elif minimum is not None:
         what += f" >= {minimum:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_, str, bytes)) or getattr(value, "shape", ()) != ():
+        raise invalid(field, value, what)
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)  # NumPy and JAX scalars
         except (TypeError, ValueError):
             raise invalid(field, value, what) from None
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise invalid(field, value, what)
     if strictly_positive and value <= 0:
         raise invalid(field, value, what)
     if minimum is not None and value < minimum:
         raise invalid(field, value, what)
+
+
+def as_int(field: str, value: Any, allowed: str = "an integer") -> int:
+    """``value`` as a Python int if it is a Python/NumPy integer (not a bool), else raises.
+
+    Args:
+      field: the argument's name, for the error message.
+      value: the value to convert.
+      allowed: what the error message says is allowed.
+
+    Returns:
+      The integer.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise invalid(field, value, allowed)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if getattr(value, "shape", None) == () and np.issubdtype(
+        getattr(value, "dtype", np.float64), np.integer
+    ):
+        try:
+            return int(value)  # a 0-d NumPy or JAX integer array
+        except Exception:  # a traced value has no concrete integer
+            raise invalid(field, value, allowed) from None
+    raise invalid(field, value, allowed)
+
+
+def check_key(field: str, key: Any) -> None:
+    """Raises unless ``key`` is a JAX PRNG key or an integer seed in ``[0, 2**64)``.
+
+    A typed key (``jax.random.key``) or a raw ``uint32`` key array (``jax.random.PRNGKey``)
+    is accepted as it is; an integer seed must fit the unsigned 64-bit seed of
+    ``jax.random.key``.
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and getattr(key, "shape", None) != ():
+        if np.dtype(dtype) == np.uint32 and tuple(key.shape)[-1:] == (2,):
+            return
+    if dtype is not None:
+        import jax
+
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            return
+    allowed = "a jax.random.key(...) or an integer seed in [0, 2**64)"
+    seed = as_int(field, key, allowed)
+    if not 0 <= seed < 2**64:
+        raise invalid(field, key, allowed)
 
 
 def _bounds_text(minimum: int | None, maximum: int | None) -> str:
