@@ -6,7 +6,7 @@ Two kinds of transformation live here:
   (per-layer, for gradjax nets) gradient norms of the latest step in its state, computed
   inside ``jit``. Put it first in a chain to see the raw gradients.
 * The mitigation chain (clipping, warm-up + cosine decay, L2 and L1 weight penalties around
-  SGD, momentum or Adam) is built in the same module further down.
+  SGD, momentum or Adam, and decoupled weight decay as in AdamW) is built further down.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from gradjax.errors import check_choice, check_int, check_real, invalid
+from gradjax.layout import STACKED_GROUPS
 from gradjax.numerics import safe_norm
 from gradjax.tree_paths import path_parts
 
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
     from gradjax.config import TrainConfig
 
 GroupFn = Callable[[Any], dict[str, jax.Array]]
-
-# The pytree-path component under which gradjax stacks its hidden blocks (leading axis =
-# layer). Leaves below it are split into one norm per layer.
-STACKED_GROUP = "hidden"
 
 
 def group_norms(tree: Any) -> dict[str, jax.Array]:
@@ -63,8 +60,9 @@ def group_norms(tree: Any) -> dict[str, jax.Array]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = list(path_parts(path))
         leaf = jnp.asarray(leaf)
-        if STACKED_GROUP in names and leaf.ndim >= 1:
-            at = names.index(STACKED_GROUP) + 1
+        hit = next((i for i, n in enumerate(names) if n in STACKED_GROUPS), None)
+        if hit is not None and leaf.ndim >= 1:
+            at = hit + 1
             per_layer = safe_norm(leaf.reshape(leaf.shape[0], -1), axis=1)
             for i in range(leaf.shape[0]):
                 out["/".join([*names[:at], str(i), *names[at:]])] = per_layer[i]
@@ -126,7 +124,9 @@ def record_gradient_norms(group_fn: GroupFn | None = None) -> optax.GradientTran
 
 # ---------------------------------------------------------------------- mitigation chain
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+# The one table of optimiser names (the config and the CLI read it). "adamw" is Adam whose
+# weight_decay is decoupled (Loshchilov & Hutter 2019), as optax.adamw.
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 # Hyper-parameters held in the chain's state (optax.inject_hyperparams): each may be given a
 # different value per run, i.e. be a vmap axis.
 HYPERPARAMS = (
@@ -136,6 +136,7 @@ HYPERPARAMS = (
     "end_lr_fraction",
     "clip",
     "weight_decay",
+    "decoupled_weight_decay",
     "l1",
 )
 
@@ -258,11 +259,17 @@ def _mitigation_core(
     end_lr_fraction: jax.Array,
     clip: jax.Array | None,
     weight_decay: jax.Array | None,
+    decoupled_weight_decay: jax.Array | None,
     l1: jax.Array | None,
     momentum: float,
 ) -> optax.GradientTransformation:
     # Order: clip the loss gradient, add the penalties' gradients (L1/L2 regularisation of the
-    # loss, as the article describes, not AdamW's decoupled decay), precondition, then step.
+    # loss, as the article describes), precondition, add the decoupled decay (after the
+    # preconditioner, so Adam does not rescale it: AdamW), then scale by the learning rate.
+    if optimizer == "adamw":
+        # AdamW is Adam with its weight_decay decoupled; the state keeps the name
+        # "weight_decay", so the same hyper-parameter name varies it for every optimiser.
+        optimizer, weight_decay, decoupled_weight_decay = "adam", None, weight_decay
     parts = []
     if clip is not None:
         parts.append(clip_by_global_norm(clip))
@@ -274,6 +281,8 @@ def _mitigation_core(
         parts.append(optax.trace(decay=momentum))
     elif optimizer == "adam":
         parts.append(optax.scale_by_adam(b1=momentum))
+    if decoupled_weight_decay is not None:
+        parts.append(optax.add_decayed_weights(decoupled_weight_decay))
 
     def schedule(count: jax.Array) -> jax.Array:
         return -warmup_cosine(
@@ -297,6 +306,7 @@ def mitigation_chain(
     end_lr_fraction: float = 0.0,
     clip: float | None = None,
     weight_decay: float | None = None,
+    decoupled_weight_decay: float | None = None,
     l1: float | None = None,
     momentum: float = 0.9,
     record_norms: bool = True,
@@ -305,25 +315,39 @@ def mitigation_chain(
     """The article's fixes for exploding gradients as one Optax chain.
 
     ``record_gradient_norms`` (raw gradients) -> :func:`clip_by_global_norm` -> L1 penalty ->
-    ``add_decayed_weights`` (L2) -> SGD / momentum / Adam -> warm-up + cosine learning rate.
+    ``add_decayed_weights`` (coupled L2) -> SGD / momentum / Adam -> decoupled weight decay ->
+    warm-up + cosine learning rate.
+
+    Two weight decays: ``weight_decay`` is coupled L2, ``lambda * w`` added to the gradient
+    before the optimiser (Adam then divides it by its running gradient scale);
+    ``decoupled_weight_decay`` adds ``lambda * w`` after the optimiser, so every weight
+    shrinks by ``lr(t) * lambda * w`` per step whatever its gradient history (Loshchilov &
+    Hutter 2019). ``optimizer="adamw"`` is Adam with ``weight_decay`` decoupled: the chain
+    equals ``optax.adamw(learning_rate, b1=momentum, weight_decay=weight_decay)``. For plain
+    SGD the two decays coincide.
 
     Every numeric hyper-parameter lives in the state through ``optax.inject_hyperparams``, so
     one compiled step serves many values: :func:`set_hyperparams` writes per-run values
     (e.g. under ``vmap``). A mitigation given as ``None`` is left out of the chain; give it a
-    number (``clip=math.inf``, ``weight_decay=0.0``) to keep it in and vary it per run.
+    number (``clip=math.inf``, ``weight_decay=0.0``) to keep it in and vary it per run; with
+    both ``weight_decay=0.0`` and ``decoupled_weight_decay=0.0`` one compiled chain runs
+    coupled and decoupled decay side by side under ``vmap``.
 
     State layout: ``(GradientNormState, InjectStatefulHyperparamsState)`` when
     ``record_norms``, else just the second; see :func:`recorded_norms` and
     :func:`get_hyperparams`.
 
     Args:
-      optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"``.
+      optimizer: ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"adamw"`` (Adam whose
+        ``weight_decay`` is decoupled).
       learning_rate: peak learning rate, > 0.
       total_steps: training length; the cosine decay ends there.
       warmup_steps: linear warm-up length, in ``[0, total_steps]``.
       end_lr_fraction: final learning rate / peak, in ``[0, 1]``.
       clip: maximum global gradient norm (> 0, ``math.inf`` for "present but off"), or None.
-      weight_decay: L2 coefficient (>= 0) or None.
+      weight_decay: L2 coefficient (>= 0; decoupled for ``"adamw"``) or None.
+      decoupled_weight_decay: decoupled decay coefficient (>= 0) or None; not with
+        ``"adamw"``, whose ``weight_decay`` already is.
       l1: L1 coefficient (>= 0) or None.
       momentum: heavy-ball momentum, or Adam's b1, in ``[0, 1)``.
       record_norms: put :func:`record_gradient_norms` first in the chain.
@@ -334,7 +358,8 @@ def mitigation_chain(
 
     Raises:
       GradjaxInputError: on a non-positive learning rate, ``clip <= 0``, a warm-up longer
-        than training, an unknown optimiser, or negative penalties.
+        than training, an unknown optimiser, negative penalties, or
+        ``decoupled_weight_decay`` with ``"adamw"``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -357,6 +382,14 @@ def mitigation_chain(
         check_real("clip", clip, strictly_positive=True)
     if weight_decay is not None:
         check_real("weight_decay", weight_decay, minimum=0.0)
+    if decoupled_weight_decay is not None:
+        check_real("decoupled_weight_decay", decoupled_weight_decay, minimum=0.0)
+        if optimizer == "adamw":
+            raise invalid(
+                "decoupled_weight_decay",
+                decoupled_weight_decay,
+                "None with optimizer='adamw' (its weight_decay is the decoupled one)",
+            )
     if l1 is not None:
         check_real("l1", l1, minimum=0.0)
     check_real("momentum", momentum, minimum=0.0)
@@ -373,6 +406,7 @@ def mitigation_chain(
         end_lr_fraction=float(end_lr_fraction),
         clip=as_float(clip),
         weight_decay=as_float(weight_decay),
+        decoupled_weight_decay=as_float(decoupled_weight_decay),
         l1=as_float(l1),
         momentum=float(momentum),
     )

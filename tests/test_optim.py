@@ -193,6 +193,116 @@ def test_chain_matches_optax_reference(getkey, optimizer):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _run(tx, params, grads_fn, steps):
+    """Applies ``steps`` updates of ``tx`` with gradients ``grads_fn(params)``."""
+    state = tx.init(params)
+    with jax.numpy_dtype_promotion("standard"):
+        step = jax.jit(tx.update)
+        for _ in range(steps):
+            upd, state = step(grads_fn(params), state, params)
+            params = optax.apply_updates(params, upd)
+    return params
+
+
+@pytest.mark.parametrize("form", ["adamw", "adam+decoupled"])
+def test_decoupled_decay_equals_optax_adamw(getkey, form):
+    # Independent source: optax.adamw (decay added after Adam's scaling, times the rate).
+    params = _tree(getkey())
+    wd, lr = 0.1, 0.05
+    kw = (
+        {"optimizer": "adamw", "weight_decay": wd}
+        if form == "adamw"
+        else {"optimizer": "adam", "decoupled_weight_decay": wd}
+    )
+    ours = optim.mitigation_chain(
+        learning_rate=lr, total_steps=10, end_lr_fraction=1.0, momentum=0.8, **kw
+    )
+    ref = optax.adamw(lr, b1=0.8, weight_decay=wd)
+    keys = [getkey() for _ in range(5)]
+    grads = [jax.tree.map(lambda a, k=k: jax.random.normal(k, a.shape), params) for k in keys]
+    it1, it2 = iter(grads), iter(grads)
+    p1 = _run(ours, params, lambda p: next(it1), 5)
+    p2 = _run(ref, params, lambda p: next(it2), 5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if form == "adamw":
+        assert "weight_decay" in optim.get_hyperparams(ours.init(params))
+
+
+def test_coupled_l2_and_decoupled_decay_differ_as_closed_form_on_a_quadratic():
+    # Loss 0.5 * a * w^2 per coordinate, constant rate, Adam with b1 = 0.9, b2 = 0.999.
+    a = jnp.array([1e-3, 1.0, 30.0, 0.0])
+    w0 = jnp.array([2.0, -1.5, 0.5, 4.0])
+    lam, lr, eps = 0.5, 0.01, 1e-8
+    loss_grad = lambda p: {"w": a * p["w"]}
+
+    def chain(**kw):
+        return optim.mitigation_chain(
+            optimizer="adam", learning_rate=lr, total_steps=10, end_lr_fraction=1.0, **kw
+        )
+
+    coupled = _run(chain(weight_decay=lam), {"w": w0}, loss_grad, 1)["w"]
+    decoupled = _run(chain(decoupled_weight_decay=lam), {"w": w0}, loss_grad, 1)["w"]
+    # Closed form of Adam's first step: m_hat = g, v_hat = g^2, update g / (|g| + eps).
+    g_c = (a + lam) * w0
+    np.testing.assert_allclose(coupled, w0 - lr * g_c / (np.abs(g_c) + eps), rtol=1e-6)
+    g_d = a * w0
+    np.testing.assert_allclose(
+        decoupled, w0 - lr * (g_d / (np.abs(g_d) + eps) + lam * w0), rtol=1e-6
+    )
+    # Coupled L2 is normalised away: every coordinate moves by lr, whatever lam and |w|;
+    # decoupled decay moves it by lr * (1 + lam * |w|), and 0 + lam * w where the loss is flat.
+    np.testing.assert_allclose(np.abs(coupled - w0), lr, rtol=1e-5)
+    np.testing.assert_allclose(decoupled[3], w0[3] * (1 - lr * lam), rtol=1e-6)
+
+    # Many steps on the flat coordinate alone (a = 0): the decoupled decay is geometric,
+    # w_t = w0 (1 - lr lam)^t exactly; coupled L2 through Adam steps about lr per step (its
+    # gradient lam * w changes slowly, so m_hat / sqrt(v_hat) stays near 1), independent of lam.
+    flat = lambda p: {"w": jnp.zeros_like(p["w"])}
+    steps = 50
+    w0f = jnp.array([4.0, 40.0])
+    dec = _run(chain(decoupled_weight_decay=lam), {"w": w0f}, flat, steps)["w"]
+    np.testing.assert_allclose(dec, w0f * (1 - lr * lam) ** steps, rtol=1e-5)
+    for lam_c in (0.5, 5.0):
+        cou = _run(chain(weight_decay=lam_c), {"w": w0f}, flat, steps)["w"]
+        np.testing.assert_allclose(w0f - cou, lr * steps, rtol=0.02)
+
+
+def test_decoupled_decay_is_a_vmap_axis(getkey):
+    params = _tree(getkey())
+    grads = jax.tree.map(lambda a: jax.random.normal(getkey(), a.shape), params)
+    tx = optim.mitigation_chain(
+        optimizer="adam",
+        learning_rate=0.1,
+        total_steps=10,
+        end_lr_fraction=1.0,
+        weight_decay=0.0,
+        decoupled_weight_decay=0.0,
+        record_norms=False,
+    )
+    settings_ = jnp.array([[0.0, 0.0], [0.3, 0.0], [0.0, 0.3]])
+
+    def one(hp):
+        state = optim.set_hyperparams(
+            tx.init(params), weight_decay=hp[0], decoupled_weight_decay=hp[1]
+        )
+        return tx.update(grads, state, params)[0]
+
+    with jax.numpy_dtype_promotion("standard"):
+        batched = jax.jit(jax.vmap(one))(settings_)
+        first = lambda ref_tx: ref_tx.update(grads, ref_tx.init(params), params)[0]
+        # Independent sources: optax's Adam, Adam after add_decayed_weights, and AdamW.
+        refs = [
+            first(optax.adam(0.1)),
+            first(optax.chain(optax.add_decayed_weights(0.3), optax.adam(0.1))),
+            first(optax.adamw(0.1, weight_decay=0.3)),
+        ]
+    for i, ref in enumerate(refs):
+        got = jax.tree.map(lambda u, i=i: u[i], batched)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_record_gradient_norms_per_layer_and_passthrough(getkey):
     grads = _tree(getkey())
     tx = optax.chain(optim.record_gradient_norms(), optax.sgd(0.1))
@@ -268,3 +378,11 @@ def test_bad_input_is_a_clear_error(kwargs, field):
     tkw = {("steps" if k == "total_steps" else k): v for k, v in {**base, **kwargs}.items()}
     with pytest.raises(GradjaxInputError, match=field):
         TrainConfig(**tkw)
+
+
+def test_decoupled_decay_bad_input():
+    base = {"learning_rate": 0.1, "total_steps": 100}
+    with pytest.raises(GradjaxInputError, match="decoupled_weight_decay"):
+        optim.mitigation_chain(**base, decoupled_weight_decay=-1.0)
+    with pytest.raises(GradjaxInputError, match="decoupled_weight_decay.*adamw"):
+        optim.mitigation_chain(**base, optimizer="adamw", decoupled_weight_decay=0.1)
