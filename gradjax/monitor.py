@@ -9,8 +9,9 @@ the gradients: a negligible cost next to the backward pass; see
 
 Groups are module paths: the leaf path without the variable name, so a Linen
 ``{"params": {"Dense_0": {"kernel", "bias"}}}`` gives ``"Dense_0"``, an NNX state
-``blocks/3/lin/kernel/value`` gives ``"blocks/3/lin"``, and gradjax's stacked ``"hidden"``
-leaves give one group per layer (``"hidden/0"``, ...).
+``blocks/3/lin/kernel/value`` gives ``"blocks/3/lin"``, and a stacked module (found from its
+leaves' shapes: an ``nn.scan`` trunk, gradjax's ``"hidden"`` leaves) gives one group per layer
+(``"trunk/0"``, ...).
 
 Example:
   >>> import jax, jax.numpy as jnp, optax, gradjax as gj
@@ -33,89 +34,64 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradjax.diagnose import _names, natural_key
 from gradjax.errors import check_real, invalid
+from gradjax.io import json_safe
+from gradjax.numerics import safe_group_norms
 from gradjax.optim import GradientNormState, record_gradient_norms
 from gradjax.results import pytree_dataclass, static_field
+from gradjax.tree_paths import layer_slices, natural_key
 
 
-def module_group_norms(tree: Any, *, stacked: Sequence[str] = ("hidden",)) -> dict[str, jax.Array]:
-    """Gradient norms grouped by module path (one per layer for stacked leaves).
+def module_group_norms(tree: Any, *, stacked: Any = None) -> dict[str, jax.Array]:
+    """Gradient norms grouped by module path (one per layer for stacked modules).
 
-    Each group's norm is ``sqrt(sum(g^2))``, or ``scale * sqrt(sum((g / scale)^2))`` with
-    ``scale`` the group's largest magnitude when the plain sum overflows: exploding float32
-    gradients (entries near 1e20) stay measurable until the entries themselves are
-    non-finite. A stacked module
-    is reduced for all its layers at once (a few vector reductions rather than a handful of
-    operations per layer: on a CPU the per-operation cost, not the arithmetic, is what a
-    monitor adds to a training step).
+    Groups are those of :func:`gradjax.tree_paths.layer_slices`: stacked modules (an
+    ``nn.scan`` trunk, an ``nnx.vmap`` stack, gradjax's ``"hidden"`` leaves) are found from the
+    leaves' shapes, not from their names. Norms are overflow-safe
+    (:func:`gradjax.numerics.safe_group_norms`); a stacked module is reduced for all its
+    layers at once (a few vector reductions rather than a handful of operations per layer:
+    on a CPU the per-operation cost, not the arithmetic, is what a monitor adds to a step).
 
     Args:
       tree: a gradient pytree (Linen ``params``, NNX ``State``, gradjax params, any dict).
-      stacked: path names whose leaves stack layers along axis 0.
+      stacked: prefixes (tuples of path entries) of the stacked subtrees; default: found
+        from the shapes (:func:`gradjax.tree_paths.stacked_prefixes`).
 
     Returns:
       ``{module path: Frobenius norm of all its leaves}``; a leaf at the top level is its own
       group.
     """
-    # group -> (number of layers or None, [leaves reshaped to (layers, -1) or (1, -1)])
-    parts: dict[tuple[str, ...], tuple[int | None, list[jax.Array]]] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = _names(path)
-        leaf = jnp.asarray(leaf)
-        hit = next((i for i, n in enumerate(names[:-1]) if n in stacked), None)
-        if hit is not None and leaf.ndim >= 1:
-            key = (*names[: hit + 1], "\0", *names[hit + 1 : -1])
-            parts.setdefault(key, (leaf.shape[0], []))[1].append(leaf.reshape(leaf.shape[0], -1))
-        else:
-            key = names[:-1] if len(names) > 1 else (names or ("leaf",))
-            parts.setdefault(tuple(key), (None, []))[1].append(leaf.reshape(1, -1))
+    slices = layer_slices(tree, stacked=stacked)
+    flat = jax.tree_util.tree_leaves(tree)
+    # group key -> (layer names or None, arrays with a leading row axis)
+    parts: dict[tuple[str, bool], tuple[list[str] | None, list[jax.Array]]] = {}
+    seen: set[int] = set()
+    for s in slices:
+        leaf = jnp.asarray(flat[s.index])
+        if s.layer is None:
+            parts.setdefault((s.group, False), (None, []))[1].append(leaf.reshape(1, -1))
+        elif s.index not in seen:
+            # All layers of one stacked leaf at once; its group name without the layer index.
+            seen.add(s.index)
+            # Keyed by layer 0's group: a stacked module's leaves are reduced together.
+            names = [t.group for t in slices if t.index == s.index]
+            key = (names[0], True)
+            parts.setdefault(key, (names, []))[1].append(leaf.reshape(leaf.shape[0], -1))
     groups = []
     for _, leaves in parts.values():
         dtype = jnp.result_type(*leaves)
         if not jnp.issubdtype(dtype, jnp.inexact):
             dtype = jnp.float32
         groups.append([v.astype(dtype) for v in leaves])
-    norms = _group_norms(groups) if groups else []
+    norms = safe_group_norms(groups) if groups else []
     out: dict[str, jax.Array] = {}
-    for (key, (layers, _)), norm in zip(parts.items(), norms, strict=True):
+    for ((name, _), (layers, _)), norm in zip(parts.items(), norms, strict=True):
         if layers is None:
-            out["/".join(key)] = norm[0]
+            out[name] = norm[0]
         else:
-            at = key.index("\0")
-            for layer in range(layers):
-                out["/".join((*key[:at], str(layer), *key[at + 1 :]))] = norm[layer]
+            for layer, layer_name in enumerate(layers):
+                out[layer_name] = norm[layer]
     return out
-
-
-def _group_norms(groups: list[list[jax.Array]]) -> list[jax.Array]:
-    """Row-wise Frobenius norms of several groups of ``(rows, -1)`` arrays, overflow-safe.
-
-    One pass over the gradients in the common case: the plain sums of squares. Only when one
-    of them is not finite (a float32 overflow above ~1e19 per entry, or a NaN/inf entry) is
-    the scaled two-pass form computed, under a single ``lax.cond`` for all groups, so a
-    healthy step pays for one branch, not one per module.
-    """
-    totals = [sum(jnp.sum(jnp.square(v), axis=1) for v in leaves) for leaves in groups]
-    healthy = jnp.all(jnp.stack([jnp.all(jnp.isfinite(t)) for t in totals]))
-
-    def plain(_):
-        return [jnp.sqrt(t) for t in totals]
-
-    def scaled(_):
-        return [_scaled_norm(leaves) for leaves in groups]
-
-    return jax.lax.cond(healthy, plain, scaled, operand=None)
-
-
-def _scaled_norm(leaves: list[jax.Array]) -> jax.Array:
-    """``scale * sqrt(sum((g / scale)^2))`` per row, ``scale`` the row's largest magnitude."""
-    scale = jnp.max(jnp.stack([jnp.max(jnp.abs(v), axis=1) for v in leaves]), axis=0)
-    usable = jnp.isfinite(scale) & (scale > 0)
-    safe = jnp.where(usable, scale, jnp.ones_like(scale))
-    ss = sum(jnp.sum(jnp.square(v / safe[:, None]), axis=1) for v in leaves)
-    # A non-finite scale is nan (a nan entry) or inf (an inf entry): the norm's value.
-    return jnp.where(jnp.isfinite(scale), jnp.sqrt(ss) * safe, scale)
 
 
 def monitor(
@@ -248,9 +224,7 @@ class NormHistory:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe data: steps, groups and norms (non-finite as strings)."""
-        from gradjax.diagnose import _json_safe
-
-        return _json_safe(
+        return json_safe(
             {
                 "steps": np.asarray(self.steps),
                 "groups": list(self.names),

@@ -164,7 +164,37 @@ def test_group_norms_survive_huge_gradients_and_report_nan():
         "Dense_0": {"kernel": jnp.full((2, 2), 1e20, jnp.float32)},
         "hidden": {"W": jnp.stack([jnp.full((2, 2), 1e20), jnp.full((2, 2), jnp.nan)])},
     }
-    norms = gj.module_group_norms(grads)
+    # One stacked leaf alone is ambiguous from shapes (a 3-D kernel?): the stack is named.
+    norms = gj.module_group_norms(grads, stacked=[("hidden",)])
     assert float(norms["Dense_0"]) == pytest.approx(2e20, rel=1e-6)
     assert float(norms["hidden/0"]) == pytest.approx(2e20, rel=1e-6)
     assert math.isnan(float(norms["hidden/1"]))
+
+
+def test_stacked_layers_are_found_from_shapes_not_names():
+    from flax import linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return nn.LayerNorm()(nn.Dense(4)(x)), None
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Dense(4, name="hidden")(x)  # a user's module named "hidden": one module
+            trunk = nn.scan(
+                Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3
+            )
+            x, _ = trunk(name="trunk")(x, None)
+            return nn.Dense(1)(x)
+
+    params = Net().init(jax.random.key(0), jnp.ones((2, 4)))["params"]
+    norms = gj.module_group_norms(params)
+    assert "hidden" in norms and not any(k.startswith("hidden/") for k in norms)
+    assert {"trunk/0/Dense_0", "trunk/2/LayerNorm_0"} <= set(norms)
+    # Independent: the slice of layer 2 of the scanned kernel and bias, by hand.
+    d = params["trunk"]["Dense_0"]
+    expect = np.sqrt(np.sum(np.square(d["kernel"][2])) + np.sum(np.square(d["bias"][2])))
+    assert float(norms["trunk/2/Dense_0"]) == pytest.approx(float(expect), rel=1e-6)
+    assert len(norms) == 2 + 2 * 3  # hidden, Dense_1, and two modules per layer
