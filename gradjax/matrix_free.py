@@ -14,8 +14,11 @@ decompose; the two numbers the chain-rule story needs cost far less:
   (``/ 2 sqrt(theta)``), is the stated error bar. (It bounds the distance to *an* eigenvalue:
   when the top of the spectrum is clustered the gap to the largest one can exceed it.)
 
-Every function is pure, takes an explicit key and works under ``jit``/``vmap``; the probes
-plug into :func:`gradjax.sweep`.
+The two estimators are written once, for any operator: :func:`hutchinson_trace` (a trace
+from a quadratic form) and :func:`lanczos_top_eigenvalue` (a symmetric operator's largest
+eigenvalue); the Jacobian estimates here and the Hessian estimates of
+:mod:`gradjax.hessian` are both built on them. Every function is pure, takes an explicit key
+and works under ``jit``/``vmap``; the probes plug into :func:`gradjax.sweep`.
 """
 
 from __future__ import annotations
@@ -88,6 +91,37 @@ def _rademacher(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
     return jax.random.rademacher(key, shape, jnp.int8).astype(dtype)
 
 
+def hutchinson_trace(
+    quadratic: Callable[[jax.Array], jax.Array],
+    key: jax.Array,
+    *,
+    in_shape: tuple[int, ...],
+    dtype=jnp.float32,
+    probes: int = 64,
+) -> TraceEstimate:
+    """Trace of a symmetric operator ``A`` given only its quadratic form ``v -> v^T A v``.
+
+    Hutchinson's estimator: ``E[v^T A v] = tr(A)`` for Rademacher ``v``. Each probe's value is
+    an independent unbiased estimate, so their spread gives the standard error.
+
+    Args:
+      quadratic: ``v -> v^T A v`` for one ``v`` of shape ``in_shape`` (it is vmapped).
+      key: PRNG key for the Rademacher probes.
+      in_shape: the shape of A's input.
+      dtype: floating dtype of the probes.
+      probes: number of probes (>= 2, for the error bar).
+
+    Returns:
+      A :class:`TraceEstimate` of ``tr(A)``.
+    """
+    check_int("probes", probes, minimum=2)
+    v = _rademacher(key, (probes, *in_shape), dtype)
+    per_probe = jax.vmap(quadratic)(v)
+    value = jnp.mean(per_probe)
+    stderr = jnp.std(per_probe, ddof=1) / math.sqrt(probes)
+    return TraceEstimate(value=value, stderr=stderr, probes=probes)
+
+
 def hutchinson_mean_sq(
     matvec: MatVec,
     key: jax.Array,
@@ -98,6 +132,9 @@ def hutchinson_mean_sq(
     probes: int = 64,
 ) -> TraceEstimate:
     """Mean squared singular value of a linear map given only ``v -> J v``.
+
+    :func:`hutchinson_trace` of ``J^T J`` (``v^T J^T J v = ||J v||^2``), divided by the number
+    of singular values.
 
     Args:
       matvec: the map ``J``, applied to one vector of shape ``in_shape`` (it is vmapped).
@@ -118,14 +155,89 @@ def hutchinson_mean_sq(
       >>> bool(abs(est.value - jnp.mean(a**2) * 256) < 4 * est.stderr)  # doctest: +SKIP
       True
     """
-    check_int("probes", probes, minimum=2)
     n = min(math.prod(in_shape), int(out_size))
-    v = _rademacher(key, (probes, *in_shape), dtype)
-    jv = jax.vmap(matvec)(v)
-    per_probe = jnp.sum(jv.reshape(probes, -1) ** 2, axis=1) / n
-    value = jnp.mean(per_probe)
-    stderr = jnp.std(per_probe, ddof=1) / math.sqrt(probes)
-    return TraceEstimate(value=value, stderr=stderr, probes=probes)
+    return hutchinson_trace(
+        lambda v: jnp.sum(matvec(v) ** 2) / n, key, in_shape=in_shape, dtype=dtype, probes=probes
+    )
+
+
+@pytree_dataclass
+class TopEigenvalue:
+    """Lanczos estimate of the largest eigenvalue of a symmetric operator.
+
+    Attributes:
+      value: the top Ritz value (a lower bound on the largest eigenvalue).
+      error: the Ritz residual ``||A x - value x||``: a bound on the distance from ``value`` to
+        an eigenvalue of ``A`` (to the largest one unless the top of the spectrum is clustered).
+      steps: Lanczos steps.
+    """
+
+    value: jax.Array
+    error: jax.Array
+    steps: int = static_field(default=0)
+
+
+def lanczos_top_eigenvalue(
+    operator: MatVec, key: jax.Array, *, size: int, dtype=jnp.float32, steps: int = 32
+) -> TopEigenvalue:
+    """Largest eigenvalue of a symmetric operator by Lanczos with full reorthogonalisation.
+
+    Args:
+      operator: ``v -> A v`` on flat vectors of length ``size``; ``A`` symmetric (it may be
+        indefinite: the algebraically largest eigenvalue is estimated).
+      key: PRNG key for the start vector.
+      size: the dimension of A.
+      dtype: floating dtype.
+      steps: Lanczos steps (capped at ``size``).
+
+    Returns:
+      A :class:`TopEigenvalue` with its residual-based error bar.
+    """
+    check_int("steps", steps, minimum=1)
+    check_int("size", size, minimum=1)
+    n = int(size)
+    m = min(steps, n)
+    v0 = jax.random.normal(key, (n,), dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+    eps = jnp.finfo(dtype).eps
+
+    def step(j, carry):
+        basis, images, scale = carry
+        v = basis[j]
+        w = operator(v)
+        images = images.at[j].set(w)
+        alpha = jnp.vdot(v, w)
+        scale = jnp.maximum(scale, jnp.abs(alpha))
+        # Two passes of Gram-Schmidt against the whole basis (rows beyond j are zero): plain
+        # three-term Lanczos loses orthogonality once a Ritz value converges.
+        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ (basis @ w)
+        beta = jnp.linalg.norm(w)
+        # An exhausted Krylov space (beta at round-off level) leaves the remaining rows zero:
+        # they add Ritz values 0 for vectors outside the basis, so the top Ritz value is
+        # taken over the basis rows only (see below).
+        ok = beta > 1e3 * eps * scale
+        nxt = jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0)
+        return basis.at[j + 1].set(nxt), images, scale
+
+    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
+    images = jnp.zeros((m, n), dtype)
+    basis, images, _ = jax.lax.fori_loop(0, m, step, (basis, images, jnp.zeros((), dtype)))
+    basis = basis[:m]
+    # Rayleigh-Ritz with the stored images A v_j: H = V A V^T is exact whatever happened to
+    # the three-term recurrence, and so is the residual ||A x - theta x|| of the top Ritz
+    # pair, which bounds the distance from theta to an eigenvalue of A.
+    h = basis @ images.T
+    h = 0.5 * (h + h.T)
+    # Zero rows of an exhausted basis give spurious Ritz values 0: push them below the
+    # spectrum so that they never become the top one of an operator with negative eigenvalues.
+    live = jnp.sum(basis**2, axis=1) > 0.5
+    floor = -2.0 * (jnp.max(jnp.abs(h)) + 1.0)
+    h = jnp.where(live[:, None] & live[None, :], h, 0.0) + jnp.diag(jnp.where(live, 0.0, floor))
+    evals, evecs = jnp.linalg.eigh(h)
+    s = evecs[:, -1]
+    residual = jnp.linalg.norm(images.T @ s - evals[-1] * (basis.T @ s))
+    return TopEigenvalue(value=evals[-1], error=residual, steps=m)
 
 
 def lanczos_sigma_max(
@@ -137,7 +249,7 @@ def lanczos_sigma_max(
     dtype=jnp.float32,
     steps: int = 32,
 ) -> TopSingularValue:
-    """Largest singular value of ``J`` by Lanczos on ``J^T J`` (full reorthogonalisation).
+    """Largest singular value of ``J`` by :func:`lanczos_top_eigenvalue` on ``J^T J``.
 
     Args:
       matvec: ``v -> J v`` for ``v`` of shape ``in_shape``.
@@ -150,48 +262,11 @@ def lanczos_sigma_max(
     Returns:
       A :class:`TopSingularValue` with its residual-based error bar.
     """
-    check_int("steps", steps, minimum=1)
-    n = math.prod(in_shape)
-    m = min(steps, n)
     op = lambda v: rmatvec(matvec(v.reshape(in_shape))).reshape(-1)
-    v0 = jax.random.normal(key, (n,), dtype)
-    v0 = v0 / jnp.linalg.norm(v0)
-    eps = jnp.finfo(dtype).eps
-
-    def step(j, carry):
-        basis, images, scale = carry
-        v = basis[j]
-        w = op(v)
-        images = images.at[j].set(w)
-        alpha = jnp.vdot(v, w)
-        scale = jnp.maximum(scale, jnp.abs(alpha))
-        # Two passes of Gram-Schmidt against the whole basis (rows beyond j are zero): plain
-        # three-term Lanczos loses orthogonality once a Ritz value converges.
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
-        # An exhausted Krylov space (beta at round-off level) leaves the remaining rows zero:
-        # their Ritz values are 0, which cannot displace the top one of J^T J >= 0.
-        ok = beta > 1e3 * eps * scale
-        nxt = jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0)
-        return basis.at[j + 1].set(nxt), images, scale
-
-    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
-    images = jnp.zeros((m, n), dtype)
-    basis, images, _ = jax.lax.fori_loop(0, m, step, (basis, images, jnp.zeros((), dtype)))
-    basis = basis[:m]
-    # Rayleigh-Ritz with the stored images A v_j (A = J^T J): H = V A V^T is exact whatever
-    # happened to the three-term recurrence, and so is the residual ||A x - theta x|| of the
-    # top Ritz pair, which bounds the distance from theta to an eigenvalue of A.
-    h = basis @ images.T
-    h = 0.5 * (h + h.T)
-    evals, evecs = jnp.linalg.eigh(h)
-    theta = jnp.maximum(evals[-1], 0.0)
-    s = evecs[:, -1]
-    residual = jnp.linalg.norm(images.T @ s - evals[-1] * (basis.T @ s))
-    value = jnp.sqrt(theta)
-    error = residual / (2.0 * jnp.maximum(value, jnp.finfo(dtype).tiny))
-    return TopSingularValue(value=value, error=error, steps=m)
+    top = lanczos_top_eigenvalue(op, key, size=math.prod(in_shape), dtype=dtype, steps=steps)
+    value = jnp.sqrt(jnp.maximum(top.value, 0.0))
+    error = top.error / (2.0 * jnp.maximum(value, jnp.finfo(dtype).tiny))
+    return TopSingularValue(value=value, error=error, steps=top.steps)
 
 
 def _block_fn(net: Net, layer: dict[str, jax.Array], residual: bool) -> Callable:
