@@ -115,29 +115,133 @@ def band(
     axis: int = 0,
     linestyle: str = "-",
     alpha: float = 0.22,
-) -> None:
+    positive: bool = False,
+) -> int:
     """Median line with an interquartile band over ``axis`` (the seeds).
 
     Non-finite samples (diverged runs) are ignored, not allowed to poison the statistics.
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    samples = np.where(np.isfinite(samples), samples, np.nan)
-    with np.errstate(all="ignore"):
-        import warnings
+    Where no sample is left at a point, the line has a gap, marked by an ``x`` of the line's
+    colour on the bottom edge of the panel, so a diverged or overflowed stretch is visible
+    rather than silently missing.
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-            med = np.nanmedian(samples, axis=axis)
-            lo = np.nanpercentile(samples, 25, axis=axis)
-            hi = np.nanpercentile(samples, 75, axis=axis)
+    Args:
+      ax: the axes.
+      x: positions, one per point.
+      samples: values with a seed axis ``axis``.
+      color: line and band colour.
+      label: legend label.
+      axis: the seed axis of ``samples``.
+      linestyle: the median line's style.
+      alpha: the band's opacity.
+      positive: also drop values <= 0 (for a log-scaled panel).
+
+    Returns:
+      How many samples were dropped (non-finite, or <= 0 with ``positive``).
+    """
+    import warnings
+
+    x = np.asarray(x)
+    samples = np.asarray(samples, dtype=np.float64)
+    keep = np.isfinite(samples) & ((samples > 0) if positive else True)
+    samples = np.where(keep, samples, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        med = np.nanmedian(samples, axis=axis)
+        lo = np.nanpercentile(samples, 25, axis=axis)
+        hi = np.nanpercentile(samples, 75, axis=axis)
     ax.plot(x, med, color=color, label=label, linestyle=linestyle)
     ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0)
+    gaps = ~np.isfinite(med)
+    if np.any(gaps):
+        ax.plot(
+            x[gaps],
+            np.zeros(int(gaps.sum())),
+            linestyle="none",
+            marker="x",
+            markersize=4,
+            color=color,
+            transform=ax.get_xaxis_transform(),  # y in axes units: the bottom edge
+            clip_on=False,
+        )
+    return int(keep.size - np.count_nonzero(keep))
+
+
+def log_scale(ax, *data: Any, axis: str = "y") -> None:
+    """Log-scales ``axis`` of ``ax`` if ``data`` has a positive finite value; notes the rest.
+
+    Values that are zero, negative, NaN or infinite cannot be drawn on a log scale. When
+    some are, the panel says how many were left out; when all are, the axis stays linear
+    and the panel says why it is empty, instead of matplotlib's "cannot be log-scaled".
+
+    Args:
+      ax: the axes.
+      *data: the arrays drawn on the panel.
+      axis: ``"y"`` or ``"x"``.
+    """
+    values = np.concatenate([np.asarray(d, dtype=np.float64).ravel() for d in data] or [[]])
+    good = int(np.count_nonzero(np.isfinite(values) & (values > 0)))
+    bad = values.size - good
+    if good:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        if bad:
+            note_panel(
+                ax, f"{bad} of {values.size} values <= 0 or non-finite\nnot drawn (x: none left)"
+            )
+    else:
+        note_panel(ax, _empty_note(values), center=True)
+
+
+def _empty_note(values: np.ndarray) -> str:
+    kinds = [
+        name
+        for name, mask in (
+            ("NaN", np.isnan(values)),
+            ("infinite", np.isinf(values)),
+            ("<= 0", np.isfinite(values) & (values <= 0)),
+        )
+        if np.any(mask)
+    ]
+    what = ", ".join(kinds) if kinds else "no data"
+    return f"nothing to draw on a log scale\n(all values: {what})"
+
+
+def note_panel(ax, text: str, *, center: bool = False) -> None:
+    """Writes a small note on a panel (bottom left, or centred for an empty panel)."""
+    ax.text(
+        0.5 if center else 0.02,
+        0.5 if center else 0.04,
+        text,
+        transform=ax.transAxes,
+        ha="center" if center else "left",
+        va="center" if center else "bottom",
+        fontsize=6.5,
+        color="0.3",
+        in_layout=False,  # a note must not shrink the panel it annotates
+    )
+
+
+def _guard_log_axes(fig) -> None:
+    # A log axis with no positive finite data makes savefig raise "cannot be log-scaled";
+    # such a panel is drawn linear with a note, so the figure (and the run) is never lost.
+    for ax in fig.get_axes():
+        for name in ("y", "x"):
+            if getattr(ax, f"get_{name}scale")() != "log":
+                continue
+            minpos = ax.dataLim.minposy if name == "y" else ax.dataLim.minposx
+            if not np.isfinite(minpos):
+                getattr(ax, f"set_{name}scale")("linear")
+                note_panel(ax, f"nothing to draw on a log {name} axis (no positive finite values)")
 
 
 def save_figure(
     fig, stem: str | os.PathLike, *, formats: Sequence[str] = ("png", "pdf")
 ) -> list[Path]:
     """Writes ``stem.png`` and a vector ``stem.pdf`` atomically.
+
+    Each file is written to a uniquely named temporary file and renamed into place
+    (:func:`gradjax.io.atomic_write`), so two processes saving the same figure never share a
+    temporary file and a reader never sees half a file. A log axis without positive finite
+    data is drawn linear, with a note, rather than failing.
 
     Args:
       fig: the figure.
@@ -149,16 +253,17 @@ def save_figure(
     """
     import matplotlib
 
+    from gradjax.io import atomic_write
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     style = getattr(fig, "_gradjax_style", {})
     with matplotlib.rc_context(style):
+        _guard_log_axes(fig)
         for fmt in formats:
             path = stem.with_suffix(f".{fmt}")
-            tmp = path.with_name(f".{path.name}.tmp")
-            fig.savefig(tmp, format=fmt)
-            os.replace(tmp, path)
+            atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt), binary=True)
             paths.append(path)
     return paths
 
@@ -189,24 +294,23 @@ def plot_sweep_layers(result: Any, *, title: str | None = None):
     cols = sequential_colors(len(sigma_w))
     for i, sw in enumerate(sigma_w):
         label = f"$\\sigma_w$={sw:.2f}"
-        band(axes[0], layers, grads[:, i], color=cols[i], label=label)
-        band(axes[1], layers, mean_sq[:, i], color=cols[i])
-        band(axes[2], layers, cond[:, i], color=cols[i])
+        band(axes[0], layers, grads[:, i], color=cols[i], label=label, positive=True)
+        band(axes[1], layers, mean_sq[:, i], color=cols[i], positive=True)
+        band(axes[2], layers, cond[:, i], color=cols[i], positive=True)
+    for ax, values in zip(axes, (grads, mean_sq, cond), strict=True):
+        log_scale(ax, values)
     axes[0].set(
-        yscale="log",
         xlabel="layer $l$",
         ylabel=r"$\|\partial L/\partial W_l\|_F$",
         title="gradient norm per layer",
     )
     axes[1].set(
-        yscale="log",
         xlabel="layer $l$",
         ylabel=r"mean $\sigma^2(J_l)$",
         title=r"mean $\sigma^2$ of $J_l$ (chain-rule factor)",
     )
     axes[1].axhline(1.0, color="0.4", linewidth=0.8, linestyle=":")
     axes[2].set(
-        yscale="log",
         xlabel="layer $l$",
         ylabel=r"$\sigma_{max}/\sigma_{min}$ of $J_l$",
         title="condition number of $J_l$",

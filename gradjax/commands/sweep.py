@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from gradjax.commands.common import positive_int, writable_dir
+from gradjax.commands.common import (
+    grid,
+    nonnegative_int,
+    out_dir,
+    positive_int,
+    positive_real,
+    renamed_field,
+    writable_dir,
+)
+from gradjax.io import dumps_json
+
+# Library argument -> command-line flag, for the errors the library raises.
+FLAGS = {
+    "out_dir": "--out",
+    "sigma_w": "--sigma-w",
+    "sigma_b": "--sigma-b",
+    "seeds": "--seeds",
+    "devices": "--devices",
+    "memory_budget_mb": "--memory-budget-mb",
+    "depth": "--depth",
+    "width": "--width",
+    "activation": "--activation",
+    "init": "--init",
+    "batch": "--batch",
+}
 
 
 def add_parser(sub) -> None:
@@ -24,11 +47,11 @@ def add_parser(sub) -> None:
     p.add_argument("--depth", type=positive_int, default=32)
     p.add_argument("--width", type=positive_int, default=128)
     p.add_argument("--seeds", type=positive_int, default=8)
-    p.add_argument("--sigma-w", default="0.5:2.5:8", help="start:stop:count or a,b,c")
-    p.add_argument("--sigma-b", default=None, help="fixed value or a grid (default 0)")
+    p.add_argument("--sigma-w", type=grid(), default="0.5:2.5:8", help="start:stop:count or a,b,c")
+    p.add_argument("--sigma-b", type=grid(), default=None, help="fixed value or a grid (default 0)")
     p.add_argument("--batch", type=positive_int, default=16, help="examples for gradients")
-    p.add_argument("--memory-budget-mb", type=float, default=1024.0)
-    p.add_argument("--out", required=True, help="output directory (resumable)")
+    p.add_argument("--memory-budget-mb", type=positive_real, default=1024.0)
+    p.add_argument("--out", type=out_dir, required=True, help="output directory (resumable)")
     p.add_argument(
         "--devices",
         type=positive_int,
@@ -43,13 +66,13 @@ def add_parser(sub) -> None:
     )
     dist.add_argument("--coordinator", default=None, help="host:port of process 0")
     dist.add_argument("--num-processes", type=positive_int, default=None)
-    dist.add_argument("--process-id", type=int, default=None)
+    dist.add_argument("--process-id", type=nonnegative_int, default=None)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradjax.config import NetConfig, parse_range
-    from gradjax.errors import GradjaxInputError, check_real, invalid
+    from gradjax.config import NetConfig
+    from gradjax.errors import GradjaxInputError, invalid
 
     if not args.distributed and (
         args.coordinator is not None
@@ -67,19 +90,25 @@ def run(args: argparse.Namespace) -> int:
             process_id=args.process_id,
         )
 
-    sigma_w = parse_range("--sigma-w", args.sigma_w)
-    sigma_b = None if args.sigma_b is None else parse_range("--sigma-b", args.sigma_b)
-    check_real("--memory-budget-mb", args.memory_budget_mb, strictly_positive=True)
+    sigma_w, sigma_b = args.sigma_w, args.sigma_b  # float64 grids, parsed by grid()
     fixed_b = 0.0
     if sigma_b is not None and sigma_b.size == 1:
         fixed_b, sigma_b = float(sigma_b[0]), None
-    cfg = NetConfig(
-        depth=args.depth,
-        width=args.width,
-        activation=args.activation,
-        init=args.init,
-        sigma_b=fixed_b,
-    )
+    try:
+        cfg = NetConfig(
+            depth=args.depth,
+            width=args.width,
+            activation=args.activation,
+            init=args.init,
+            sigma_b=fixed_b,
+        )
+        if args.devices is not None and not args.distributed:
+            # Refused before the output directory is made, so a refusal leaves nothing behind.
+            from gradjax.distributed import select_devices
+
+            select_devices(args.devices, default=())
+    except GradjaxInputError as err:
+        raise renamed_field(err, FLAGS) from None
     out = writable_dir(args.out)
 
     from gradjax import models, plotting, probes
@@ -101,11 +130,8 @@ def run(args: argparse.Namespace) -> int:
             out_dir=out,
         )
     except GradjaxInputError as err:
-        # The library names its argument out_dir; on the command line it is --out.
-        text = str(err)
-        if text.startswith("out_dir="):
-            raise GradjaxInputError("--out=" + text[len("out_dir=") :]) from None
-        raise
+        # The library names its arguments (out_dir, sigma_w); the error names the flags.
+        raise renamed_field(err, FLAGS) from None
     import jax
 
     if jax.process_index() != 0:
@@ -118,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "first_layer_grad_median": [float(v) for v in _median(result["gradients.weights"][..., 0])],
         "sigma_w": [float(v) for v in result.coords["sigma_w"]],
     }
-    print(json.dumps(summary, indent=2))
+    print(dumps_json(summary))  # standard JSON: non-finite values as strings
     return 0
 
 
