@@ -1,0 +1,639 @@
+"""The model boundary: a user's Flax Linen or NNX model, or a pure function, seen one way.
+
+Every entry point that takes a user's model (:func:`gradjax.diagnose`, sweeps through
+:func:`sweepable`, the ``--model`` option of the command line) goes through :func:`wrap`,
+which returns a :class:`Boundary`:
+
+* ``params``: the differentiable parameters (Linen ``"params"``, NNX ``nnx.Param`` state, or
+  the pytree of a pure function),
+* ``apply(params, x, probes)``: the forward pass, where ``probes`` (zeros) are added to the
+  output of every *block*, so ``dL/dprobe`` is ``dL/da_l`` for each block output ``a_l``,
+* ``blocks(x)``: the blocks in execution order.
+
+The user's code is used as written. Linen modules are observed through
+``nn.intercept_methods``: the interceptor adds a zero probe, stored as a variable of the
+module's own scope, to each submodule's ``__call__`` output; a stack built with ``nn.scan``
+therefore gets a probe with the same leading layer axis as its parameters, so every layer of
+the stack is a block. NNX has no interceptor: the boundary works on a copy made with
+``nnx.split``/``nnx.merge`` inside the traced function (so BatchNorm statistics and Dropout
+RNG counts are mutated on the copy, never across trace levels) and, while tracing, wraps
+``__call__`` of the copy's module classes so the copy's submodules add their probes.
+
+Blocks are found from structure: the submodules (or layers of a scanned stack) that repeat
+most under one parent, e.g. ``Block_0 .. Block_11`` of a Transformer, ``blocks/0 ..`` of an
+``nnx.List``, ``trunk/0 ..`` of an ``nn.scan``; names play no part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradjax.errors import GradjaxInputError, invalid
+from gradjax.tree_paths import module_parts
+
+# Name of the probe variable a Linen submodule gets in its own "params" scope.
+PROBE = "gradjax_probe"
+# Sites and probe shapes by (model structure, shapes): a second look at a model is free.
+_DISCOVERED: dict[Hashable, tuple[list[Site], dict[str, Any]]] = {}
+
+
+class Site(NamedTuple):
+    """One submodule whose output can be probed.
+
+    Attributes:
+      name: its module path joined with ``"/"`` (``"Block_3"``, ``"blocks/2"``, ``"trunk"``).
+      cls: its class name.
+      layers: the number of layers of a scanned stack (the probe's leading axis), or ``None``.
+      has_params: whether parameters live under its path.
+    """
+
+    name: str
+    cls: str
+    layers: int | None
+    has_params: bool
+
+
+class Block(NamedTuple):
+    """One block output ``a_l``: a site, or one layer of a stacked site."""
+
+    name: str
+    site: str
+    layer: int | None
+
+
+@dataclasses.dataclass(eq=False)
+class Boundary:
+    """A model seen by gradjax: parameters, a probed forward pass and its blocks.
+
+    Attributes:
+      kind: ``"linen"``, ``"nnx"`` or ``"function"``.
+      params: the differentiable parameters.
+      state: everything else the forward pass reads (Linen collections and RNGs, NNX
+        non-parameter state), an argument of :meth:`apply` so compiled programs can be
+        shared between models of one structure.
+      key: a hashable description of the model's structure (for caches of compiled
+        programs; the parameters' shapes and dtypes are added by the caller).
+      module: the user's model object (Linen module, NNX module or function).
+    """
+
+    kind: str
+    params: Any
+    state: Any
+    key: Hashable
+    module: Any
+    _apply: Callable[[Any, Any, Any, Any], Any]
+    _discover: Callable[[Any], tuple[list[Site], dict[str, Any]]]
+
+    def apply(
+        self, params: Any, x: Any, probes: Mapping[str, Any] | None = None, *, state: Any = None
+    ) -> Any:
+        """The model's output, ``probes[site]`` added to each probed site's output.
+
+        Args:
+          params: parameters (of this model's structure).
+          x: the inputs.
+          probes: zero probes by site (see :meth:`zero_probes`), or ``None``.
+          state: the non-differentiable state (default: this model's :attr:`state`).
+
+        Returns:
+          The output.
+        """
+        return self._apply(params, self.state if state is None else state, x, probes)
+
+    def cache_key(self, *trees: Any) -> Hashable:
+        """:attr:`key` with the shapes and dtypes of the parameters, state and ``trees``."""
+        return (self.key, _shapes_key(self.params), _shapes_key(self.state), _shapes_key(trees))
+
+    def _discovered(self, x: Any) -> tuple[list[Site], dict[str, Any]]:
+        key = self.cache_key(x)
+        if key not in _DISCOVERED:
+            if len(_DISCOVERED) >= 64:
+                _DISCOVERED.pop(next(iter(_DISCOVERED)))
+            _DISCOVERED[key] = self._discover(x)
+        return _DISCOVERED[key]
+
+    def sites(self, x: Any) -> list[Site]:
+        """Every probed submodule, in execution order (first call first)."""
+        return self._discovered(x)[0]
+
+    def blocks(self, x: Any) -> list[Block]:
+        """The block outputs ``a_l`` in execution order (input side first)."""
+        return choose_blocks(self.sites(x))
+
+    def zero_probes(self, x: Any) -> dict[str, Any]:
+        """Zero probes (``jax.ShapeDtypeStruct`` trees made arrays) for the block sites."""
+        shapes = self._discovered(x)[1]
+        names = dict.fromkeys(b.site for b in self.blocks(x))
+        return {n: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[n]) for n in names}
+
+    def block_norms(self, probe_grads: Mapping[str, Any], x: Any) -> jax.Array:
+        """``||dL/da_l||`` per block from the gradients of the probes, ``(blocks,)``."""
+        from gradjax.numerics import safe_norm
+
+        out = []
+        for b in self.blocks(x):
+            leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(probe_grads[b.site])]
+            if b.layer is not None:
+                leaves = [v[b.layer] for v in leaves]
+            flat = jnp.concatenate([jnp.ravel(v) for v in leaves]) if leaves else jnp.zeros(0)
+            out.append(safe_norm(flat))
+        return jnp.stack(out) if out else jnp.zeros((0,))
+
+    def norm_kinds(self, x: Any) -> tuple[str, ...]:
+        """The normalisation layers found among the submodules: ``"batch"``, ``"layer"``,
+        ``"group"`` (RMSNorm counts as ``"layer"``)."""
+        kinds = []
+        for s in self.sites(x):
+            c = s.cls.lower()
+            if "batchnorm" in c:
+                kinds.append("batch")
+            elif "layernorm" in c or "rmsnorm" in c:
+                kinds.append("layer")
+            elif "groupnorm" in c:
+                kinds.append("group")
+        return tuple(dict.fromkeys(kinds))
+
+
+# ---------------------------------------------------------------------------- block choice
+
+
+def choose_blocks(sites: list[Site]) -> list[Block]:
+    """The block outputs among the sites: the largest set of repeated siblings.
+
+    Among the direct children of every parent path, the class that repeats most (a scanned
+    stack counts its layers) and owns parameters is the block; ties go to the parent nearest
+    the root. Without any repetition, the top-level submodules are the blocks.
+
+    Args:
+      sites: the sites in execution order.
+
+    Returns:
+      The blocks in execution order.
+    """
+    by_parent: dict[tuple[str, ...], list[Site]] = {}
+    for s in sites:
+        parts = tuple(s.name.split("/"))
+        by_parent.setdefault(parts[:-1], []).append(s)
+    best: tuple[tuple[float, int], tuple[str, ...], str] | None = None
+    for parent, children in by_parent.items():
+        for cls in dict.fromkeys(c.cls for c in children):
+            members = [c for c in children if c.cls == cls]
+            count = sum(c.layers or 1 for c in members)
+            if count < 2:
+                continue
+            owns = all(c.has_params for c in members)
+            score = (count - (0 if owns else 0.5), -len(parent))
+            if best is None or score > best[0]:
+                best = (score, parent, cls)
+    if best is None:
+        chosen = [s for s in sites if "/" not in s.name]
+    else:
+        _, parent, cls = best
+        chosen = [s for s in by_parent[parent] if s.cls == cls]
+    out = []
+    for s in chosen:
+        if s.layers:
+            out += [Block(f"{s.name}/{i}", s.name, i) for i in range(s.layers)]
+        else:
+            out.append(Block(s.name, s.name, None))
+    return out
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _shapes_key(tree: Any) -> Hashable:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return (treedef, tuple((tuple(np.shape(v)), str(jnp.result_type(v))) for v in leaves))
+
+
+def _float_leaves_only(out: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(out)
+    return bool(leaves) and all(
+        hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating) for v in leaves
+    )
+
+
+def _add(out: Any, probe: Any) -> Any:
+    return jax.tree.map(lambda a, p: a + p.astype(a.dtype), out, probe)
+
+
+def _param_paths(params: Any) -> list[tuple[str, ...]]:
+    return [module_parts(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _owns(paths: list[tuple[str, ...]], site: tuple[str, ...]) -> bool:
+    return any(p[: len(site)] == site and len(p) > len(site) for p in paths)
+
+
+def _hashable(obj: Any) -> Hashable:
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        return ("id", id(obj))
+
+
+# ---------------------------------------------------------------------------- Linen
+
+
+def _linen(
+    module: Any,
+    variables: Any,
+    *,
+    apply_kwargs: Mapping[str, Any],
+    mutable: Any,
+    rngs: Any,
+) -> Boundary:
+    from flax import linen as nn
+
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise invalid(
+            "params",
+            type(variables).__name__,
+            "the Linen variables of the model (a dict with a 'params' collection)",
+        )
+    others = {k: v for k, v in variables.items() if k != "params"}
+    kwargs = dict(apply_kwargs)
+    mutable = list(mutable) if mutable else []
+    # Discovery records each probed site's class and output rank (first call); a scanned
+    # stack's probe has one more axis than its output: the layer axis.
+    calls: dict[tuple[str, ...], tuple[str, int]] = {}
+
+    def call(params, state, x, interceptor, extra=()):
+        collections, rng = state
+        mut = mutable + list(extra)
+        with nn.intercept_methods(interceptor):
+            out = module.apply(
+                {**collections, "params": params}, x, rngs=rng, mutable=mut or False, **kwargs
+            )
+        return out if mut else (out, {})
+
+    def recording(next_fun, args, kw, ctx):
+        out = next_fun(*args, **kw)
+        path = tuple(ctx.module.path)
+        if ctx.method_name == "__call__" and path and _float_leaves_only(out):
+            calls.setdefault(
+                path, (type(ctx.module).__name__, jax.tree_util.tree_leaves(out)[0].ndim)
+            )
+            ctx.module.variable(
+                "params", PROBE, lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), out)
+            )
+        return out
+
+    def apply(params, state, x, probes):
+        if not probes:
+            return call(params, state, x, lambda f, a, k, c: f(*a, **k))[0]
+        wanted = {tuple(n.split("/")) for n in probes}
+
+        def adding(next_fun, args, kw, ctx):
+            out = next_fun(*args, **kw)
+            if ctx.method_name == "__call__" and tuple(ctx.module.path) in wanted:
+                out = _add(out, ctx.module.get_variable("params", PROBE))
+            return out
+
+        return call(_insert_probes(params, probes), state, x, adding)[0]
+
+    def discover(x):
+        calls.clear()
+        _, state = jax.eval_shape(
+            lambda p, s, x: call(p, s, x, recording, extra=["params"]),
+            variables["params"],
+            (others, rngs),
+            x,
+        )
+        created = state["params"]
+        ppaths = _param_paths(variables["params"])
+        sites, shapes = [], {}
+        for path, (cls, ndim) in calls.items():
+            node = created
+            for part in path:
+                node = node[part]
+            probe = node[PROBE]
+            first = jax.tree_util.tree_leaves(probe)[0]
+            layers = int(first.shape[0]) if first.ndim > ndim else None
+            name = "/".join(path)
+            shapes[name] = probe
+            sites.append(Site(name, cls, layers, _owns(ppaths, path)))
+        return sites, shapes
+
+    key = (
+        "linen",
+        _hashable(module),
+        jax.tree_util.tree_structure(others),
+        _hashable(tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))),
+        tuple(mutable),
+        jax.tree_util.tree_structure(rngs),
+    )
+    return Boundary("linen", variables["params"], (others, rngs), key, module, apply, discover)
+
+
+def _insert_probes(params: Any, probes: Mapping[str, Any]) -> Any:
+    """``params`` with each probe stored as ``PROBE`` in its site's scope (dicts copied)."""
+    out = dict(params)
+    for name, probe in probes.items():
+        node = out
+        for part in name.split("/"):
+            node[part] = dict(node.get(part, {}))
+            node = node[part]
+        node[PROBE] = probe
+    return out
+
+
+# ---------------------------------------------------------------------------- NNX
+
+
+class _NnxPatch:
+    """While active, submodules of one merged NNX copy add probes to their outputs.
+
+    Only ``__call__`` of the classes found in the copy's graph is wrapped, and only objects of
+    that copy (by identity) are probed; the original classes are restored on exit.
+    """
+
+    def __init__(self, root: Any, probes: Mapping[str, Any] | None, record: dict | None):
+        from flax import nnx
+
+        self.names: dict[int, str] = {}
+        classes = {}
+        for path, node in nnx.iter_graph(root):
+            if isinstance(node, nnx.Module) and path and callable(node):
+                self.names[id(node)] = "/".join(str(p) for p in path)
+                classes[type(node)] = None
+        self.classes = list(classes)
+        self.probes = probes or {}
+        self.record = record
+        self.saved: list[tuple[type, Any]] = []
+
+    def __enter__(self) -> _NnxPatch:
+        originals = {cls: cls.__call__ for cls in self.classes}
+        for cls, orig in originals.items():
+            self.saved.append((cls, cls.__dict__.get("__call__")))
+            cls.__call__ = self._wrap(orig)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for cls, own in reversed(self.saved):
+            if own is None:
+                del cls.__call__
+            else:
+                cls.__call__ = own
+
+    def _wrap(self, orig: Callable[..., Any]) -> Callable[..., Any]:
+        patch = self
+
+        def __call__(module, *args, **kwargs):
+            out = orig(module, *args, **kwargs)
+            name = patch.names.get(id(module))
+            if name is None or not _float_leaves_only(out):
+                return out
+            if patch.record is not None and name not in patch.record:
+                patch.record[name] = (type(module).__name__, out)
+            if name in patch.probes:
+                out = _add(out, patch.probes[name])
+            return out
+
+        return __call__
+
+
+def _nnx(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    kwargs = dict(apply_kwargs)
+
+    def fresh(p, state):
+        # Variables rebuilt inside the current trace: BatchNorm statistics and RNG counts
+        # can then be updated by the forward pass (they belong to this copy only).
+        return nnx.merge(graphdef, p, jax.tree.map(jnp.asarray, state))
+
+    def apply(p, state, x, probes):
+        copy = fresh(p, state)
+        if not probes:
+            return copy(x, **kwargs)
+        with _NnxPatch(copy, probes, None):
+            return copy(x, **kwargs)
+
+    def discover(x):
+        record: dict[str, Any] = {}
+
+        def run(p, state, x):
+            copy = fresh(p, state)
+            with _NnxPatch(copy, None, record):
+                copy(x, **kwargs)
+            return {n: out for n, (_, out) in record.items()}
+
+        shapes = jax.eval_shape(run, params, rest, x)
+        ppaths = _param_paths(params)
+        sites = [
+            Site(n, cls, None, _owns(ppaths, tuple(n.split("/")))) for n, (cls, _) in record.items()
+        ]
+        return sites, shapes
+
+    key = ("nnx", graphdef, _hashable(tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))))
+    return Boundary("nnx", params, rest, key, model, apply, discover)
+
+
+# ---------------------------------------------------------------------------- functions
+
+
+def _function(fn: Callable[..., Any], params: Any, perturbations: Any) -> Boundary:
+    from gradjax.tree_paths import leaf_names
+
+    template = perturbations
+
+    def apply(p, state, x, probes):
+        if template is None:
+            return fn(p, x)
+        if not probes:
+            probes = {"perturbations": _resize(template, x)}
+        return fn(p, x, perturbations=probes["perturbations"])
+
+    def discover(x):
+        if template is None:
+            return [], {}
+        zeros = _resize(template, x)
+        names = leaf_names(zeros)
+        shapes = {"perturbations": jax.eval_shape(lambda: zeros)}
+        return [Site(n, "perturbation", None, False) for n in names], shapes
+
+    key = ("function", _hashable(fn), jax.tree_util.tree_structure(perturbations))
+    b = Boundary("function", params, None, key, fn, apply, discover)
+    if template is not None:
+        # One probe tree for the function: its leaves, in flattening order, are the blocks.
+        def blocks(x):
+            return [Block(n, "perturbations", i) for i, n in enumerate(leaf_names(template))]
+
+        def zero_probes(x):
+            return {"perturbations": _resize(template, x)}
+
+        def block_norms(grads, x):
+            from gradjax.numerics import safe_norm
+
+            leaves = jax.tree_util.tree_leaves(grads["perturbations"])
+            return jnp.stack([safe_norm(v) for v in leaves])
+
+        b.blocks = blocks  # type: ignore[method-assign]
+        b.zero_probes = zero_probes  # type: ignore[method-assign]
+        b.block_norms = block_norms  # type: ignore[method-assign]
+    else:
+        b.blocks = lambda x: []  # type: ignore[method-assign]
+        b.zero_probes = lambda x: {}  # type: ignore[method-assign]
+    return b
+
+
+def _resize(template: Any, x: Any) -> Any:
+    """Zero perturbations for the batch of ``x`` (leaves with a batch axis 0 resized)."""
+    leaves = jax.tree_util.tree_leaves(x)
+    size = int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else None
+    first = jax.tree_util.tree_leaves(template)
+    full = int(np.shape(first[0])[0]) if first and np.ndim(first[0]) else None
+    if size is None or size == full:
+        return jax.tree.map(jnp.zeros_like, template)
+    return jax.tree.map(
+        lambda v: jnp.zeros((size, *np.shape(v)[1:]), jnp.asarray(v).dtype), template
+    )
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def wrap(
+    model: Any,
+    params: Any = None,
+    *,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    mutable: Any = None,
+    rngs: Any = None,
+    perturbations: Any = None,
+) -> Boundary:
+    """The :class:`Boundary` of a model.
+
+    Args:
+      model: an ``nnx.Module`` (``params`` is ``None``), a Linen module or its bound
+        ``module.apply`` (``params`` are its variables: ``params``, ``batch_stats``, ...), or
+        a pure function ``model(params, x)``.
+      params: the Linen variables or the function's parameters.
+      apply_kwargs: keyword arguments of every call (``train=True`` for a Linen model).
+      mutable: Linen collections the forward pass updates (``["batch_stats"]`` in train
+        mode); the updates are discarded (a measurement does not train).
+      rngs: Linen RNGs of the forward pass (``{"dropout": key}``).
+      perturbations: pure functions only: zero arrays the function adds to its activations,
+        passed as ``model(params, x, perturbations=...)``; each leaf is a block.
+
+    Returns:
+      The :class:`Boundary`.
+
+    Raises:
+      GradjaxInputError: for a model of no supported kind or params that do not fit it.
+    """
+    from flax import linen as nn
+    from flax import nnx
+
+    apply_kwargs = dict(apply_kwargs or {})
+    if isinstance(model, nnx.Module):
+        if params is not None:
+            raise invalid("params", type(params).__name__, "None when an nnx.Module is passed")
+        return _nnx(model, apply_kwargs=apply_kwargs)
+    linen_module = model if isinstance(model, nn.Module) else None
+    if linen_module is None and isinstance(getattr(model, "__self__", None), nn.Module):
+        if getattr(model, "__name__", "") == "apply":
+            linen_module = model.__self__
+    if linen_module is not None:
+        return _linen(linen_module, params, apply_kwargs=apply_kwargs, mutable=mutable, rngs=rngs)
+    if not callable(model):
+        raise invalid("model", type(model).__name__, "an nnx.Module, a Linen module, or a callable")
+    return _function(model, params, perturbations)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_factory(spec: str) -> tuple[Any, Any, Any]:
+    """Loads ``pkg.module:factory`` and calls the factory.
+
+    The factory takes no arguments and returns ``(model, params_or_None, batch)``, where
+    ``batch`` is ``(inputs, targets)``.
+
+    Args:
+      spec: ``"package.module:function"``.
+
+    Returns:
+      The factory's ``(model, params, batch)``.
+
+    Raises:
+      GradjaxInputError: (one line) for a malformed spec, a module that is missing or fails
+        to import (a syntax error), a missing factory, or a factory returning anything else.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise invalid("--model", spec, "'package.module:factory'")
+    module_name, attr = spec.split(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # the working directory, as `python -m` would have it
+    try:
+        mod = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise invalid("--model", spec, f"an importable module ({err})") from None
+    except SyntaxError as err:
+        where = f"{err.filename}:{err.lineno}" if err.filename else "the module"
+        raise invalid("--model", spec, f"a module without syntax errors ({where})") from None
+    except Exception as err:  # the module's own failure, whatever its type
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise invalid("--model", spec, f"a module that imports ({first})") from None
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise invalid("--model", spec, f"a callable {attr!r} in {module_name}")
+    try:
+        made = factory()
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise invalid("--model", spec, f"a factory that runs ({first})") from None
+    if not isinstance(made, tuple) or len(made) != 3:
+        got = type(made).__name__ + (f" of {len(made)}" if isinstance(made, tuple) else "")
+        raise invalid(
+            "--model", spec, f"a factory returning (model, params or None, batch), not a {got}"
+        )
+    model, params, batch = made
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise invalid("--model", spec, "a factory whose batch is a pair (inputs, targets)")
+    return model, params, tuple(batch)
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+
+def _kernel_mask(params: Any) -> Any:
+    """True for the weights and kernels (two axes or more per layer) of a parameter tree."""
+    from gradjax.tree_paths import layer_slices
+
+    slices = layer_slices(params)
+    is_kernel = {}
+    for s in slices:
+        is_kernel[s.index] = is_kernel.get(s.index, False) or s.ndim >= 2
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return jax.tree_util.tree_unflatten(treedef, [is_kernel[i] for i in range(len(leaves))])
+
+
+def kernel_mask(params: Any) -> Any:
+    """A pytree of bools: which leaves are weights or kernels (scaled by ``sigma_w``)."""
+    return _kernel_mask(params)
+
+
+__all__ = [
+    "Block",
+    "Boundary",
+    "GradjaxInputError",
+    "PROBE",
+    "Site",
+    "choose_blocks",
+    "kernel_mask",
+    "load_factory",
+    "wrap",
+]
