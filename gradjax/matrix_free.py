@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from gradjax.errors import check_int, invalid
 from gradjax.lapack import after
 from gradjax.models import Net, Params
+from gradjax.probes import Probe
 from gradjax.results import pytree_dataclass, static_field
 
 MatVec = Callable[[jax.Array], jax.Array]
@@ -352,7 +353,7 @@ def layer_spectrum_estimates(
 
 def matrix_free_probe(
     net: Net, *, probes: int = 64, lanczos_steps: int = 32, batch: int = 8
-) -> Callable[[Params, jax.Array], MatrixFreeSummary]:
+) -> Probe:
     """A sweep probe: :func:`layer_spectrum_estimates` at one N(0, 1) input.
 
     Args:
@@ -362,13 +363,13 @@ def matrix_free_probe(
       batch: inputs used only for BatchNorm networks (the batch map's Jacobians).
 
     Returns:
-      ``probe(params, key) -> MatrixFreeSummary``.
+      A :class:`gradjax.probes.Probe` giving a ``MatrixFreeSummary``.
     """
     check_int("probes", probes, minimum=2)
     check_int("lanczos_steps", lanczos_steps, minimum=1)
     check_int("batch", batch, minimum=2)
 
-    def probe(params: Params, key: jax.Array) -> MatrixFreeSummary:
+    def per_network(params: Params, key: jax.Array) -> MatrixFreeSummary:
         kx, kp = jax.random.split(key)
         shape = (batch, net.cfg.input_dim) if net.cfg.norm == "batch" else (net.cfg.input_dim,)
         x = jax.random.normal(kx, shape, net.dtype)
@@ -376,8 +377,8 @@ def matrix_free_probe(
             net, params, x, key=kp, probes=probes, lanczos_steps=lanczos_steps
         )
 
-    probe.lazy_scales = True  # forward pass, JVPs and VJPs only: see gradjax.sweep
-    return probe
+    # Forward pass, JVPs and VJPs only: it works on lazily scaled parameters.
+    return Probe(per_network=per_network, lazy_scales=True)
 
 
 @pytree_dataclass
@@ -447,7 +448,7 @@ def empirical_chi1(
     return EmpiricalChi1(chi1=jnp.exp(jnp.mean(logs)), mean_sq=mean_sq, stderr=stderr, skip=skip)
 
 
-def chi1_probe(net: Net, *, probes: int = 8, skip: int = -1) -> Callable:
+def chi1_probe(net: Net, *, probes: int = 8, skip: int = -1) -> Probe:
     """A sweep probe: :func:`empirical_chi1` at one N(0, 1) input.
 
     Args:
@@ -456,14 +457,14 @@ def chi1_probe(net: Net, *, probes: int = 8, skip: int = -1) -> Callable:
       skip: leading layers left out (default ``depth // 4``).
 
     Returns:
-      ``probe(params, key) -> EmpiricalChi1``.
+      A :class:`gradjax.probes.Probe` giving an ``EmpiricalChi1``.
     """
     check_int("probes", probes, minimum=2)
 
-    def probe(params: Params, key: jax.Array) -> EmpiricalChi1:
+    def per_network(params: Params, key: jax.Array) -> EmpiricalChi1:
         kx, kp = jax.random.split(key)
         x = jax.random.normal(kx, (net.cfg.input_dim,), net.dtype)
         return empirical_chi1(net, params, x, key=kp, probes=probes, skip=skip)
 
-    probe.lazy_scales = True  # forward pass and JVPs only: see gradjax.sweep
-    return probe
+    # Forward pass and JVPs only: it works on lazily scaled parameters.
+    return Probe(per_network=per_network, lazy_scales=True)

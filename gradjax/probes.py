@@ -1,17 +1,19 @@
-"""Ready-made probes ``probe(params, key) -> pytree`` for the sweep engine.
+"""Probes for the sweep engine: the :class:`Probe` type and ready-made probes.
 
-Each probe draws its own inputs from ``key`` (the sweep hands every scale of a seed the same
-key, so neighbouring scales see the same inputs) and calls the diagnostics; the engine itself
-knows none of them.
+A probe measures one network: ``probe(params, key) -> pytree of arrays``. Each ready-made probe
+draws its own inputs from ``key`` (the sweep hands every scale of a seed the same key, so
+neighbouring scales see the same inputs) and calls the diagnostics; the engine itself knows
+none of them, only the fields of :class:`Probe`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
+from gradjax.errors import invalid
 from gradjax.gradients import LossFn, layer_gradient_norms
 from gradjax.jacobians import batch_layer_jacobians, expected_factors, layer_jacobians
 from gradjax.lapack import after
@@ -19,7 +21,69 @@ from gradjax.models import Net, Params
 from gradjax.signal import forward_statistics
 from gradjax.spectra import singular_values, summarize_spectrum
 
-Probe = Callable[[Params, jax.Array], Any]
+
+class Probe(NamedTuple):
+    """A measurement of one network, in the style of optax's ``GradientTransformation``.
+
+    A probe has up to two parts. ``per_network(params, key)`` runs on one network (the sweep
+    vmaps it over seeds and scales); ``finalize(intermediates)``, when present, turns the
+    intermediates of a whole tile of networks (any leading axes) into the results, as a
+    compiled program of its own. That split is for LAPACK-bound steps such as singular values,
+    which run as one batched call per tile (see :mod:`gradjax.lapack`).
+
+    Calling the probe, ``probe(params, key)``, runs both parts on one network.
+
+    Attributes:
+      per_network: ``(params, key) -> pytree``, pure and jit/vmap-safe.
+      finalize: ``intermediates -> results`` broadcasting over leading axes, or ``None``.
+      lazy_scales: ``per_network`` works on the lazy parameters of
+        ``Net.scale(..., lazy=True)`` (it runs the network forward and differentiates with
+        respect to activations, never reading ``W`` itself). The sweep then keeps a seed's
+        weights shared across its scale grid: a grid of P scales costs matrix-matrix
+        products instead of P rescaled weight copies.
+
+    Example:
+      >>> import gradjax as gj, jax
+      >>> net = gj.build(gj.NetConfig(depth=4, width=8))
+      >>> def outputs(params, key):
+      ...     return net.apply(params, jax.random.normal(key, (2, 8)))
+      >>> probe = gj.probes.Probe(per_network=outputs)
+      >>> probe(net.init(jax.random.key(0)), jax.random.key(1)).shape
+      (2, 1)
+    """
+
+    per_network: Callable[[Params, jax.Array], Any]
+    finalize: Callable[[Any], Any] | None = None
+    lazy_scales: bool = False
+
+    def __call__(self, params: Params, key: jax.Array) -> Any:
+        out = self.per_network(params, key)
+        return out if self.finalize is None else self.finalize(out)
+
+
+def as_probe(probe: Any) -> Probe:
+    """A :class:`Probe` from a probe or a plain function ``(params, key) -> pytree``.
+
+    Args:
+      probe: a :class:`Probe`, or a callable wrapped as ``Probe(per_network=probe)``.
+
+    Returns:
+      The probe.
+
+    Raises:
+      GradjaxInputError: if ``probe`` is neither, or its fields have the wrong types.
+    """
+    if isinstance(probe, Probe):
+        if not callable(probe.per_network):
+            raise invalid("probe.per_network", probe.per_network, "a callable (params, key)")
+        if probe.finalize is not None and not callable(probe.finalize):
+            raise invalid("probe.finalize", probe.finalize, "None or a callable(intermediates)")
+        if not isinstance(probe.lazy_scales, bool):
+            raise invalid("probe.lazy_scales", probe.lazy_scales, "True or False")
+        return probe
+    if callable(probe):
+        return Probe(per_network=probe)
+    raise invalid("probe", probe, "a gradjax.probes.Probe or a callable (params, key) -> pytree")
 
 
 def gradient_probe(net: Net, *, batch: int = 16, loss: str | LossFn = "mse") -> Probe:
@@ -34,13 +98,13 @@ def gradient_probe(net: Net, *, batch: int = 16, loss: str | LossFn = "mse") -> 
       ``probe(params, key) -> GradientNorms``.
     """
 
-    def probe(params: Params, key: jax.Array):
+    def per_network(params: Params, key: jax.Array):
         kx, ky = jax.random.split(key)
         x = jax.random.normal(kx, (batch, net.cfg.input_dim), net.dtype)
         y = jax.random.normal(ky, (batch, net.cfg.out_dim), net.dtype)
         return layer_gradient_norms(net, params, x, y, loss=loss)
 
-    return probe
+    return Probe(per_network=per_network)
 
 
 def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
@@ -85,39 +149,58 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
         first = singular_values(after(jac["first"], hidden))
         return {"first": summarize_spectrum(first), "hidden": summarize_spectrum(hidden)}
 
-    def probe(params: Params, key: jax.Array):
-        return summaries(jacobians(params, key))
-
-    probe.lazy_scales = True
-    probe.per_network = jacobians
-    probe.finalize = summaries
-    return probe
+    return Probe(per_network=jacobians, finalize=summaries, lazy_scales=True)
 
 
 def signal_probe(net: Net, *, batch: int = 2) -> Probe:
     """Forward statistics q_l, c_l of ``batch`` N(0, 1) inputs; see :class:`ForwardStats`."""
 
-    def probe(params: Params, key: jax.Array):
+    def per_network(params: Params, key: jax.Array):
         x = jax.random.normal(key, (batch, net.cfg.input_dim), net.dtype)
         return forward_statistics(net, params, x)
 
-    probe.lazy_scales = True  # forward pass only: see gradjax.sweep
-    return probe
+    return Probe(per_network=per_network, lazy_scales=True)  # a forward pass only
 
 
-def combine(**probes: Probe) -> Probe:
-    """Runs several probes on the same parameters; each gets its own key, named by keyword.
+def combine(**probes: Probe | Callable) -> Probe:
+    """Runs several probes on the same network; each gets its own key, named by keyword.
+
+    The parts are merged field by field: ``per_network`` runs every part's ``per_network``,
+    ``finalize`` applies each part's ``finalize`` to its own subtree (so a two-part probe keeps
+    its batched finalize program inside the combination), and the combination takes lazy
+    scales when any part does, materialising the parameters (:meth:`gradjax.Net.materialize`)
+    for the parts that do not.
+
+    Args:
+      **probes: name -> :class:`Probe` (or a plain function, see :func:`as_probe`).
 
     Returns:
-      ``probe(params, key) -> {name: result}``.
+      A :class:`Probe` whose results are ``{name: result}``.
     """
-    names = sorted(probes)
+    if not probes:
+        raise invalid("probes", probes, "at least one name=probe")
+    parts = {name: as_probe(probe) for name, probe in probes.items()}
+    names = sorted(parts)
+    lazy = any(part.lazy_scales for part in parts.values())
 
-    def probe(params: Params, key: jax.Array):
+    def per_network(params: Params, key: jax.Array):
         keys = jax.random.split(key, len(names))
-        return {name: probes[name](params, k) for name, k in zip(names, keys, strict=True)}
+        plain = Net.materialize(params) if lazy else params
+        return {
+            name: parts[name].per_network(params if parts[name].lazy_scales else plain, k)
+            for name, k in zip(names, keys, strict=True)
+        }
 
-    return probe
+    def finalize(intermediates):
+        return {
+            name: intermediates[name]
+            if parts[name].finalize is None
+            else parts[name].finalize(intermediates[name])
+            for name in names
+        }
+
+    two_part = any(part.finalize is not None for part in parts.values())
+    return Probe(per_network=per_network, finalize=finalize if two_part else None, lazy_scales=lazy)
 
 
 def layer_gradient_and_spectrum_probe(net: Net, *, batch: int = 16) -> Probe:

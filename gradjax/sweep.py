@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradjax import devices as _devices
 from gradjax.config import as_grid
-from gradjax.distributed import select_devices
 from gradjax.errors import check_int, check_real, invalid
-
-Probe = Callable[[Any, jax.Array], Any]
+from gradjax.io import atomic_savez, atomic_write_json, dumps_json
+from gradjax.probes import Probe, as_probe
+from gradjax.tree_paths import leaf_names as _tree_leaf_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +66,9 @@ class SweepResult:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {f"data.{k}": v for k, v in self.data.items()}
         arrays.update({f"coord.{k}": v for k, v in self.coords.items()})
-        _atomic_write(directory / "arrays.npz", lambda f: np.savez(f, **arrays), binary=True)
+        atomic_savez(directory / "arrays.npz", arrays)
         meta = {"axes": list(self.axes), "names": list(self.data), "meta": self.meta}
-        _atomic_write(directory / "meta.json", lambda f: json.dump(meta, f, indent=2))
+        atomic_write_json(directory / "meta.json", meta)
         return directory
 
     @classmethod
@@ -82,79 +82,25 @@ class SweepResult:
         return cls(data=data, axes=tuple(meta["axes"]), coords=coords, meta=meta["meta"])
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    # Write to a temporary file in the same directory, then rename: readers never see a
-    # half-written file, and an interrupted run leaves the old file intact.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def leaf_names(tree: Any) -> list[str]:
-    """Names of a pytree's leaves: their paths joined with ``.``."""
-    paths, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [".".join(_key_name(k) for k in path) or "value" for path, _ in paths]
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+    """Names of a pytree's leaves: their paths joined with ``.`` (the sweep's data keys)."""
+    return _tree_leaf_names(tree, sep=".")
 
 
 # ---------------------------------------------------------------------------- compiled chunks
 
 
 def accepts_lazy_scales(probe: Probe) -> bool:
-    """Whether a probe declared that it works on lazily scaled parameters.
-
-    A probe that only runs the network forward and differentiates with respect to
-    activations (never reads ``W`` itself) gives the same numbers on the lazy parameters of
-    :meth:`gradjax.Net.scale` (``lazy=True``); it says so with the attribute
-    ``probe.lazy_scales = True``. The engine then keeps the weights of a seed shared across
-    its scale grid, so a chunk of P scales costs matrix-matrix products instead of P
-    rescaled weight copies and P matrix-vector products.
-    """
-    return bool(getattr(probe, "lazy_scales", False))
-
-
-def _split_probe(probe: Probe) -> tuple[Probe, Callable | None]:
-    """``(per_network, finalize)``: a two-part probe's parts, or ``(probe, None)``.
-
-    A probe may carry ``probe.per_network`` (params, key -> intermediate arrays) and
-    ``probe.finalize`` (a chunk of intermediates, leading axes (seed, scale) -> results),
-    with ``probe(p, k) == probe.finalize(probe.per_network(p, k))``; the engine then runs the
-    two as separate compiled programs (see :func:`_finalize_function` for why).
-    """
-    per_network = getattr(probe, "per_network", None)
-    finalize = getattr(probe, "finalize", None)
-    if per_network is None and finalize is None:
-        return probe, None
-    if not callable(per_network) or not callable(finalize):
-        raise invalid(
-            "probe.per_network/probe.finalize",
-            (per_network, finalize),
-            "both callables (a two-part probe) or both absent",
-        )
-    return per_network, finalize
+    """Whether ``probe`` works on lazily scaled parameters (its ``lazy_scales`` field)."""
+    return as_probe(probe).lazy_scales
 
 
 def _chunk_body(net: Any, probe: Probe) -> Callable:
     """``(seed keys (S,), sigma_w (P,), sigma_b (P,)) -> pytree with leading axes (S, P)``.
 
-    For a two-part probe these are its intermediate arrays (see :func:`_split_probe`).
+    For a two-part probe these are its intermediate arrays.
     """
-    lazy = accepts_lazy_scales(probe)
-    per_network, _ = _split_probe(probe)
+    lazy, per_network = probe.lazy_scales, probe.per_network
 
     def per_seed(key, sigma_w, sigma_b):
         init_key, probe_key = jax.random.split(key)
@@ -185,8 +131,7 @@ def _finalize_function(probe: Probe) -> Callable | None:
     after the per-network steps of the same program they ran on one core (measured: 0.95 s
     against 0.5 s for 2,048 SVDs of 128 x 128 on two cores).
     """
-    _, finalize = _split_probe(probe)
-    return None if finalize is None else jax.jit(finalize)
+    return None if probe.finalize is None else jax.jit(probe.finalize)
 
 
 def _probe_outputs(net: Any, probe: Probe) -> Callable:
@@ -215,13 +160,12 @@ def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -
     because a global array spanning several hosts is built from NumPy pieces
     (:func:`jax.make_array_from_callback`), which typed keys are not.
     """
-    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = Mesh(np.asarray(devices, dtype=object), ("sweep",))
+    mesh = _devices.mesh(devices, "sweep")
     body = _chunk_body(net, probe)
-
-    _, finalize = _split_probe(probe)
+    finalize = probe.finalize
 
     def local(key_data, sigma_w, sigma_b):
         out = body(jax.random.wrap_key_data(key_data), sigma_w, sigma_b)
@@ -232,12 +176,12 @@ def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -
     scale_spec = P() if axis == 0 else P("sweep")
     # One spec for every output leaf (a pytree prefix): all leaves lead with (seed, scale).
     out_spec = P("sweep") if axis == 0 else P(None, "sweep")
-    mapped = jax.shard_map(
+    mapped = _devices.shard_map(
         local,
-        mesh=mesh,
+        devices,
         in_specs=(key_spec, scale_spec, scale_spec),
         out_specs=out_spec,
-        check_vma=False,  # outputs are per-device slices by construction
+        axis="sweep",
     )
     return _Sharded(jax.jit(mapped), NamedSharding(mesh, key_spec), NamedSharding(mesh, scale_spec))
 
@@ -309,7 +253,7 @@ def _memory_model(net: Any, probe: Probe, dtype_name: str) -> _MemoryModel:
     its scales: counting them once per point would shrink chunks, and their matrix products,
     many times over.
     """
-    shared = accepts_lazy_scales(probe)
+    shared = probe.lazy_scales
     one = _chunk_bytes(net, probe, dtype_name, 1)
     two = _chunk_bytes(net, probe, dtype_name, 2) if shared else one
     total, scratch, largest = (_Linear.fit(a, b, shared) for a, b in zip(one, two, strict=True))
@@ -357,10 +301,11 @@ def sweep(
 
     Args:
       net: a :class:`gradjax.Net` (anything with ``init_base``, ``scale``, ``cfg``, ``dtype``).
-      probe: ``probe(params, key) -> pytree of arrays``, pure and jit/vmap-safe. A probe with
-        the attribute ``lazy_scales = True`` gets the lazy parameters of
-        ``net.scale(..., lazy=True)`` and shares each seed's weights across the scale grid
-        (see :func:`accepts_lazy_scales`); gradjax's chi_1, matrix-free and signal probes do.
+      probe: a :class:`gradjax.probes.Probe`, or a plain function ``(params, key) -> pytree``
+        (wrapped as ``Probe(per_network=fn)``); pure and jit/vmap-safe. A probe with
+        ``lazy_scales=True`` gets the lazy parameters of ``net.scale(..., lazy=True)`` and
+        shares each seed's weights across the scale grid; a two-part probe's ``finalize``
+        runs as a compiled program of its own over each tile of intermediates.
       seeds: a count (seeds 0..n-1) or explicit seed ids.
       sigma_w: the sigma_w grid; ``None`` keeps the config's value and drops the axis.
       sigma_b: the sigma_b grid; ``None`` keeps the config's value and drops the axis.
@@ -396,12 +341,11 @@ def sweep(
       >>> res["weights"].shape  # (seed, sigma_w, layer)
       (4, 3, 16)
     """
+    probe = as_probe(probe)
     grid = _make_grid(net, seeds, sigma_w, sigma_b, memory_budget_mb)
-    device_list = _resolve_devices(devices)
+    device_list = _devices.select_devices(devices)
     if chunk is not None:
         chunk = _check_chunk(chunk)
-    if progress is not None and not isinstance(progress, bool) and not callable(progress):
-        raise invalid("progress", progress, "None, True, False or a callable(done, total)")
     root = jax.random.key(key)
     seed_keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(grid.seed_ids))
     dtype = net.dtype
@@ -410,7 +354,7 @@ def sweep(
     )
     names = leaf_names(out_shape)
     leaves_shape = jax.tree.leaves(out_shape)
-    probe_label = probe_name or getattr(probe, "__qualname__", "probe")
+    probe_label = probe_name or getattr(probe.per_network, "__qualname__", "probe")
     n_seed, n_scale = len(grid.seed_ids), len(grid.sigma_w)
 
     store = None
@@ -434,13 +378,7 @@ def sweep(
         for p0 in range(0, n_scale, scale_chunk)
     ]
     done = store.finished(ranges) if store is not None else [False] * len(ranges)
-    total = len(ranges)
-    bar = None
-    if progress is True or (progress is None and total > 1):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=sum(done), desc="sweep", unit="chunk", leave=False)
-    try:
+    with _devices.Progress(progress, len(ranges), desc="sweep", unit="chunk") as bar:
         for index, (bounds, finished) in enumerate(zip(ranges, done, strict=True)):
             leaves = store.load(bounds, names, buffers) if finished else None
             if leaves is None:
@@ -450,13 +388,7 @@ def sweep(
             s0, s1, p0, p1 = bounds
             for buf, leaf in zip(buffers, leaves, strict=True):
                 buf[s0:s1, p0:p1] = leaf
-            if bar is not None and not finished:
-                bar.update(1)
-            if callable(progress) and not isinstance(progress, bool):
-                progress(index + 1, total)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(index + 1)
 
     grid_shape = tuple(len(grid.coords[a]) for a in grid.axes[1:])
     data = {
@@ -527,15 +459,6 @@ def _check_chunk(chunk: Any) -> tuple[int, int]:
     check_int("chunk[0]", chunk[0], minimum=1)
     check_int("chunk[1]", chunk[1], minimum=1)
     return int(chunk[0]), int(chunk[1])
-
-
-def _resolve_devices(devices: Any) -> tuple:
-    available = jax.devices()
-    # Several CPU "devices" of one process are one host's cores split up: sharding over
-    # them gains nothing, and LAPACK (OpenBLAS, behind the SVD) can deadlock when several
-    # of them call it at once. Accelerators, and every multi-host run, use all devices.
-    one_cpu = jax.process_count() == 1 and jax.default_backend() == "cpu"
-    return select_devices(devices, default=available[:1] if one_cpu else available)
 
 
 def _choose_layout(net, probe, n_seed, n_scale, devices, memory_budget_mb, chunk):
@@ -618,11 +541,11 @@ class _Runner:
         else:
             keys = _pad(self.key_data[s0:s1], self.seed_size)
             out = self.sharded.fn(
-                _global(keys, self.sharded.key_sharding),
-                _global(sw, self.sharded.scale_sharding),
-                _global(sb, self.sharded.scale_sharding),
+                _devices.put_global(keys, self.sharded.key_sharding),
+                _devices.put_global(sw, self.sharded.scale_sharding),
+                _devices.put_global(sb, self.sharded.scale_sharding),
             )
-            leaves = [_to_host(x) for x in jax.tree.leaves(out)]
+            leaves = [_devices.to_host(x) for x in jax.tree.leaves(out)]
         return [leaf[: s1 - s0, : p1 - p0] for leaf in leaves]
 
 
@@ -632,20 +555,6 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
     if missing == 0:
         return x
     return np.concatenate([x, np.repeat(x[-1:], missing, axis=0)], axis=0)
-
-
-def _global(x: np.ndarray, sharding: Any) -> jax.Array:
-    # Every process holds the whole (small) input, so each fills its own shards from it; this
-    # builds the same global array on one host or many.
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 # ---------------------------------------------------------------------------- resumable output
@@ -670,7 +579,7 @@ def _fingerprint(net, probe_label, key, grid: _Grid, names, leaves_shape) -> dic
         },
     }
     # Normalise through JSON (tuples become lists) so it compares equal to what is on disk.
-    return json.loads(json.dumps(fp))
+    return json.loads(dumps_json(fp))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -787,7 +696,7 @@ class _ChunkStore:
         chunks = self.directory / "chunks"
         chunks.mkdir(exist_ok=True)
         arrays = dict(zip(names, leaves, strict=True))
-        _atomic_write(chunks / self._name(bounds), lambda f: np.savez(f, **arrays), binary=True)
+        atomic_savez(chunks / self._name(bounds), arrays)
         # The chunk is on disk before the manifest names it, so a listed chunk always exists.
         finished = self.manifest["finished"]
         if self._name(bounds) not in finished:
@@ -803,10 +712,7 @@ class _ChunkStore:
 
     def _write_manifest(self) -> None:
         if self.writer:
-            _atomic_write(
-                self.directory / "manifest.json",
-                lambda f: json.dump(self.manifest, f, indent=1),
-            )
+            atomic_write_json(self.directory / "manifest.json", self.manifest)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

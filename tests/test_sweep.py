@@ -40,16 +40,17 @@ def test_common_random_numbers_make_the_scale_axis_exact():
 def test_lazy_probe_equals_the_materialised_sweep_and_shares_weights():
     net = gj.build(gj.NetConfig(depth=6, width=32, activation="tanh"))
     lazy = gj.chi1_probe(net, probes=4)
-    assert gj.accepts_lazy_scales(lazy)
-    plain = lambda params, key: lazy(params, key)  # no attribute: gets materialised params
+    assert lazy.lazy_scales
+    plain = lambda params, key: lazy(params, key)  # a plain function: materialised params
     kwargs = dict(seeds=2, sigma_w=[0.8, 1.0, 1.5], sigma_b=[0.0, 0.4], progress=False)
     a = gj.sweep(net, lazy, **kwargs)
     b = gj.sweep(net, plain, **kwargs)
     np.testing.assert_allclose(a["mean_sq"], b["mean_sq"], rtol=2e-5)
     # Shared weights: a lazy chunk's memory grows far more slowly with its scale count.
+    from gradjax.probes import as_probe
     from gradjax.sweep import _memory_model
 
-    lazy_model, plain_model = (_memory_model(net, p, "float32") for p in (lazy, plain))
+    lazy_model, plain_model = (_memory_model(net, as_probe(p), "float32") for p in (lazy, plain))
     assert lazy_model.total.per_point < plain_model.total.per_point
     assert lazy_model.total.per_seed > 0
 
@@ -66,10 +67,16 @@ def test_two_part_probe_equals_calling_it_per_network():
         np.testing.assert_allclose(res["first.mean_sq"][0, j], direct["first"].mean_sq, 1e-5)
 
 
-def test_half_a_two_part_probe_is_refused():
-    probe = lambda params, key: {"out": params["input"]["b"]}
-    probe.finalize = lambda out: out
-    with pytest.raises(gj.GradjaxInputError, match="per_network"):
+@pytest.mark.parametrize(
+    "probe, match",
+    [
+        (None, "probe=None"),
+        (gj.probes.Probe(per_network=None), "probe.per_network"),
+        (gj.probes.Probe(per_network=_probe, finalize=3), "probe.finalize"),
+    ],
+)
+def test_a_probe_that_is_not_one_is_refused(probe, match):
+    with pytest.raises(gj.GradjaxInputError, match=match):
         gj.sweep(NET, probe, seeds=1, sigma_w=[1.0], progress=False)
 
 

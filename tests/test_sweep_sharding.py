@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
+from gradjax.probes import as_probe
 
 # ``gradjax.sweep`` is the function re-exported by the package; the module by its full name.
 sweep_module = importlib.import_module("gradjax.sweep")
@@ -84,7 +85,7 @@ def test_sharded_repeat_call_does_not_recompile(setup):
     net, probe = setup
     kwargs = dict(seeds=5, sigma_w=SIGMA_W, chunk=(5, 3), devices=4)
     gj.sweep(net, probe, **kwargs)
-    fn = sweep_module._sharded_chunk_function(net, probe, tuple(jax.devices()), 0).fn
+    fn = sweep_module._sharded_chunk_function(net, as_probe(probe), tuple(jax.devices()), 0).fn
     compiled = fn._cache_size()
     gj.sweep(net, probe, **kwargs)
     assert fn._cache_size() == compiled == 1
@@ -196,6 +197,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradjax as gj
+from gradjax.probes import as_probe
 from gradjax import distributed
 
 pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
