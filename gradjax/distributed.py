@@ -41,6 +41,8 @@ from collections.abc import Sequence
 
 import jax
 
+# Device selection lives in gradjax.devices; the name stays importable from here.
+from gradjax.devices import select_devices as select_devices
 from gradjax.errors import check_int, invalid
 
 
@@ -126,33 +128,3 @@ def initialize(
 def is_main_process() -> bool:
     """Whether this is process 0, the one that writes files."""
     return jax.process_index() == 0
-
-
-def select_devices(devices: int | Sequence | None, *, default: Sequence) -> tuple:
-    """The devices a sweep or a training run uses, from the user's ``devices`` argument.
-
-    Args:
-      devices: ``None`` for ``default``, an int ``n`` for the first ``n`` of
-        ``jax.devices()``, or a non-empty list of distinct devices from ``jax.devices()``.
-      default: the devices ``None`` stands for.
-
-    Returns:
-      A tuple of devices.
-
-    Raises:
-      GradjaxInputError: naming ``devices`` and what is allowed.
-    """
-    available = jax.devices()
-    if devices is None:
-        return tuple(default)
-    if isinstance(devices, int) and not isinstance(devices, bool):
-        check_int("devices", devices, minimum=1, maximum=len(available))
-        return tuple(available[:devices])
-    try:
-        chosen = tuple(devices)
-    except TypeError:
-        chosen = ()
-    allowed = f"None, a count in 1..{len(available)} or a non-empty list of jax.devices()"
-    if not chosen or any(d not in available for d in chosen) or len(set(chosen)) != len(chosen):
-        raise invalid("devices", devices, allowed)
-    return chosen
