@@ -47,7 +47,7 @@ def test_sweep_writes_results_and_figure(tmp_path, capsys):
         (["--activation", "sigmod"], "activation='sigmod'"),
         (["--init", "xavier"], "init='xavier'"),
         (["--sigma-w", "1:2"], "--sigma-w='1:2'"),
-        (["--sigma-w=-1,2"], "sigma_w="),
+        (["--sigma-w=-1,2"], "--sigma-w='-1,2'"),
         (["--sigma-b", "nan"], "--sigma-b='nan'"),
     ],
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -38,6 +39,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Prints ``prog: error: message`` on one line and exits with status 2."""
         text = " ".join(str(message).split())
+        # "argument --seed: '-1' is invalid: ..." -> "--seed='-1' is invalid: ...", the form
+        # every other gradjax input error has.
+        match = re.match(r"argument (\S+?): ('.*' is invalid: .*)$", text)
+        if match:
+            text = match.group(1).split("/")[-1] + "=" + match.group(2)
         print(f"{self.prog}: error: {text} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
