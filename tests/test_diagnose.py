@@ -387,4 +387,4 @@ def test_cli_writes_report_and_rejects_bad_input(tmp_path, capsys):
     assert (out / "report.png").stat().st_size > 0
     assert "verdict: VANISHING" in (out / "report.txt").read_text()
     assert main(["diagnose", "--sigma-w", "-1", "--out", str(out)]) == 2
-    assert "--sigma-w=-1.0 is invalid" in capsys.readouterr().err
+    assert "--sigma-w='-1' is invalid" in capsys.readouterr().err

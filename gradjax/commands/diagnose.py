@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
-from gradjax.commands.common import positive_int, writable_dir
+from gradjax.commands.common import (
+    nonnegative_real,
+    out_dir,
+    positive_int,
+    positive_real,
+    renamed_field,
+    seed,
+    writable_dir,
+)
 
 # name -> (example script, make_problem keyword arguments)
 EXAMPLES = {
@@ -23,6 +30,18 @@ EXAMPLES = {
     "cnn_digits_fixed": ("diagnose_cnn_digits.py", {"variant": "relu_he"}),
     "transformer_postln": ("prenorm_vs_postnorm_transformer.py", {"variant": "post"}),
     "transformer_preln": ("prenorm_vs_postnorm_transformer.py", {"variant": "pre"}),
+}
+
+# The MLP flags and their defaults (an --example run refuses any of them changed).
+MLP_DEFAULTS = {
+    "activation": "tanh",
+    "init": "gaussian",
+    "depth": 20,
+    "width": 64,
+    "sigma_w": 1.0,
+    "sigma_b": 0.0,
+    "norm": None,
+    "residual": None,
 }
 
 
@@ -40,19 +59,30 @@ def add_parser(sub) -> None:
         choices=sorted(EXAMPLES),
         help="diagnose an example model instead of a gradjax MLP",
     )
-    p.add_argument("--activation", default="tanh", help="activation name (default tanh)")
-    p.add_argument("--init", default="gaussian", help="weight init (default gaussian)")
-    p.add_argument("--depth", type=positive_int, default=20)
-    p.add_argument("--width", type=positive_int, default=64)
-    p.add_argument("--sigma-w", type=float, default=1.0, help="weight scale (default 1)")
-    p.add_argument("--sigma-b", type=float, default=0.0, help="bias std (default 0)")
-    p.add_argument("--norm", default=None, choices=["batch", "layer"])
-    p.add_argument("--residual", default=None, choices=["plain", "scaled", "skipinit"])
+    mlp = p.add_argument_group("gradjax MLP (not with --example)")
+    mlp.add_argument("--activation", default="tanh", help="activation name (default tanh)")
+    mlp.add_argument("--init", default="gaussian", help="weight init (default gaussian)")
+    mlp.add_argument("--depth", type=positive_int, default=MLP_DEFAULTS["depth"])
+    mlp.add_argument("--width", type=positive_int, default=MLP_DEFAULTS["width"])
+    mlp.add_argument(
+        "--sigma-w",
+        type=positive_real,
+        default=MLP_DEFAULTS["sigma_w"],
+        help="weight scale (default 1)",
+    )
+    mlp.add_argument(
+        "--sigma-b",
+        type=nonnegative_real,
+        default=MLP_DEFAULTS["sigma_b"],
+        help="bias std (default 0)",
+    )
+    mlp.add_argument("--norm", default=None, choices=["batch", "layer"])
+    mlp.add_argument("--residual", default=None, choices=["plain", "scaled", "skipinit"])
     p.add_argument("--batch", type=positive_int, default=64, help="examples in the batch")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="PRNG seed in [0, 2**63 - 1]")
     p.add_argument(
         "--lr",
-        type=float,
+        type=positive_real,
         default=None,
         help="planned learning rate: probe the first optimiser step at it",
     )
@@ -62,17 +92,39 @@ def add_parser(sub) -> None:
         choices=["adam", "sgd"],
         help="optimiser of the first-step probe (default adam)",
     )
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", type=out_dir, required=True, help="output directory")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradjax.errors import check_real
+    from gradjax.config import NetConfig
+    from gradjax.errors import GradjaxInputError
 
-    check_real("--sigma-w", args.sigma_w, strictly_positive=True)
-    check_real("--sigma-b", args.sigma_b, minimum=0.0)
-    if args.lr is not None:
-        check_real("--lr", args.lr, strictly_positive=True)
+    cfg = None
+    if args.example is not None:
+        # An example is its own model: MLP flags would be silently ignored, so they are refused.
+        given = [f for f, default in MLP_DEFAULTS.items() if getattr(args, f) != default]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise GradjaxInputError(
+                f"{flag}={getattr(args, given[0])!r} is invalid: expected no MLP flag with "
+                f"--example={args.example!r} (the example defines its own model)"
+            )
+    else:
+        try:  # checked before --out is created, so a refusal leaves nothing behind
+            cfg = NetConfig(
+                depth=args.depth,
+                width=args.width,
+                activation=args.activation,
+                init=args.init,
+                sigma_w=args.sigma_w,
+                sigma_b=args.sigma_b,
+                norm=args.norm,
+                residual=args.residual,
+            )
+        except GradjaxInputError as err:
+            flags = {f: "--" + f.replace("_", "-") for f in MLP_DEFAULTS}
+            raise renamed_field(err, flags) from None
     out = writable_dir(args.out)
     probe = {"lr": args.lr, "optimizer": args.optimizer}
 
@@ -91,18 +143,7 @@ def run(args: argparse.Namespace) -> int:
         title = f"example {args.example}: {report.verdict}"
     else:
         from gradjax import models
-        from gradjax.config import NetConfig
 
-        cfg = NetConfig(
-            depth=args.depth,
-            width=args.width,
-            activation=args.activation,
-            init=args.init,
-            sigma_w=args.sigma_w,
-            sigma_b=args.sigma_b,
-            norm=args.norm,
-            residual=args.residual,
-        )
         net = models.build(cfg)
         k_init, k_x, k_y = jax.random.split(jax.random.key(args.seed), 3)
         params = net.init(k_init)
@@ -114,11 +155,12 @@ def run(args: argparse.Namespace) -> int:
             f"$\\sigma_w$={args.sigma_w:g} ({args.init}): {report.verdict}"
         )
 
+    from gradjax.io import atomic_write_json, atomic_write_text
     from gradjax.plotting import save_figure
 
     text = report.summary()
-    (out / "report.txt").write_text(text + "\n")
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "report.txt", text + "\n")
+    atomic_write_json(out / "report.json", report.to_dict())
     save_figure(report.plot(title=title), out / "report")
     print(text)
     return 0
@@ -139,5 +181,13 @@ def _example_problem(name: str, *, batch: int, seed: int) -> dict:
     module = importlib.util.module_from_spec(spec)
     # Registered first: dataclass-based modules (Flax Linen) look themselves up while loading.
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.make_problem(batch=batch, seed=seed, **kwargs)
+    try:
+        spec.loader.exec_module(module)
+        return module.make_problem(batch=batch, seed=seed, **kwargs)
+    except GradjaxInputError:
+        raise
+    except Exception as err:  # a broken example is reported as one line, not a traceback
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise GradjaxInputError(
+            f"--example={name!r} is invalid: examples/{script} failed to build its model ({reason})"
+        ) from None
