@@ -7,6 +7,8 @@ import json
 import math
 import sys
 
+from gradjax.commands.common import nonnegative_real
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -19,10 +21,12 @@ def add_parser(sub) -> None:
         "Infinite depth scales print as 'inf'.",
     )
     p.add_argument("--activation", default="tanh", help="activation name (default tanh)")
-    p.add_argument("--sigma-b2", type=float, default=0.05, help="bias variance (default 0.05)")
+    p.add_argument(
+        "--sigma-b2", type=nonnegative_real, default=0.05, help="bias variance (default 0.05)"
+    )
     p.add_argument(
         "--sigma-w2",
-        type=float,
+        type=nonnegative_real,
         default=None,
         help="weight variance (default: the critical one, chi_1 = 1)",
     )
