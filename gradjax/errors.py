@@ -99,12 +99,17 @@ def as_int(field: str, value: Any, allowed: str = "an integer") -> int:
     raise invalid(field, value, allowed)
 
 
-def check_key(field: str, key: Any) -> None:
-    """Raises unless ``key`` is a JAX PRNG key or an integer seed in ``[0, 2**64)``.
+def check_key(field: str, key: Any, *, allow_seed: bool = True) -> None:
+    """Raises unless ``key`` is a JAX PRNG key or (if allowed) an integer seed in ``[0, 2**64)``.
 
     A typed key (``jax.random.key``) or a raw ``uint32`` key array (``jax.random.PRNGKey``)
-    is accepted as it is; an integer seed must fit the unsigned 64-bit seed of
-    ``jax.random.key``.
+    is accepted as it is, traced or not; an integer seed must fit the unsigned 64-bit seed
+    of ``jax.random.key``.
+
+    Args:
+      field: the argument's name, for the error message.
+      key: the value to check.
+      allow_seed: whether a Python/NumPy integer seed stands for a key.
     """
     dtype = getattr(key, "dtype", None)
     if dtype is not None and getattr(key, "shape", None) != ():
@@ -115,6 +120,8 @@ def check_key(field: str, key: Any) -> None:
 
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             return
+    if not allow_seed:
+        raise invalid(field, key, "a PRNG key from jax.random.key(...)")
     allowed = "a jax.random.key(...) or an integer seed in [0, 2**64)"
     seed = as_int(field, key, allowed)
     if not 0 <= seed < 2**64:

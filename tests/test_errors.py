@@ -50,3 +50,10 @@ def test_check_key_accepts_keys_and_64_bit_seeds(key):
 def test_check_key_refuses_what_jax_random_key_cannot_take(key):
     with pytest.raises(GradjaxInputError, match=r"^key=.* is invalid"):
         check_key("key", key)
+
+
+@pytest.mark.parametrize("key", [0, np.int64(3), jnp.zeros(2, jnp.float32), None])
+def test_check_key_without_seeds_wants_a_key(key):
+    with pytest.raises(GradjaxInputError, match=r"expected a PRNG key"):
+        check_key("key", key, allow_seed=False)
+    check_key("key", jax.random.key(3), allow_seed=False)
