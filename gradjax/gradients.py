@@ -17,13 +17,34 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def mse_loss(output: jax.Array, target: jax.Array) -> jax.Array:
-    """Half the squared error, summed over outputs and averaged over the batch."""
+    """Half the squared error, summed over outputs and averaged over the batch.
+
+    Raises:
+      GradjaxInputError: if ``target`` does not have the shape of ``output`` (a target that
+        would broadcast, such as ``(4, 3)`` against outputs ``(4, 1)``, is refused).
+    """
+    if jnp.shape(target) != jnp.shape(output):
+        raise invalid(
+            "target", f"shape {jnp.shape(target)}", f"the output's shape {jnp.shape(output)}"
+        )
     sq = jnp.sum((output - target) ** 2, axis=-1)
     return 0.5 * jnp.mean(sq)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Softmax cross-entropy with integer labels, averaged over the batch."""
+    """Softmax cross-entropy with integer labels, averaged over the batch.
+
+    Raises:
+      GradjaxInputError: if ``labels`` are not integers of shape ``logits.shape[:-1]``.
+    """
+    if jnp.shape(labels) != jnp.shape(logits)[:-1] or not jnp.issubdtype(
+        jnp.result_type(labels), jnp.integer
+    ):
+        raise invalid(
+            "labels",
+            f"{jnp.result_type(labels)} of shape {jnp.shape(labels)}",
+            f"integer class labels of shape {jnp.shape(logits)[:-1]}",
+        )
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from gradjax.activations import get_activation
 from gradjax.config import NetConfig
-from gradjax.errors import GradjaxInputError, invalid
+from gradjax.errors import GradjaxInputError, check_key, invalid
 from gradjax.initializers import base_weight, scheme_factor
 from gradjax.results import pytree_dataclass
 
@@ -227,7 +227,11 @@ class Net:
 
         Returns:
           The parameter pytree.
+
+        Raises:
+          GradjaxInputError: if ``key`` is not a PRNG key (an integer is not one).
         """
+        check_key("key", key, allow_seed=False)
         return self.scale(self.init_base(key))
 
     # ------------------------------------------------------------------ blocks
