@@ -63,6 +63,9 @@ def haar_orthogonal(
     Returns:
       ``Q`` of shape ``(rows, cols)``; square ``Q`` is orthogonal.
     """
+    check_int("rows", rows, minimum=1)
+    check_int("cols", cols, minimum=1)
+    rows, cols = int(rows), int(cols)
     n, m = max(rows, cols), min(rows, cols)
     a = after(jax.random.normal(key, (n, m), dtype), order_after)
     q, r = jnp.linalg.qr(a)

@@ -12,6 +12,7 @@ Two kinds of transformation live here:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -155,6 +156,8 @@ def add_l1_penalty(l1: float | jax.Array, *, mask: Any = None) -> optax.Gradient
     Returns:
       An ``optax.GradientTransformation``; its ``update`` needs ``params``.
     """
+    if isinstance(l1, numbers.Real):  # an array (traced, per run) is checked by its caller
+        check_real("l1", l1, minimum=0.0)
 
     def init_fn(params: Any) -> optax.EmptyState:
         del params
@@ -189,6 +192,8 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> optax.GradientTransforma
     Returns:
       An ``optax.GradientTransformation``.
     """
+    if isinstance(max_norm, numbers.Real) and max_norm != float("inf"):
+        check_real("max_norm", max_norm, strictly_positive=True)
 
     def init_fn(params: Any) -> optax.EmptyState:
         del params

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from gradjax import lapack
+from gradjax.errors import invalid
 from gradjax.results import pytree_dataclass
 
 
@@ -20,7 +21,12 @@ def singular_values(jac: jax.Array) -> jax.Array:
 
     Returns:
       ``(..., min(m, n))``, largest first.
+
+    Raises:
+      GradjaxInputError: if ``jac`` has fewer than two axes.
     """
+    if jnp.ndim(jac) < 2:
+        raise invalid("jac", f"shape {jnp.shape(jac)}", "a (batch of) matrices (..., m, n)")
     return lapack.singular_values(jac)
 
 
