@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradjax import cost
 from gradjax import devices as _devices
-from gradjax.config import as_grid
+from gradjax.config import NetConfig, as_grid
 from gradjax.errors import check_int, check_real, invalid
 from gradjax.io import atomic_savez, atomic_write_json, dumps_json
 from gradjax.probes import Probe, as_probe
@@ -87,7 +88,16 @@ def leaf_names(tree: Any) -> list[str]:
     return _tree_leaf_names(tree, sep=".")
 
 
-# ---------------------------------------------------------------------------- compiled chunks
+# ---------------------------------------------------------------------------- compiled tiles
+#
+# The unit of computation is a *tile*: one seed and a fixed number of consecutive grid points
+# (``_tile_scales``, chosen from the network, the probe and the grid size only). Every tile
+# runs the same compiled programs, on one device or on each device of a mesh, so a grid
+# point's numbers are bit for bit the same however the sweep is cut into chunks, over however
+# many devices, and across resumes: XLA's kernels (a matrix product over the points of a tile,
+# a batched SVD) may round differently at another batch size, and in chaotic networks such
+# rounding differences grow to percents in gradient norms and to orders of magnitude in
+# condition numbers.
 
 
 def accepts_lazy_scales(probe: Probe) -> bool:
@@ -95,15 +105,17 @@ def accepts_lazy_scales(probe: Probe) -> bool:
     return as_probe(probe).lazy_scales
 
 
-def _chunk_body(net: Any, probe: Probe) -> Callable:
-    """``(seed keys (S,), sigma_w (P,), sigma_b (P,)) -> pytree with leading axes (S, P)``.
+def _tile_body(net: Any, probe: Probe) -> Callable:
+    """``(seed key data (S,), sigma_w (S, P), sigma_b (S, P)) -> pytree, leading (S, P)``.
 
-    For a two-part probe these are its intermediate arrays.
+    For a two-part probe these are its intermediate arrays. Keys travel as raw ``uint32`` key
+    data, because a global array spanning several hosts is built from NumPy pieces
+    (:func:`jax.make_array_from_callback`), which typed keys are not.
     """
     lazy, per_network = probe.lazy_scales, probe.per_network
 
-    def per_seed(key, sigma_w, sigma_b):
-        init_key, probe_key = jax.random.split(key)
+    def per_seed(key_data, sigma_w, sigma_b):
+        init_key, probe_key = jax.random.split(jax.random.wrap_key_data(key_data))
         base = net.init_base(init_key)
 
         def per_scale(sw, sb):
@@ -111,88 +123,73 @@ def _chunk_body(net: Any, probe: Probe) -> Callable:
 
         return jax.vmap(per_scale)(sigma_w, sigma_b)
 
-    return jax.vmap(per_seed, in_axes=(0, None, None))
+    return jax.vmap(per_seed)
 
 
 @functools.lru_cache(maxsize=64)
-def _chunk_function(net: Any, probe: Probe) -> Callable:
-    """The jitted (seeds, scales) -> outputs function, cached so repeat sweeps never retrace."""
-    return jax.jit(_chunk_body(net, probe))
+def _tile_function(net: Any, probe: Probe) -> Callable:
+    """The jitted tile function, cached so repeat sweeps never retrace."""
+    return jax.jit(_tile_body(net, probe))
 
 
 @functools.lru_cache(maxsize=64)
 def _finalize_function(probe: Probe) -> Callable | None:
-    """The jitted batched ``finalize`` of a two-part probe, or ``None`` for a plain probe.
+    """The jitted ``finalize`` of a two-part probe over a tile, or ``None``.
 
-    It turns a whole chunk of intermediates (leading axes seed, scale) into the results, as
-    a compiled program of its own. That is for LAPACK-bound steps such as singular values:
-    jaxlib's CPU kernels spread a batch over XLA's threads only when they are started from
-    outside XLA's thread pool, as the first step of a program is (see :mod:`gradjax.lapack`);
-    after the per-network steps of the same program they ran on one core (measured: 0.95 s
-    against 0.5 s for 2,048 SVDs of 128 x 128 on two cores).
+    A compiled program of its own, for LAPACK-bound steps such as singular values: jaxlib's
+    CPU kernels spread a batch over XLA's threads only when they are the first step of a
+    program (see :mod:`gradjax.lapack`).
     """
     return None if probe.finalize is None else jax.jit(probe.finalize)
 
 
 def _probe_outputs(net: Any, probe: Probe) -> Callable:
-    """Chunk inputs -> the probe's final outputs (for shapes; the sweep runs the two parts)."""
-    fn, finalize = _chunk_function(net, probe), _finalize_function(probe)
+    """Tile inputs -> the probe's final outputs (for shapes; the sweep runs the two parts)."""
+    fn, finalize = _tile_function(net, probe), _finalize_function(probe)
     return fn if finalize is None else lambda *args: finalize(fn(*args))
 
 
 @dataclasses.dataclass(frozen=True)
 class _Sharded:
-    """A chunk function partitioned over a 1-D device mesh, with its input shardings."""
+    """The tile programs mapped over a 1-D mesh, one tile per device, and the input sharding."""
 
     fn: Callable
-    key_sharding: Any
-    scale_sharding: Any
+    finalize: Callable | None
+    sharding: Any
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded_chunk_function(net: Any, probe: Probe, devices: tuple, axis: int) -> _Sharded:
-    """The chunk function with the seed (``axis=0``) or scale (``axis=1``) axis split over a mesh.
+def _sharded_functions(net: Any, probe: Probe, devices: tuple) -> _Sharded:
+    """The tile programs as ``shard_map`` s over ``devices``: each device runs one tile.
 
-    A ``shard_map``: every device runs the unsharded chunk program on its own slice, with no
-    communication at all (points are independent), rather than leaving XLA's SPMD partitioner
-    to split an SVD or a scan and insert collectives. Cached on (net, probe, devices, axis): a
-    repeat sweep reuses the compiled executable. Keys travel as raw ``uint32`` key data,
-    because a global array spanning several hosts is built from NumPy pieces
-    (:func:`jax.make_array_from_callback`), which typed keys are not.
+    Each device runs the very programs of an unsharded tile on its own tile, with no
+    communication (grid points are independent), so the numbers are those of one device.
+    Cached on (net, probe, devices): a repeat sweep reuses the compiled executables.
     """
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = _devices.mesh(devices, "sweep")
-    body = _chunk_body(net, probe)
-    finalize = probe.finalize
-
-    def local(key_data, sigma_w, sigma_b):
-        out = body(jax.random.wrap_key_data(key_data), sigma_w, sigma_b)
-        # Over a mesh the post-processing stays in each device's program: no collectives.
-        return out if finalize is None else finalize(out)
-
-    key_spec = P("sweep") if axis == 0 else P()
-    scale_spec = P() if axis == 0 else P("sweep")
-    # One spec for every output leaf (a pytree prefix): all leaves lead with (seed, scale).
-    out_spec = P("sweep") if axis == 0 else P(None, "sweep")
-    mapped = _devices.shard_map(
-        local,
-        devices,
-        in_specs=(key_spec, scale_spec, scale_spec),
-        out_specs=out_spec,
-        axis="sweep",
+    spec = P("sweep")
+    body = _devices.shard_map(
+        _tile_body(net, probe), devices, in_specs=spec, out_specs=spec, axis="sweep"
     )
-    return _Sharded(jax.jit(mapped), NamedSharding(mesh, key_spec), NamedSharding(mesh, scale_spec))
+    finalize = None
+    if probe.finalize is not None:
+        finalize = jax.jit(
+            _devices.shard_map(probe.finalize, devices, in_specs=spec, out_specs=spec, axis="sweep")
+        )
+    sharding = NamedSharding(_devices.mesh(devices, "sweep"), spec)
+    return _Sharded(jax.jit(body), finalize, sharding)
 
 
 # glibc's malloc hands out a block larger than its mmap threshold (dynamic, at most 32 MiB
 # on 64-bit Linux) as fresh pages from the OS, returned at every free, so every call of a
-# program whose output or scratch is that large faults all its pages in again. Measured on
-# the 2-core development machine: 134 MB of Jacobians per chunk took 0.57 s to sweep (8
-# seeds x 8 sigma_w, depth 32, width 128, exact spectra), against 0.48 s in chunks whose
-# largest array stays under 32 MiB and whose memory the allocator reuses.
+# program whose output or scratch is that large faults all its pages in again: on a CPU a
+# tile's largest array stays under this size.
 _CPU_REUSED_BUFFER_BYTES = 32 * 2**20
+# A tile's peak memory stays under this (and at least one grid point per tile): small enough
+# for any device, large enough that a tile's matrix products are matrix-matrix products.
+_TILE_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,11 +226,11 @@ class _MemoryModel:
 
 
 def _chunk_bytes(net: Any, probe: Probe, dtype_name: str, points: int) -> tuple[int, int, int]:
-    """``(peak bytes, scratch bytes, largest output)`` of a chunk of one seed and ``points``
+    """``(peak bytes, scratch bytes, largest output)`` of a tile of one seed and ``points``
     scales, from XLA's memory analysis."""
-    fn = _chunk_function(net, probe)
-    key = jax.random.split(jax.random.key(0), 1)
-    scale = jnp.ones((points,), dtype_name)
+    fn = _tile_function(net, probe)
+    key = jax.random.key_data(jax.random.split(jax.random.key(0), 1))
+    scale = jnp.ones((1, points), dtype_name)
     out = jax.eval_shape(fn, key, scale, scale)
     sizes = [leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out)]
     try:
@@ -271,7 +268,7 @@ def sweep(
     sigma_w: float | Sequence[float] | np.ndarray | None = None,
     sigma_b: float | Sequence[float] | np.ndarray | None = None,
     key: int = 0,
-    memory_budget_mb: float = 1024.0,
+    memory_budget_mb: float | None = None,
     chunk: tuple[int, int] | None = None,
     progress: bool | Callable[[int, int], None] | None = None,
     probe_name: str | None = None,
@@ -280,12 +277,12 @@ def sweep(
 ) -> SweepResult:
     """Runs ``probe`` on every (seed, sigma_w, sigma_b) network, vmapped, chunked and sharded.
 
-    Each chunk of (seeds x scales) is one call of a jitted function. With several devices the
-    chunk is split over a 1-D :class:`jax.sharding.Mesh` along its seed axis (its scale axis
-    when a chunk has fewer seeds than devices); a chunk that does not divide the device count
-    is padded by repeating its last entry, and the padding dropped. Split over seeds, each
-    device runs the unsharded program on its seeds, so the numbers are bit-for-bit those of
-    the unsharded sweep; split over scales they agree to float rounding.
+    The work runs in tiles of one seed and a fixed number of grid points (padded by repeating
+    the last point, the padding dropped), each tile one call of the same jitted program (and
+    of the probe's jitted ``finalize``). With several devices every device runs one tile at a
+    time, through a ``shard_map`` over a 1-D :class:`jax.sharding.Mesh`. A grid point's numbers
+    are therefore bit for bit the same under any memory budget, chunk layout, device count or
+    resume.
 
     Across hosts, call :func:`gradjax.distributed.initialize` (which wraps
     :func:`jax.distributed.initialize`) in every process first; ``jax.devices()`` then spans
@@ -310,12 +307,15 @@ def sweep(
       sigma_w: the sigma_w grid; ``None`` keeps the config's value and drops the axis.
       sigma_b: the sigma_b grid; ``None`` keeps the config's value and drops the axis.
       key: root PRNG seed; seed ``i`` uses ``fold_in(key(root), i)``.
-      memory_budget_mb: points per compiled chunk are chosen so a chunk's peak memory (XLA's
-        memory analysis of one point times the chunk's points, all devices together) stays
-        under this budget. On a CPU a chunk also takes no more seeds than keep its largest
-        array under 32 MiB, above which the C allocator maps fresh pages at every call.
-      chunk: explicit ``(seeds_per_chunk, scales_per_chunk)``, overriding the budget. A resumed
-        ``out_dir`` keeps the chunk layout it was started with.
+      memory_budget_mb: the size of a chunk (the unit of the resumable output and of the
+        progress bar), counted as if all of it ran at once: a chunk takes as many seeds as
+        fit. Default: half the memory the device reports (GPU, TPU), 1024 MiB on a CPU.
+      chunk: explicit ``(seeds_per_chunk, scales_per_chunk)``, overriding the budget; scales
+        are rounded up to whole tiles. A resumed ``out_dir`` keeps the chunk layout it was
+        started with. The numbers never depend on the chunks: every chunk runs as tiles of
+        one seed and a fixed number of grid points (``meta["tile"]``, set by the network,
+        the probe, the grid size and the platform), each tile through the same compiled
+        programs, on one device or one tile per device.
       progress: ``True`` shows a progress bar over chunks (default: when there are several);
         a callable is called as ``progress(done_chunks, total_chunks)`` after each chunk.
       probe_name: recorded in the result's metadata and in the resume fingerprint (name
@@ -346,16 +346,36 @@ def sweep(
     device_list = _devices.select_devices(devices)
     if chunk is not None:
         chunk = _check_chunk(chunk)
+    key = _check_root_key(key)
+    n_seed, n_scale = len(grid.seed_ids), len(grid.sigma_w)
+    limit = min(cost.memory_limit_bytes(d) for d in device_list)
+    _check_network_fits(net, limit)
     root = jax.random.key(key)
     seed_keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(grid.seed_ids))
+    key_data = np.asarray(jax.random.key_data(seed_keys))
     dtype = net.dtype
-    out_shape = jax.eval_shape(
-        _probe_outputs(net, probe), seed_keys[:1], jnp.ones((1,), dtype), jnp.ones((1,), dtype)
-    )
+    one = jnp.ones((1, 1), dtype)
+    out_shape = jax.eval_shape(_probe_outputs(net, probe), key_data[:1], one, one)
     names = leaf_names(out_shape)
     leaves_shape = jax.tree.leaves(out_shape)
+    point_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves_shape)
+    cost.check_fits(
+        f"seeds={n_seed} x {n_scale} grid points: the results",
+        n_seed * n_scale * point_bytes,
+        cost.host_memory_bytes() // 2,
+        unit="the sweep",
+    )
     probe_label = probe_name or getattr(probe.per_network, "__qualname__", "probe")
-    n_seed, n_scale = len(grid.seed_ids), len(grid.sigma_w)
+
+    model = _memory_model(net, probe, str(dtype))
+    tile = _tile_scales(model, n_scale, _devices.is_cpu(device_list))
+    cost.check_fits(
+        f"sweep of {_network_text(net)}: one tile of {tile} grid point(s)",
+        model.total(1, tile),
+        limit,
+        unit="one tile",
+    )
+    budget = _budget_bytes(memory_budget_mb, device_list)
 
     store = None
     layout = None
@@ -364,12 +384,11 @@ def sweep(
         store = _ChunkStore.open(Path(out_dir), fingerprint)
         layout = store.layout
     if layout is None:
-        layout = _choose_layout(net, probe, n_seed, n_scale, device_list, memory_budget_mb, chunk)
+        layout = _choose_layout(model, tile, n_seed, n_scale, len(device_list), budget, chunk)
     if store is not None:
         store.start(layout)
     seed_chunk, scale_chunk = layout
-    axis = _shard_axis(seed_chunk, scale_chunk, len(device_list))
-    runner = _Runner(net, probe, device_list, axis, seed_chunk, scale_chunk, seed_keys, dtype)
+    runner = _Runner(net, probe, device_list, tile, key_data, dtype)
 
     buffers = [np.empty((n_seed, n_scale, *leaf.shape[2:]), leaf.dtype) for leaf in leaves_shape]
     ranges = [
@@ -401,13 +420,52 @@ def sweep(
         "key": int(key),
         "fixed": grid.fixed,
         "chunk": [seed_chunk, scale_chunk],
+        "tile": [1, tile],
         "devices": len(device_list),
-        "shard_axis": None if len(device_list) == 1 else ("seed", "scale")[axis],
     }
     result = SweepResult(data=data, axes=grid.axes, coords=grid.coords, meta=meta)
     if store is not None:
         store.finish(result)
     return result
+
+
+def _check_root_key(key: Any) -> int:
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < 2**63:
+        raise invalid("key", key, "an integer seed in [0, 2**63)")
+    return int(key)
+
+
+def _network_text(net: Any) -> str:
+    cfg = net.cfg
+    return f"width={getattr(cfg, 'width', '?')}, depth={getattr(cfg, 'depth', '?')}"
+
+
+def _check_network_fits(net: Any, limit: int) -> None:
+    """Refuses a network whose parameters alone cannot fit, before anything is compiled."""
+    cfg = net.cfg
+    if not isinstance(cfg, NetConfig):
+        return
+    params = cost.network_cost(
+        width=cfg.width, depth=cfg.depth, batch=1, dtype=net.dtype, input_dim=cfg.input_dim
+    ).param_bytes
+    # The base draw and its rescaled copy.
+    cost.check_fits(f"sweep of {_network_text(net)}: one network", 2 * params, limit)
+
+
+# An accelerator's default budget: this fraction of the memory it reports.
+_DEVICE_BUDGET_FRACTION = 0.5
+_CPU_BUDGET_BYTES = 1024 * 2**20
+
+
+def _budget_bytes(memory_budget_mb: float | None, devices: Sequence[Any]) -> int:
+    """The chunk budget: the user's, else a fraction of the device's reported memory (GPU,
+    TPU), else 1 GiB (CPU devices, which report none and share the host's memory)."""
+    if memory_budget_mb is not None:
+        return int(memory_budget_mb * 2**20)
+    if _devices.is_cpu(devices):
+        return _CPU_BUDGET_BYTES
+    limits = [cost.memory_limit_bytes(d) for d in devices]
+    return int(_DEVICE_BUDGET_FRACTION * min(limits)) if min(limits) > 0 else _CPU_BUDGET_BYTES
 
 
 # ---------------------------------------------------------------------------- planning
@@ -431,7 +489,8 @@ def _make_grid(net, seeds, sigma_w, sigma_b, memory_budget_mb) -> _Grid:
         seed_ids = np.asarray(list(seeds))
         if seed_ids.ndim != 1 or seed_ids.size == 0 or seed_ids.dtype.kind not in "iu":
             raise invalid("seeds", seeds, "a count >= 1 or a non-empty list of integer seed ids")
-    check_real("memory_budget_mb", memory_budget_mb, strictly_positive=True)
+    if memory_budget_mb is not None:
+        check_real("memory_budget_mb", memory_budget_mb, strictly_positive=True)
     axes, coords, fixed = ["seed"], {"seed": seed_ids}, {}
     grids = {}
     for name, values, default in (
@@ -461,92 +520,101 @@ def _check_chunk(chunk: Any) -> tuple[int, int]:
     return int(chunk[0]), int(chunk[1])
 
 
-def _choose_layout(net, probe, n_seed, n_scale, devices, memory_budget_mb, chunk):
+def _max_points(line: _Linear, limit: int) -> int:
+    """The most points ``p`` with ``line(1, p) <= limit`` (a large number when unbounded)."""
+    room = limit - line.per_seed
+    if room < line.per_point:
+        return 0
+    return room // line.per_point if line.per_point > 0 else 2**31
+
+
+def _tile_scales(model: _MemoryModel, n_scale: int, cpu: bool) -> int:
+    """Grid points per tile, from the memory model, the grid size and the platform only.
+
+    As many points as keep a tile's peak memory under ``_TILE_BYTES`` and, on a CPU, its
+    largest array under ``_CPU_REUSED_BUFFER_BYTES``; then evened out over the tiles a seed's
+    grid needs, so the last tile carries little padding.
+    """
+    most = _max_points(model.total, _TILE_BYTES)
+    if cpu:
+        most = min(
+            most,
+            _max_points(model.scratch, _CPU_REUSED_BUFFER_BYTES),
+            _max_points(model.largest_output, _CPU_REUSED_BUFFER_BYTES),
+        )
+    most = max(1, min(most, n_scale))
+    return math.ceil(n_scale / math.ceil(n_scale / most))
+
+
+def _choose_layout(model, tile, n_seed, n_scale, n_dev, budget_bytes, chunk):
     """``(seeds_per_chunk, scales_per_chunk)`` from an explicit chunk or the memory budget.
 
-    A seed's whole scale grid goes in one chunk when the budget allows (splitting it draws the
-    seed's weights again); as many seeds join it as the budget allows, and on a CPU only as
-    many as keep the chunk's largest array under ``_CPU_REUSED_BUFFER_BYTES``.
+    A chunk is the unit of the resumable output and of the progress bar; its scales are whole
+    tiles. A seed's whole scale grid goes in one chunk when the budget allows, and as many
+    seeds join it as the budget allows (counting a chunk's memory as if it ran at once, which
+    is conservative: it runs a tile per device at a time).
     """
     if chunk is not None:
-        return min(chunk[0], n_seed), min(chunk[1], n_scale)
-    model = _memory_model(net, probe, str(net.dtype))
+        seeds, scales = chunk
+        return min(seeds, n_seed), min(n_scale, math.ceil(scales / tile) * tile)
     total = model.total
-    # The budget covers a whole chunk, all devices together: conservative on accelerators,
-    # and exactly right for CPU devices, which share the host's memory.
-    budget = memory_budget_mb * 2**20
-    scale_chunk = min(n_scale, max(1, int((budget - total.per_seed) // max(total.per_point, 1))))
-    seed_chunk = max(1, min(n_seed, int(budget // max(total(1, scale_chunk), 1))))
-    if all(d.platform == "cpu" for d in devices):
-        largest = model.largest_buffer(1, scale_chunk)
-        seed_chunk = max(1, min(seed_chunk, _CPU_REUSED_BUFFER_BYTES // max(largest, 1)))
-    n_dev = len(devices)
+    scale_chunk = min(n_scale, max(1, _max_points(total, int(budget_bytes)) // tile) * tile)
+    seed_chunk = max(1, min(n_seed, int(budget_bytes // max(total(1, scale_chunk), 1))))
     if n_dev < seed_chunk < n_seed:
-        seed_chunk -= seed_chunk % n_dev  # whole seeds per device: no padding in full chunks
+        seed_chunk -= seed_chunk % n_dev  # whole tile groups in full chunks
     return seed_chunk, scale_chunk
 
 
-def _shard_axis(seed_chunk: int, scale_chunk: int, n_dev: int) -> int:
-    """The chunk axis to split over devices: 0 (seeds) unless too few seeds, then 1 (scales).
-
-    Splitting seeds leaves each device the very program of an unsharded chunk with fewer seeds,
-    and XLA's numbers for a seed do not depend on how many seeds share the batch, so the
-    result is bit-for-bit the unsharded one. A chunk with fewer seeds than devices would leave
-    devices idle; then the scale axis is split if it is longer. Batching fewer scales per
-    device changes XLA's kernels, so those numbers agree with the unsharded ones to float
-    rounding (a few ulp), not bit for bit.
-    """
-    if seed_chunk < n_dev and scale_chunk > seed_chunk:
-        return 1
-    return 0
-
-
 class _Runner:
-    """Computes one chunk, unsharded or over the mesh, and returns its leaves as NumPy."""
+    """Computes one chunk, tile by tile (one tile per device at a time), as NumPy leaves."""
 
-    def __init__(self, net, probe, devices, axis, seed_chunk, scale_chunk, seed_keys, dtype):
-        self.n_dev = len(devices)
+    def __init__(self, net, probe, devices, tile, key_data, dtype):
+        self.devices = tuple(devices)
+        self.tile = tile
+        self.key_data = key_data
         self.dtype = dtype
-        self.axis = axis
-        self.seed_keys = seed_keys
-        self.seed_size, self.scale_size = seed_chunk, scale_chunk
-        self.finalize = _finalize_function(probe)
-        if self.n_dev == 1:
-            self.fn = _chunk_function(net, probe)
-            self.sharded = None
+        if len(self.devices) == 1:
+            self.fn, self.finalize = _tile_function(net, probe), _finalize_function(probe)
         else:
-            self.sharded = _sharded_chunk_function(net, probe, tuple(devices), axis)
-            # Pad the split axis to a multiple of the device count.
-            up = lambda n: math.ceil(n / self.n_dev) * self.n_dev
-            if axis == 0:
-                self.seed_size = up(seed_chunk)
-            else:
-                self.scale_size = up(scale_chunk)
-            self.key_data = np.asarray(jax.random.key_data(seed_keys))
+            self.sharded = _sharded_functions(net, probe, self.devices)
+
+    def _run(self, keys: np.ndarray, sw: np.ndarray, sb: np.ndarray) -> list[np.ndarray]:
+        if len(self.devices) == 1:
+            keys, sw, sb = jax.device_put((keys, sw, sb), self.devices[0])
+            out = self.fn(keys, sw, sb)
+            if self.finalize is not None:
+                out = self.finalize(out)
+            return [np.asarray(x) for x in jax.tree.leaves(out)]
+        put = lambda x: _devices.put_global(x, self.sharded.sharding)  # noqa: E731
+        out = self.sharded.fn(put(keys), put(sw), put(sb))
+        if self.sharded.finalize is not None:
+            out = self.sharded.finalize(out)
+        return [_devices.to_host(x) for x in jax.tree.leaves(out)]
 
     def __call__(self, bounds, sigma_w: np.ndarray, sigma_b: np.ndarray) -> list[np.ndarray]:
         s0, s1, p0, p1 = bounds
-        sw = _pad(np.asarray(sigma_w[p0:p1], self.dtype), self.scale_size)
-        sb = _pad(np.asarray(sigma_b[p0:p1], self.dtype), self.scale_size)
-        if self.sharded is None:
-            keys = self.seed_keys[s0:s1]
-            if keys.shape[0] < self.seed_size:
-                keys = jnp.concatenate(
-                    [keys, jnp.repeat(keys[-1:], self.seed_size - keys.shape[0], axis=0)]
-                )
-            out = self.fn(keys, jnp.asarray(sw), jnp.asarray(sb))
-            if self.finalize is not None:
-                out = self.finalize(out)
-            leaves = [np.asarray(x) for x in jax.tree.leaves(out)]
-        else:
-            keys = _pad(self.key_data[s0:s1], self.seed_size)
-            out = self.sharded.fn(
-                _devices.put_global(keys, self.sharded.key_sharding),
-                _devices.put_global(sw, self.sharded.scale_sharding),
-                _devices.put_global(sb, self.sharded.scale_sharding),
+        tiles = [
+            (s, q, min(q + self.tile, p1)) for s in range(s0, s1) for q in range(p0, p1, self.tile)
+        ]
+        n_dev = len(self.devices)
+        leaves = None
+        for g in range(0, len(tiles), n_dev):
+            group = tiles[g : g + n_dev]
+            padded = group + [group[-1]] * (n_dev - len(group))  # idle devices redo the last
+            keys = np.stack([self.key_data[s] for s, _, _ in padded])
+            sw = np.stack(
+                [_pad(np.asarray(sigma_w[a:b], self.dtype), self.tile) for _, a, b in padded]
             )
-            leaves = [_devices.to_host(x) for x in jax.tree.leaves(out)]
-        return [leaf[: s1 - s0, : p1 - p0] for leaf in leaves]
+            sb = np.stack(
+                [_pad(np.asarray(sigma_b[a:b], self.dtype), self.tile) for _, a, b in padded]
+            )
+            out = self._run(keys, sw, sb)
+            if leaves is None:
+                leaves = [np.empty((s1 - s0, p1 - p0, *x.shape[2:]), x.dtype) for x in out]
+            for i, (s, a, b) in enumerate(group):
+                for leaf, x in zip(leaves, out, strict=True):
+                    leaf[s - s0, a - p0 : b - p0] = x[i, : b - a]
+        return leaves
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:

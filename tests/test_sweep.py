@@ -80,32 +80,51 @@ def test_a_probe_that_is_not_one_is_refused(probe, match):
         gj.sweep(NET, probe, seeds=1, sigma_w=[1.0], progress=False)
 
 
-def test_chunking_does_not_change_results():
-    kw = dict(seeds=5, sigma_w=[0.5, 1.0, 1.5], progress=False)
-    whole = gj.sweep(NET, _probe, chunk=(5, 3), **kw)
-    pieces = gj.sweep(NET, _probe, chunk=(2, 2), **kw)  # padded last chunks
-    # Different batch shapes may pick different kernels: equal to float32 round-off.
-    np.testing.assert_allclose(pieces["out"], whole["out"], rtol=1e-5, atol=1e-6)
-    assert pieces.meta["chunk"] == [2, 2]
+def test_memory_budget_and_devices_do_not_change_a_single_bit():
+    # A chaotic tanh network (sigma_w = 2.5 at depth 12): rounding differences between
+    # differently batched kernels would grow to visible differences in gradient norms and
+    # condition numbers.
+    net = gj.build(gj.NetConfig(depth=12, width=24, activation="tanh"))
+    probe = gj.probes.layer_gradient_and_spectrum_probe(net, batch=4)
+    kw = dict(seeds=3, sigma_w=[0.7, 1.4, 2.5], progress=False)
+    ref = gj.sweep(net, probe, **kw)
+    runs = [
+        gj.sweep(net, probe, memory_budget_mb=1e-3, **kw),  # one seed per chunk
+        gj.sweep(net, probe, chunk=(2, 1), **kw),  # padded last chunk
+        gj.sweep(net, probe, devices=2, **kw),  # tiles over two devices
+        gj.sweep(net, probe, devices=4, chunk=(1, 3), **kw),  # three devices idle
+    ]
+    assert ref.meta["chunk"] == [3, 3] and runs[0].meta["chunk"] == [1, 3]
+    for run in runs:
+        for name in ref.names():
+            np.testing.assert_array_equal(run[name], ref[name], err_msg=name)
+    # The result is not degenerate: the condition numbers span orders of magnitude.
+    cond = ref["spectra.hidden.condition"]
+    assert np.all(np.isfinite(cond)) and cond.max() / cond.min() > 10
 
 
-def test_memory_budget_splits_into_chunks():
-    tiny = gj.sweep(NET, _probe, seeds=4, sigma_w=[1.0, 2.0], memory_budget_mb=1e-7, progress=False)
-    assert tiny.meta["chunk"] == [1, 1]
+def test_explicit_chunks_are_whole_tiles():
+    res = gj.sweep(NET, _probe, seeds=5, sigma_w=[0.5, 1.0, 1.5], chunk=(2, 2), progress=False)
+    assert res.meta["tile"] == [1, 3] and res.meta["chunk"] == [2, 3]
 
 
-def test_cpu_chunks_keep_their_largest_array_under_the_allocator_threshold():
-    from gradjax.sweep import _CPU_REUSED_BUFFER_BYTES, _choose_layout, _memory_model
+def test_cpu_tiles_keep_their_largest_array_under_the_allocator_threshold():
+    from gradjax.probes import as_probe
+    from gradjax.sweep import _CPU_REUSED_BUFFER_BYTES, _memory_model, _tile_scales
 
     net = gj.build(gj.NetConfig(depth=9, width=256, activation="tanh"))
-    probe = gj.probes.spectrum_probe(net)
+    probe = as_probe(gj.probes.spectrum_probe(net))
     model = _memory_model(net, probe, "float32")
     # The largest output is the hidden Jacobians: (depth - 1) float32 w x w per network.
     assert model.largest_output(1, 3) == 3 * 8 * 256**2 * 4
-    seeds, scales = _choose_layout(net, probe, 10, 3, jax.devices()[:1], 1024.0, None)
-    assert scales == 3  # a seed's scale grid is never split while the budget allows it
-    assert model.largest_buffer(seeds, 3) <= _CPU_REUSED_BUFFER_BYTES
-    assert model.largest_buffer(seeds + 1, 3) > _CPU_REUSED_BUFFER_BYTES
+    tile = _tile_scales(model, 40, cpu=True)
+    assert model.largest_buffer(1, tile) <= _CPU_REUSED_BUFFER_BYTES
+    # At most 16 networks of 2 MiB of Jacobians each, evened out over the tiles:
+    # the last tile is padded by fewer points than there are tiles.
+    assert tile <= _CPU_REUSED_BUFFER_BYTES // (8 * 256**2 * 4)
+    n_tiles = -(-40 // tile)
+    assert n_tiles * tile - 40 < n_tiles
+    assert _tile_scales(model, 3, cpu=True) == 3
 
 
 def test_second_sweep_does_not_recompile():
