@@ -24,16 +24,12 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".gradjax-deps"
 
 
-def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
+def _run(*cmd: str | Path) -> None:
+    # Jobs run in the caller's environment: no thread or XLA variables are set here, so the
+    # figures and benchmarks see what a user's process sees (gradjax chooses its own LAPACK
+    # threading, see gradjax/threads.py).
     print("+", " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, env=env)
-
-
-def _timing_env() -> dict[str, str]:
-    # For the benchmarks only. LAPACK (the SVDs) runs on OpenBLAS, whose spinning threads slow
-    # small SVDs several-fold when anything else shares the cores; one thread per process is
-    # faster and steadier. The figures job keeps OpenBLAS's default threads.
-    return {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
 
 
 def setup() -> None:
@@ -44,7 +40,7 @@ def setup() -> None:
     if not (BIN / "python").exists():
         venv.create(VENV, with_pip=True)
     pip = (BIN / "python", "-m", "pip", "install", "-q")
-    _run(*pip, "--upgrade", "pip", "setuptools>=68", "wheel")
+    _run(*pip, "--upgrade", "pip", "setuptools>=77", "wheel")
     _run(*pip, "-e", ".[test]")
     STAMP.write_text(digest)
 
@@ -78,7 +74,7 @@ def main(argv: list[str]) -> int:
             _run(BIN / "gradjax", "figures", *(rest or ["--out", "figures"]))
         elif job == "bench":
             setup()
-            _run(BIN / "gradjax", "bench", *(rest or ["--out", "bench-results"]), env=_timing_env())
+            _run(BIN / "gradjax", "bench", *(rest or ["--out", "bench-results"]))
         else:
             print(f"dev.py: unknown job {job!r}; expected one of: setup, test, figures, bench")
             return 2

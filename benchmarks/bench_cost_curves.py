@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradjax as gj
-from benchmarks import harness
+from gradjax.benchmarks import harness
 from gradjax.matrix_free import layer_spectrum_estimates
 
 NAME = "cost_curves"

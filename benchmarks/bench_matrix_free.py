@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import gradjax as gj
-from benchmarks import harness
+from gradjax.benchmarks import harness
 
 NAME = "matrix_free"
 

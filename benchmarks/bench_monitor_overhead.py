@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 import gradjax as gj
-from benchmarks import harness
+from gradjax.benchmarks import harness
 from gradjax.data import digits
 
 NAME = "monitor_overhead"

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import gradjax as gj
-from benchmarks import harness
+from gradjax.benchmarks import harness
 
 NAME = "phase_diagram"
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradjax as gj
-from benchmarks import harness
+from gradjax.benchmarks import harness
 
 NAME = "sweep_spectra"
 

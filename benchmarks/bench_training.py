@@ -36,8 +36,8 @@ import numpy as np
 import optax
 
 import gradjax as gj
-from benchmarks import harness
 from gradjax import data as gdata
+from gradjax.benchmarks import harness
 from gradjax.gradients import cross_entropy_loss
 from gradjax.optim import chain_from_config
 from gradjax.train import train as train_runs
@@ -97,7 +97,7 @@ def _time_split_over_cores(cfg: dict) -> dict:
     env = dict(os.environ)
     flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(flag))
     env["XLA_FLAGS"] = f"{flags} {flag}={os.cpu_count() or 1}".strip()
-    cmd = [sys.executable, "-m", "benchmarks.bench_training", "--child", json.dumps(cfg)]
+    cmd = [sys.executable, "-m", "gradjax.benchmarks.bench_training", "--child", json.dumps(cfg)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 

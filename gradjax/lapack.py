@@ -1,26 +1,33 @@
 """How gradjax calls jaxlib's CPU LAPACK kernels: one after another, and on every core.
 
-jaxlib's CPU LAPACK kernels (SVD, QR, eigh) split a batch over XLA's intra-op thread pool
-and block until every piece is done. Two such kernels that XLA starts at the same time can
-each hold a pool thread while waiting for pieces that need a free one; on a two-core machine
-(a two-thread pool) that waits forever. It was seen in a debugger: the QR factorisation of
-one weight group and the orthogonal-factor step of another's, both of one network's
-orthogonal initialisation, each blocked in ``ParallelBatchMap`` with no pool thread left.
+Two jobs, both for programs that run on a CPU; when JAX's default backend is anything else
+(GPU, TPU) nothing of this module is compiled or run: :func:`after` returns its input and
+:func:`singular_values` is ``jnp.linalg.svd``.
 
-gradjax therefore never leaves two LAPACK calls of one program independent of each other:
-:func:`after` makes the input of the next call read data of the output of the previous one,
-so they run one after the other, each still spread over the pool.
+1. **Order** (:func:`after`). jaxlib's CPU LAPACK kernels (SVD, QR, eigh) split a batch over
+   XLA's intra-op thread pool and block until every piece is done. Two such kernels that XLA
+   starts at the same time can each hold a pool thread while waiting for pieces that need a
+   free one; with a two-thread pool (two cores) that waits forever. It happens in an
+   orthogonal initialisation: the QR of one weight group and the orthogonal-factor step of
+   another, each blocked in jaxlib's batch loop with no pool thread left. gradjax never
+   leaves two LAPACK calls of one program independent of each other: :func:`after` makes
+   the input of the next call read data of the output of the previous one.
+2. **Placement** (:func:`singular_values`). The same kernels spread a batch over the pool
+   only when the thread that starts them is not itself a pool thread: a pool thread that
+   starts one blocks while another thread runs every piece. ``jnp.linalg.svd`` copies its
+   input first (the kernel wants column-major matrices), that copy is split over the pool,
+   so the kernel starts on a pool thread about half the time, and the batch then runs on
+   one thread. :func:`singular_values` calls the same kernel (``gesdd``) with nothing before
+   it: it reads each row-major matrix as the column-major transpose, which has the same
+   singular values, and lets the kernel copy its input itself.
 
-The same kernels spread a batch over both pool threads only when the thread that starts them
-is not itself a pool thread: a pool thread that starts one blocks while the other thread runs
-every piece, one after another. ``jnp.linalg.svd`` always copies its input first (the kernel
-works in place and wants column-major matrices), and that copy is split over the pool, so
-the SVD starts on whichever pool thread finished last, about half the time: a batch of
-2048 128 x 128 singular-value problems then took 0.93 s instead of 0.50 s on two cores.
-:func:`singular_values` calls the same LAPACK kernel (``gesdd``) with no copy before it:
-it reads each row-major matrix as the column-major transpose, which has the same singular
-values, and lets the kernel copy its input itself, so the batch runs on both threads every
-time (0.50-0.52 s on the same batch).
+The direct call uses jaxlib's own LAPACK entry points (``jaxlib.lapack.prepare_lapack_call``
+and the ``lapack_?gesdd_ffi`` FFI targets), which are not public API. Its contract is checked
+once per dtype, on the CPU, against float64 NumPy; if the check fails, a warning says so and
+:func:`singular_values` is ``jnp.linalg.svd``. :data:`SUPPORTED_JAXLIB` is the jaxlib range
+this is written for: ``tests/test_lapack.py`` fails when a jaxlib in it lacks the kernel.
+
+How many BLAS threads each of these LAPACK calls uses is :mod:`gradjax.threads`' rule.
 """
 
 from __future__ import annotations
@@ -33,24 +40,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradjax import threads
+
+#: jaxlib versions ``[low, high)`` whose ``lapack_?gesdd_ffi`` kernels :func:`singular_values`
+#: calls directly (``high`` ``None``: no upper end known). The lower end is pyproject's bound.
+SUPPORTED_JAXLIB = ((0, 10, 0), None)
+
+
+def on_cpu() -> bool:
+    """Whether JAX's default backend is the CPU: the only case this module acts in."""
+    return jax.default_backend() == "cpu"
+
 
 def after(x: Any, *deps: Any) -> Any:
     """``x``, made to depend on data of every array in ``deps``, so it is computed after them.
 
     XLA's CPU runtime orders its steps by the buffers they read and write, not by the program
-    text: an optimisation barrier, which only renames buffers, did not order two LAPACK calls
-    (the orthogonal initialisation still deadlocked with one). Here every floating leaf of
-    ``x`` gets ``-0.0`` added, computed from one element of each array in ``deps``: the sum is
-    ``x`` exactly (adding ``-0.0`` changes no value, not even a zero's sign), but the step
-    that computes it must read those elements, so it waits for the steps that wrote them.
+    text: an optimisation barrier, which only renames buffers, does not order two LAPACK
+    calls. Here every floating leaf of ``x`` gets ``-0.0`` added, computed from one element
+    of each array in ``deps``: the sum is ``x`` exactly (adding ``-0.0`` changes no value, not
+    even a zero's sign), but the step that computes it must read those elements, so it waits
+    for the steps that wrote them. Off the CPU (see :func:`on_cpu`) ``x`` is returned as it
+    is: other backends' solvers do not share XLA's CPU pool, so there is nothing to order.
 
     Args:
       x: a pytree of arrays (typically the input of a LAPACK call).
       *deps: pytrees of arrays (typically the outputs of the previous LAPACK call).
 
     Returns:
-      ``x``, unchanged in value, computed after ``deps``.
+      ``x``, unchanged in value, computed after ``deps`` on a CPU.
     """
+    if not on_cpu():
+        return x
     elements = [jnp.ravel(_numeric(d))[0] for d in jax.tree.leaves(deps) if jnp.size(d) > 0]
     if not elements:  # nothing to wait for
         return x
@@ -86,6 +107,8 @@ def singular_values(x: jax.Array) -> jax.Array:
     module docstring for why); everywhere else, and wherever that call is not available or
     fails its one-time check, this is ``jnp.linalg.svd(x, compute_uv=False)``. Both give
     the same numbers to float rounding; it works under ``jit``, ``vmap`` and ``jvp``.
+    Called outside a transformation on a batch of matrices, it runs under
+    :func:`gradjax.threads.batched_lapack` and returns a ready array.
 
     Args:
       x: ``(..., m, n)``.
@@ -94,10 +117,21 @@ def singular_values(x: jax.Array) -> jax.Array:
       ``(..., min(m, n))``; NaN for a matrix on which LAPACK reports failure.
     """
     x = jnp.asarray(x)
+    if not isinstance(x, jax.core.Tracer) and x.ndim > 2:
+        # A concrete batch: one program, run under gradjax's thread rule and waited for.
+        batch = int(np.prod(x.shape[:-2]))
+        return threads.run_batched(_singular_values_jit, x, batch=batch)
+    return _singular_values(x)
+
+
+def _singular_values(x: jax.Array) -> jax.Array:
     direct = x.ndim >= 2 and 0 not in x.shape[-2:] and x.dtype in _DIRECT_DTYPES
-    if not direct or _gesdd_target(x.dtype) is None:
+    if not direct or not on_cpu() or _gesdd_target(x.dtype) is None:
         return _jnp_singular_values(x)
     return _singular_values_differentiable(x)
+
+
+_singular_values_jit = jax.jit(_singular_values)
 
 
 def _jnp_singular_values(x: jax.Array) -> jax.Array:

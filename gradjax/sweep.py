@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -482,13 +483,21 @@ class _Grid:
 
 
 def _make_grid(net, seeds, sigma_w, sigma_b, memory_budget_mb) -> _Grid:
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if not isinstance(getattr(net, "cfg", None), NetConfig):
+        raise invalid("net", net, "a gradjax Net (gradjax.build(NetConfig(...)))")
+    allowed = "a count >= 1 or a non-empty list of integer seed ids >= 0"
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, (bool, np.bool_)):
         check_int("seeds", seeds, minimum=1)
-        seed_ids = np.arange(seeds)
+        seed_ids = np.arange(int(seeds))
     else:
-        seed_ids = np.asarray(list(seeds))
+        try:
+            seed_ids = np.asarray(list(seeds))
+        except TypeError:  # a float or another non-iterable
+            raise invalid("seeds", seeds, allowed) from None
         if seed_ids.ndim != 1 or seed_ids.size == 0 or seed_ids.dtype.kind not in "iu":
-            raise invalid("seeds", seeds, "a count >= 1 or a non-empty list of integer seed ids")
+            raise invalid("seeds", seeds, allowed)
+        if np.any(seed_ids < 0):
+            raise invalid("seeds", seeds, allowed)
     if memory_budget_mb is not None:
         check_real("memory_budget_mb", memory_budget_mb, strictly_positive=True)
     axes, coords, fixed = ["seed"], {"seed": seed_ids}, {}

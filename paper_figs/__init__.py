@@ -1,5 +1,8 @@
 """The figure set behind ``gradjax figures``: one module per figure.
 
+This folder installs as ``gradjax.paper_figs`` (see ``pyproject.toml``); the library never
+imports it, only the ``figures`` command does.
+
 Every figure module ``paper_figs/fig<NN>_<name>.py`` defines:
 
 ``NAME: str``
@@ -28,6 +31,6 @@ Every figure module ``paper_figs/fig<NN>_<name>.py`` defines:
     "numbers": ["key", ...]}``, where every listed key is in ``numbers``. The verdict is
     decided from the numbers (thresholds in code), never hard-coded.
 
-:mod:`paper_figs.run` discovers the modules, caches finished figures by config hash,
+:mod:`gradjax.paper_figs.run` discovers the modules, caches finished figures by config hash,
 writes files atomically, and assembles ``numbers.json`` and ``REPORT.md``.
 """

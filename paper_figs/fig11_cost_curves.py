@@ -63,9 +63,9 @@ def config(quick: bool) -> dict[str, Any]:
 
 
 def compute(cfg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """Runs the cost scans of :mod:`benchmarks.bench_cost_curves`."""
-    from benchmarks.bench_cost_curves import METHODS as methods
-    from benchmarks.bench_cost_curves import cost_curves
+    """Runs the cost scans of :mod:`gradjax.benchmarks.bench_cost_curves`."""
+    from gradjax.benchmarks.bench_cost_curves import METHODS as methods
+    from gradjax.benchmarks.bench_cost_curves import cost_curves
 
     curves = cost_curves(cfg, progress)
     arrays = {}

@@ -1,8 +1,10 @@
 """Runs every figure module: cache by config hash, atomic files, numbers.json and REPORT.md.
 
-Usage (what ``gradjax figures`` calls)::
+``gradjax figures`` calls :func:`run_figures`; this module uses the library only (never the
+command-line layer), so the figure set runs from a script as well::
 
-    python -m paper_figs.run --out figures [--quick] [--only NAME ...] [--force]
+    from gradjax.paper_figs.run import run_figures
+    run_figures("figures", quick=True)
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import math
 import os
 import pkgutil
 import sys
@@ -25,20 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from gradjax.errors import GradjaxInputError
-from paper_figs.claims import CLAIMS, VERDICTS
+from gradjax import threads
+from gradjax.errors import GradjaxInputError, invalid
+from gradjax.io import atomic_savez, atomic_write_text, json_safe
+from gradjax.paper_figs.claims import CLAIMS, VERDICTS
 
 CACHE_DIR = ".cache"
 
 
 def discover() -> dict[str, ModuleType]:
     """The figure modules (``paper_figs/fig*.py``), by ``NAME``, in file order."""
-    import paper_figs
+    from gradjax import paper_figs
 
     modules: dict[str, ModuleType] = {}
     for info in sorted(pkgutil.iter_modules(paper_figs.__path__), key=lambda i: i.name):
         if info.name.startswith("fig"):
-            module = importlib.import_module(f"paper_figs.{info.name}")
+            module = importlib.import_module(f"{paper_figs.__name__}.{info.name}")
             modules[module.NAME] = module
     return modules
 
@@ -62,33 +65,27 @@ def config_hash(module: ModuleType, cfg: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def output_dir(path: str | os.PathLike) -> Path:
+    """Creates ``path`` if needed and proves it writable, before any figure starts.
 
+    Args:
+      path: the output directory.
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    Returns:
+      The directory as a :class:`~pathlib.Path`.
 
-
-def json_safe(value: Any) -> Any:
-    """Converts NumPy scalars/arrays to Python, non-finite floats to "inf"/"-inf"/"nan"."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
+    Raises:
+      GradjaxInputError: if it cannot be created or written.
+    """
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".gradjax-write-test"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise invalid("--out", str(path), f"a writable directory ({reason})") from None
+    return directory
 
 
 def _check_verdicts(name: str, rows: list[dict], numbers: dict, claims: Sequence[str]) -> None:
@@ -135,12 +132,11 @@ def run_figures(
     """
     from tqdm.auto import tqdm
 
-    from gradjax.commands.common import writable_dir
     from gradjax.plotting import save_figure
 
     modules = discover()
     names = select(modules, only)
-    out = writable_dir(out)
+    out = output_dir(out)
     cache = out / CACHE_DIR
     cache.mkdir(exist_ok=True)
     bar = tqdm(names, desc="figures", unit="fig", disable=not progress, file=sys.stderr)
@@ -159,13 +155,16 @@ def run_figures(
         bar.set_postfix_str(name)
         start = time.perf_counter()
         try:
-            result = module.compute(
-                cfg, lambda msg, name=name: bar.set_postfix_str(f"{name}: {msg}")
-            )
-            numbers = json_safe(result["numbers"])
+            # The figures' programs are full of batched factorisations (spectra, QR, orthogonal
+            # initialisation): gradjax's thread rule holds until their results are on the host.
+            with threads.batched_lapack():
+                result = module.compute(
+                    cfg, lambda msg, name=name: bar.set_postfix_str(f"{name}: {msg}")
+                )
+                numbers = json_safe(result["numbers"])
+                arrays = {k: np.asarray(v) for k, v in result.get("arrays", {}).items()}
             _check_verdicts(name, module.verdicts(cfg, numbers), numbers, module.CLAIMS)
-            arrays = {k: np.asarray(v) for k, v in result.get("arrays", {}).items()}
-            _atomic_savez(stem.with_suffix(".npz"), arrays)
+            atomic_savez(stem.with_suffix(".npz"), arrays)
             fig = module.plot(cfg, {"numbers": numbers, "arrays": arrays})
             save_figure(fig, out / name)
             seconds = time.perf_counter() - start
@@ -177,7 +176,7 @@ def run_figures(
                 "numbers": numbers,
                 "seconds": round(seconds, 2),
             }
-            _atomic_write_text(done, json.dumps(record, indent=2))
+            atomic_write_text(done, json.dumps(record, indent=2))
             write(f"[{name}] done in {seconds:.1f} s")
         except Exception as err:  # one failed figure must not hide the others
             failures[name] = "".join(traceback.format_exception_only(type(err), err)).strip()
@@ -185,8 +184,8 @@ def run_figures(
             write(traceback.format_exc())
     bar.close()
     numbers = _collect(modules, out, quick)
-    _atomic_write_text(out / "numbers.json", json.dumps(numbers, indent=2) + "\n")
-    _atomic_write_text(out / "REPORT.md", render_report(modules, numbers, quick, failures))
+    atomic_write_text(out / "numbers.json", json.dumps(numbers, indent=2) + "\n")
+    atomic_write_text(out / "REPORT.md", render_report(modules, numbers, quick, failures))
     if failures:
         raise RuntimeError("figures failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     return numbers
@@ -266,9 +265,3 @@ def render_report(
             "",
         ]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    from gradjax.cli import main
-
-    sys.exit(main(["figures", *sys.argv[1:]]))

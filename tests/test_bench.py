@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import harness
+from gradjax.benchmarks import harness
 
 NAME = "{name}"
 
@@ -69,9 +69,9 @@ def suite(tmp_path, monkeypatch, request):
 
 
 def test_discovers_the_real_suite():
-    found = bench.discover("benchmarks")
+    found = bench.discover()
     assert {"sweep_spectra", "cost_curves"} <= set(found)
-    assert found["cost_curves"] == "benchmarks.bench_cost_curves"
+    assert found["cost_curves"] == "gradjax.benchmarks.bench_cost_curves"
     assert "harness" not in found
 
 

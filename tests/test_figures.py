@@ -6,8 +6,8 @@ import re
 import pytest
 
 from gradjax.cli import main
-from paper_figs.claims import CLAIMS
-from paper_figs.run import discover, run_figures
+from gradjax.paper_figs.claims import CLAIMS
+from gradjax.paper_figs.run import discover, run_figures
 
 
 @pytest.fixture(scope="module")

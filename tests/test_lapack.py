@@ -1,15 +1,19 @@
 """gradjax.lapack: singular values by a direct LAPACK call, against float64 NumPy."""
 
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import pytest
 
-from gradjax import lapack
+from gradjax import lapack, threads
 
 
 def _reference(x: np.ndarray) -> np.ndarray:
@@ -32,11 +36,29 @@ def test_float64_singular_values_agree_to_float64_precision(x64):
     np.testing.assert_allclose(got, _reference(x), rtol=1e-12)
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def test_every_supported_jaxlib_has_the_kernel():
+    # Fails, never skips: a jaxlib that pyproject admits must pass the direct call's check.
+    low, high = lapack.SUPPORTED_JAXLIB
+    declared = [r for r in importlib.metadata.requires("gradjax") if re.match(r"jaxlib\b", r)]
+    assert declared == [f"jaxlib>={'.'.join(map(str, low))}"], declared
+    installed = _version(jaxlib.__version__)
+    assert installed >= low
+    if high is None or installed < high:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the fallback's warning fails the test
+            for dtype in (np.float32, np.float64):
+                assert lapack._gesdd_target(np.dtype(dtype)) == (
+                    f"lapack_{'s' if dtype == np.float32 else 'd'}gesdd_ffi"
+                )
+
+
 def test_the_direct_call_is_used_and_needs_no_copy_before_it():
     # The whole point of the direct call: no relayout copy ahead of the LAPACK kernel, so the
     # kernel is the program's first step (see the module docstring).
-    if lapack._gesdd_target(np.dtype(np.float32)) is None:
-        pytest.skip("this jaxlib's gesdd kernel cannot be called directly (jnp fallback)")
     hlo = jax.jit(lapack.singular_values).lower(jnp.ones((8, 6, 5))).compile().as_text()
     assert "gesdd" in hlo
     assert " copy(" not in hlo and "copy_fusion" not in hlo
@@ -78,25 +100,51 @@ def test_after_returns_its_input_exactly_and_reads_its_dependencies():
     assert "multiply" in hlo  # the read of dep is not folded away
 
 
+def test_off_the_cpu_nothing_of_the_module_runs(monkeypatch):
+    # As on a GPU/TPU default backend: no check program, no warning, no ordering, no threads.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CPU-only code ran off the CPU")
+
+    monkeypatch.setattr(lapack, "_gesdd_target", refuse)
+    monkeypatch.setattr(lapack, "_singular_values_differentiable", refuse)
+    monkeypatch.setattr(threads, "_controller", refuse)
+    x = jnp.array([1.0, -0.0])
+    dep = jnp.array([jnp.nan])
+    assert lapack.after(x, dep) is x
+    a = np.random.default_rng(5).standard_normal((3, 4, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = lapack.singular_values(a)
+        got_jit = jax.jit(lapack.singular_values)(a)
+    np.testing.assert_allclose(got, _reference(a), rtol=2e-5)
+    np.testing.assert_allclose(got_jit, _reference(a), rtol=2e-5)
+
+
 def test_orthogonal_initialisation_does_not_deadlock(tmp_path):
     # Independent QRs of one program deadlocked XLA's two-thread pool (seen in gdb), and an
     # optimisation barrier did not prevent it; lapack.after orders them by data. Run in a
     # child process so that a regression fails by timeout instead of hanging the suite.
     script = tmp_path / "orthogonal_init.py"
+    # The deadlock is in XLA's pool, whatever BLAS's threads: the program runs with OpenBLAS
+    # single-threaded from the start, and as gradjax runs it in a default environment (its
+    # thread rule, gradjax.threads). Under that rule a default environment is also as fast.
     script.write_text(
         "import jax, gradjax as gj\n"
+        "from gradjax import threads\n"
         "net = gj.build(gj.NetConfig(depth=300, width=96, init='orthogonal'))\n"
         "draw = jax.jit(jax.vmap(net.init_base))\n"
         "for i in range(8):\n"
-        "    jax.block_until_ready(draw(jax.random.split(jax.random.key(i), 4)))\n"
+        "    threads.run_batched(draw, jax.random.split(jax.random.key(i), 4))\n"
         "print('done')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as users run
-    for threads in ("1", None):  # OpenBLAS single-threaded, and its default
-        if threads is None:
+    for blas_threads in ("1", None):  # OpenBLAS single-threaded, and its default
+        if blas_threads is None:
             env.pop("OPENBLAS_NUM_THREADS", None)
         else:
-            env["OPENBLAS_NUM_THREADS"] = threads
+            env["OPENBLAS_NUM_THREADS"] = blas_threads
         run = subprocess.run(
             [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240
         )

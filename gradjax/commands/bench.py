@@ -1,9 +1,12 @@
 """``gradjax bench [NAME ...] [--out DIR] [--quick]``: run the benchmark suite, one JSON each.
 
-Benchmarks are the modules ``bench_<name>.py`` of the ``benchmarks`` package (found with
+Benchmarks are the modules ``bench_<name>.py`` of the ``gradjax.benchmarks`` package (the
+repository's ``benchmarks/`` folder, installed under gradjax's namespace; found with
 :mod:`pkgutil`, so adding one touches no other file); each exposes ``NAME`` and
 ``run(quick=False) -> dict`` and the runner writes ``DIR/<NAME>.json`` with
-``benchmarks.harness.write``, then prints a Markdown table of the ratios and targets.
+``gradjax.benchmarks.harness.write``, then prints a Markdown table of the ratios and targets.
+The runner sets no environment or thread variables: every benchmark runs in the environment
+a user has, and its JSON records the thread settings it found.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gradjax.commands.common import writable_dir
 from gradjax.errors import GradjaxInputError, invalid
 
 PREFIX = "bench_"
+SUITE = "gradjax.benchmarks"
 REQUIRED_KEYS = ("name", "config", "machine", "timings_s", "ratios", "targets")
 
 
@@ -36,13 +40,13 @@ def add_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes through the same code")
     p.add_argument(
         "--package",
-        default="benchmarks",
-        help="importable package holding the bench_<name>.py modules (default benchmarks)",
+        default=SUITE,
+        help=f"importable package holding the bench_<name>.py modules (default {SUITE})",
     )
     p.set_defaults(run=run)
 
 
-def discover(package: str = "benchmarks") -> dict[str, str]:
+def discover(package: str = SUITE) -> dict[str, str]:
     """Benchmark name -> module name for every ``bench_<name>`` module of ``package``.
 
     Modules are listed, not imported, so discovery is cheap and one broken benchmark does
@@ -77,7 +81,7 @@ def run_benchmark(module_name: str, *, quick: bool) -> dict[str, Any]:
     """Imports one benchmark module, runs it, checks its record and adds its wall time.
 
     Args:
-      module_name: e.g. ``"benchmarks.bench_sweep_spectra"``.
+      module_name: e.g. ``"gradjax.benchmarks.bench_sweep_spectra"``.
       quick: run the small configuration.
 
     Returns:
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(args.names)) or list(available)
     out = writable_dir(args.out)
 
-    from benchmarks import harness
+    from gradjax.benchmarks import harness
 
     rows, failed = [], []
     for name in names:

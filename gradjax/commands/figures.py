@@ -21,9 +21,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The figure set ships beside the library and is imported only when asked for.
+    # The figure set is installed as gradjax.paper_figs and imported only when asked for.
     from gradjax.commands.common import writable_dir
-    from paper_figs.run import discover, run_figures, select
+    from gradjax.paper_figs.run import discover, run_figures, select
 
     select(discover(), args.only)  # an unknown name fails before any work
     out = writable_dir(args.out)
