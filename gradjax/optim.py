@@ -22,8 +22,8 @@ import optax
 
 from gradjax.errors import check_choice, check_int, check_real, invalid
 from gradjax.layout import STACKED_GROUPS
-from gradjax.numerics import safe_norm
-from gradjax.tree_paths import path_parts
+from gradjax.numerics import safe_group_norms, safe_norm
+from gradjax.tree_paths import layer_slices, leaf_paths
 
 if TYPE_CHECKING:
     # Only for annotations: gradjax.config reads this module's OPTIMIZERS table.
@@ -32,19 +32,32 @@ if TYPE_CHECKING:
 GroupFn = Callable[[Any], dict[str, jax.Array]]
 
 
-def group_norms(tree: Any) -> dict[str, jax.Array]:
+def _named_stacks(tree: Any) -> set[tuple[str, ...]]:
+    """Prefixes ending at the first entry named as a stacked group of gradjax's layout."""
+    out = set()
+    for parts in leaf_paths(tree):
+        hit = next((i for i, n in enumerate(parts) if n in STACKED_GROUPS), None)
+        if hit is not None:
+            out.add(tuple(parts[: hit + 1]))
+    return out
+
+
+def group_norms(tree: Any, *, stacked: Any = None) -> dict[str, jax.Array]:
     """Named gradient norms of a pytree: one per leaf, one per layer for stacked blocks.
 
-    Every leaf is named by its pytree path joined with ``"/"`` (``"input/W"``,
-    ``"readout/b"``, ``"layers/0/kernel"`` for a Flax NNX state). A leaf whose path passes
-    through a ``"hidden"`` entry holds stacked layers along its leading axis (gradjax's
-    ``params["hidden"]``); it is split into per-layer norms named with the layer index
-    inserted right after ``"hidden"``: ``"hidden/0/W"``, ``"hidden/1/W"``, ... (index 0 is
-    network block 2, since block 1 is ``"input"``). Scalar leaves under ``"hidden"`` are kept
-    whole.
+    The names and layers are those of :func:`gradjax.tree_paths.layer_slices`: every leaf is
+    named by its path joined with ``"/"`` (``"input/W"``, ``"readout/b"``), and a leaf of a
+    stacked subtree is split into per-layer norms named with the layer index inserted after
+    the subtree's prefix: ``"hidden/0/W"``, ``"hidden/1/W"``, ... for gradjax's
+    ``params["hidden"]`` (index 0 is network block 2, since block 1 is ``"input"``). Scalar
+    leaves of a stack are kept whole. The norms are overflow-safe
+    (:func:`gradjax.numerics.safe_group_norms`: one reduction per leaf on a healthy step).
 
     Args:
       tree: a pytree of arrays (gradients, updates or parameters).
+      stacked: prefixes (tuples of path entries) of the stacked subtrees; default: every
+        path through an entry named as a stacked group of gradjax's layout
+        (:data:`gradjax.layout.STACKED_GROUPS`, i.e. ``"hidden"``), up to that entry.
 
     Returns:
       A dict from name to a scalar norm (Frobenius norm of the leaf or layer slice).
@@ -57,19 +70,25 @@ def group_norms(tree: Any) -> dict[str, jax.Array]:
       >>> float(norms["readout/b"])
       2.0
     """
-    out: dict[str, jax.Array] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = list(path_parts(path))
-        leaf = jnp.asarray(leaf)
-        hit = next((i for i, n in enumerate(names) if n in STACKED_GROUPS), None)
-        if hit is not None and leaf.ndim >= 1:
-            at = hit + 1
-            per_layer = safe_norm(leaf.reshape(leaf.shape[0], -1), axis=1)
-            for i in range(leaf.shape[0]):
-                out["/".join([*names[:at], str(i), *names[at:]])] = per_layer[i]
-        else:
-            out["/".join(names)] = safe_norm(leaf)
-    return out
+    slices = layer_slices(tree, stacked=_named_stacks(tree) if stacked is None else stacked)
+    leaves = jax.tree_util.tree_leaves(tree)
+    names: dict[int, list[str]] = {}
+    for piece in slices:
+        names.setdefault(piece.index, []).append(piece.name)
+    groups = []
+    for index, rows in names.items():
+        leaf = jnp.asarray(leaves[index])
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            leaf = leaf.astype(jnp.float32)
+        groups.append([leaf.reshape(len(rows), -1)])
+    if not groups:
+        return {}
+    norms = safe_group_norms(groups)
+    return {
+        name: norm[i]
+        for rows, norm in zip(names.values(), norms, strict=True)
+        for i, name in enumerate(rows)
+    }
 
 
 class GradientNormState(NamedTuple):
