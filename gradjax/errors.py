@@ -19,8 +19,15 @@ class GradjaxInputError(ValueError):
 
 
 def invalid(field: str, value: Any, allowed: str) -> GradjaxInputError:
-    """Builds the standard error for ``field=value`` with a description of what is allowed."""
-    return GradjaxInputError(f"{field}={value!r} is invalid: expected {allowed}")
+    """Builds the standard error for ``field=value`` with a description of what is allowed.
+
+    The value is shown on one line (an array's repr is joined) and cut at 200 characters, so
+    the message stays a single readable line.
+    """
+    shown = " ".join(repr(value).split())
+    if len(shown) > 200:
+        shown = shown[:197] + "..."
+    return GradjaxInputError(f"{field}={shown} is invalid: expected {allowed}")
 
 
 def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
