@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -149,7 +150,7 @@ def run_figures(
         stem = cache / f"{name}-{key}"
         done = stem.with_suffix(".json")
         png = out / f"{name}.png"
-        if done.exists() and png.exists() and not force:
+        if not force and png.exists() and read_cached(stem, key) is not None:
             write(f"[{name}] cached ({key}), skipped")
             continue
         bar.set_postfix_str(name)
@@ -165,6 +166,7 @@ def run_figures(
                 arrays = {k: np.asarray(v) for k, v in result.get("arrays", {}).items()}
             _check_verdicts(name, module.verdicts(cfg, numbers), numbers, module.CLAIMS)
             atomic_savez(stem.with_suffix(".npz"), arrays)
+            npz_sha256 = _sha256(stem.with_suffix(".npz"))
             fig = module.plot(cfg, {"numbers": numbers, "arrays": arrays})
             save_figure(fig, out / name)
             seconds = time.perf_counter() - start
@@ -175,6 +177,7 @@ def run_figures(
                 "config": cfg,
                 "numbers": numbers,
                 "seconds": round(seconds, 2),
+                "npz_sha256": npz_sha256,
             }
             atomic_write_text(done, json.dumps(record, indent=2))
             write(f"[{name}] done in {seconds:.1f} s")
@@ -191,15 +194,50 @@ def run_figures(
     return numbers
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_cached(stem: Path, key: str) -> dict[str, Any] | None:
+    """The cached record ``stem.json`` of a finished figure, or None if it cannot be trusted.
+
+    A record is trusted only if it parses as the record of this config (``hash == key``,
+    with its numbers and config) and the ``.npz`` beside it has the SHA-256 the record
+    holds and loads; a garbled, truncated or foreign file means the figure is recomputed.
+
+    Args:
+      stem: the cache path without suffix (``.cache/<name>-<key>``).
+      key: the config hash.
+
+    Returns:
+      The record, or None.
+    """
+    try:
+        record = json.loads(stem.with_suffix(".json").read_text())
+        if not isinstance(record, dict) or record.get("hash") != key:
+            return None
+        if not isinstance(record.get("numbers"), dict) or "config" not in record:
+            return None
+        npz = stem.with_suffix(".npz")
+        if record.get("npz_sha256") != _sha256(npz):
+            return None
+        with np.load(npz, allow_pickle=False) as arrays:
+            for k in arrays.files:
+                _ = arrays[k]  # reads every array: a damaged member raises here
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError):
+        return None
+    return record
+
+
 def _collect(modules: dict[str, ModuleType], out: Path, quick: bool) -> dict[str, Any]:
     """Every figure's cached record for the current config, plus its verdict rows."""
     figures = {}
     for name, module in modules.items():
         cfg = module.config(quick)
-        path = out / CACHE_DIR / f"{name}-{config_hash(module, cfg)}.json"
-        if not path.exists():
+        key = config_hash(module, cfg)
+        record = read_cached(out / CACHE_DIR / f"{name}-{key}", key)
+        if record is None:
             continue
-        record = json.loads(path.read_text())
         record["title"] = module.TITLE
         record["claims"] = list(module.CLAIMS)
         record["verdicts"] = module.verdicts(cfg, record["numbers"])
