@@ -251,7 +251,8 @@ def test_coupled_l2_and_decoupled_decay_differ_as_closed_form_on_a_quadratic():
         decoupled, w0 - lr * (g_d / (np.abs(g_d) + eps) + lam * w0), rtol=1e-6
     )
     # Coupled L2 is normalised away: every coordinate moves by lr, whatever lam and |w|;
-    # decoupled decay moves it by lr * (1 + lam * |w|), and 0 + lam * w where the loss is flat.
+    # decoupled decay moves it by lr * (1 + lam * |w|), and by lr * lam * |w| where the loss
+    # is flat (a = 0: Adam's own update is exactly 0 there).
     np.testing.assert_allclose(np.abs(coupled - w0), lr, rtol=1e-5)
     np.testing.assert_allclose(decoupled[3], w0[3] * (1 - lr * lam), rtol=1e-6)
 
