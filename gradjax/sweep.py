@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradjax import cost
+from gradjax import cost, threads
 from gradjax import devices as _devices
+from gradjax import store as store_lib
 from gradjax.config import NetConfig, as_grid
 from gradjax.errors import check_int, check_real, invalid
-from gradjax.io import atomic_savez, atomic_write_json, dumps_json
+from gradjax.io import atomic_savez, atomic_write_json
 from gradjax.probes import Probe, as_probe
 from gradjax.tree_paths import leaf_names as _tree_leaf_names
 
@@ -75,13 +76,26 @@ class SweepResult:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SweepResult:
-        """Reads a result written by :meth:`save`."""
+        """Reads a result written by :meth:`save` (or a finished sweep's ``out_dir``).
+
+        Raises:
+          GradjaxInputError: naming the directory, when it holds no readable sweep result.
+        """
         directory = Path(directory)
-        meta = json.loads((directory / "meta.json").read_text())
-        with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
-            data = {k: npz[f"data.{k}"] for k in meta["names"]}
-            coords = {k: npz[f"coord.{k}"] for k in meta["axes"]}
-        return cls(data=data, axes=tuple(meta["axes"]), coords=coords, meta=meta["meta"])
+        store_lib.check_result_dir(directory)
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
+                data = {k: npz[f"data.{k}"] for k in meta["names"]}
+                coords = {k: npz[f"coord.{k}"] for k in meta["axes"]}
+            return cls(data=data, axes=tuple(meta["axes"]), coords=coords, meta=meta["meta"])
+        except Exception as err:  # any damage or a different kind of file: one line
+            raise invalid(
+                "directory",
+                str(directory),
+                f"a saved sweep result; its meta.json/arrays.npz do not read as one "
+                f"({type(err).__name__})",
+            ) from None
 
 
 def leaf_names(tree: Any) -> list[str]:
@@ -290,12 +304,12 @@ def sweep(
     all hosts and the same call runs the sweep on all of them, every process returning the
     whole result. See :mod:`gradjax.distributed` for the launch.
 
-    With ``out_dir`` the sweep is resumable: every finished chunk is written atomically to
-    ``out_dir/chunks/`` and recorded in ``out_dir/manifest.json``; the same call after an
-    interruption loads the finished chunks and computes only the rest. A directory holding a
-    different sweep (network, probe, seeds, grids, key or output layout) is refused, never
-    mixed. At the end ``arrays.npz`` and ``meta.json`` are written as by
-    :meth:`SweepResult.save`.
+    With ``out_dir`` the sweep is resumable (see :mod:`gradjax.store`): every finished chunk is
+    written atomically to ``out_dir/chunks/``, named by its SHA-256; the same call after an
+    interruption loads the finished chunks that pass their checks and computes the rest. A
+    directory holding a different sweep (network, probe, seeds, grids, key or output layout)
+    or other files is refused, never mixed; one run at a time writes it (a lock). At the end
+    ``arrays.npz`` and ``meta.json`` are written as by :meth:`SweepResult.save`.
 
     Args:
       net: a :class:`gradjax.Net` (anything with ``init_base``, ``scale``, ``cfg``, ``dtype``).
@@ -379,55 +393,67 @@ def sweep(
     budget = _budget_bytes(memory_budget_mb, device_list)
 
     store = None
-    layout = None
-    if out_dir is not None:
-        fingerprint = _fingerprint(net, probe_label, key, grid, names, leaves_shape)
-        store = _ChunkStore.open(Path(out_dir), fingerprint)
-        layout = store.layout
-    if layout is None:
-        layout = _choose_layout(model, tile, n_seed, n_scale, len(device_list), budget, chunk)
-    if store is not None:
-        store.start(layout)
-    seed_chunk, scale_chunk = layout
-    runner = _Runner(net, probe, device_list, tile, key_data, dtype)
+    try:
+        layout = None
+        if out_dir is not None:
+            fingerprint = _fingerprint(net, probe_label, key, grid, names, leaves_shape)
+            store = store_lib.ChunkStore(
+                Path(out_dir), fingerprint, writer=jax.process_index() == 0
+            ).open()
+            layout = store.layout
+        if layout is None:
+            layout = _choose_layout(model, tile, n_seed, n_scale, len(device_list), budget, chunk)
+        if store is not None:
+            store.start(layout)
+        seed_chunk, scale_chunk = layout
+        runner = _Runner(net, probe, device_list, tile, key_data, dtype)
 
-    buffers = [np.empty((n_seed, n_scale, *leaf.shape[2:]), leaf.dtype) for leaf in leaves_shape]
-    ranges = [
-        (s0, min(s0 + seed_chunk, n_seed), p0, min(p0 + scale_chunk, n_scale))
-        for s0 in range(0, n_seed, seed_chunk)
-        for p0 in range(0, n_scale, scale_chunk)
-    ]
-    done = store.finished(ranges) if store is not None else [False] * len(ranges)
-    with _devices.Progress(progress, len(ranges), desc="sweep", unit="chunk") as bar:
-        for index, (bounds, finished) in enumerate(zip(ranges, done, strict=True)):
-            leaves = store.load(bounds, names, buffers) if finished else None
-            if leaves is None:
-                leaves = runner(bounds, grid.sigma_w, grid.sigma_b)
-                if store is not None:
-                    store.save(bounds, names, leaves)
-            s0, s1, p0, p1 = bounds
-            for buf, leaf in zip(buffers, leaves, strict=True):
-                buf[s0:s1, p0:p1] = leaf
-            bar.update(index + 1)
+        buffers = [
+            np.empty((n_seed, n_scale, *leaf.shape[2:]), leaf.dtype) for leaf in leaves_shape
+        ]
+        ranges = [
+            (s0, min(s0 + seed_chunk, n_seed), p0, min(p0 + scale_chunk, n_scale))
+            for s0 in range(0, n_seed, seed_chunk)
+            for p0 in range(0, n_scale, scale_chunk)
+        ]
+        done = store.finished(ranges) if store is not None else [False] * len(ranges)
+        # gradjax's BLAS thread rule (gradjax.threads) holds until every chunk is on the host.
+        with (
+            threads.batched_lapack(),
+            _devices.Progress(progress, len(ranges), desc="sweep", unit="chunk") as bar,
+        ):
+            for index, (bounds, finished) in enumerate(zip(ranges, done, strict=True)):
+                leaves = store.load(bounds, names, buffers) if finished else None
+                if leaves is None:
+                    leaves = runner(bounds, grid.sigma_w, grid.sigma_b)
+                    if store is not None:
+                        store.save(bounds, names, leaves)
+                s0, s1, p0, p1 = bounds
+                for buf, leaf in zip(buffers, leaves, strict=True):
+                    buf[s0:s1, p0:p1] = leaf
+                bar.update(index + 1)
 
-    grid_shape = tuple(len(grid.coords[a]) for a in grid.axes[1:])
-    data = {
-        name: buf.reshape(n_seed, *grid_shape, *buf.shape[2:])
-        for name, buf in zip(names, buffers, strict=True)
-    }
-    meta = {
-        "net": config_to_dict(net.cfg),
-        "probe": probe_label,
-        "key": int(key),
-        "fixed": grid.fixed,
-        "chunk": [seed_chunk, scale_chunk],
-        "tile": [1, tile],
-        "devices": len(device_list),
-    }
-    result = SweepResult(data=data, axes=grid.axes, coords=grid.coords, meta=meta)
-    if store is not None:
-        store.finish(result)
-    return result
+        grid_shape = tuple(len(grid.coords[a]) for a in grid.axes[1:])
+        data = {
+            name: buf.reshape(n_seed, *grid_shape, *buf.shape[2:])
+            for name, buf in zip(names, buffers, strict=True)
+        }
+        meta = {
+            "net": config_to_dict(net.cfg),
+            "probe": probe_label,
+            "key": int(key),
+            "fixed": grid.fixed,
+            "chunk": [seed_chunk, scale_chunk],
+            "tile": [1, tile],
+            "devices": len(device_list),
+        }
+        result = SweepResult(data=data, axes=grid.axes, coords=grid.coords, meta=meta)
+        if store is not None:
+            store.finish(result)
+        return result
+    finally:
+        if store is not None:
+            store.close()  # releases the directory's lock
 
 
 def _check_root_key(key: Any) -> int:
@@ -636,160 +662,26 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- resumable output
 
-_FORMAT = "gradjax-sweep/1"
-
 
 def _fingerprint(net, probe_label, key, grid: _Grid, names, leaves_shape) -> dict[str, Any]:
-    """What makes two sweeps the same sweep: everything that decides the numbers."""
-    fp = {
-        "format": _FORMAT,
+    """What makes two sweeps the same sweep: everything that decides the numbers.
+
+    The seeds and grids enter by their count and hash (:func:`gradjax.store.array_digest`),
+    so the manifest stays small however many seeds and grid points there are.
+    """
+    return {
         "net": config_to_dict(net.cfg),
         "probe": probe_label,
         "key": int(key),
         "axes": list(grid.axes),
-        "seeds": [int(s) for s in grid.seed_ids],
-        "sigma_w": [float(v) for v in grid.sigma_w],
-        "sigma_b": [float(v) for v in grid.sigma_b],
+        "seeds": store_lib.array_digest(grid.seed_ids),
+        "sigma_w": store_lib.array_digest(grid.sigma_w),
+        "sigma_b": store_lib.array_digest(grid.sigma_b),
         "outputs": {
             name: [list(leaf.shape[2:]), str(leaf.dtype)]
             for name, leaf in zip(names, leaves_shape, strict=True)
         },
     }
-    # Normalise through JSON (tuples become lists) so it compares equal to what is on disk.
-    return json.loads(dumps_json(fp))
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    if old == new:
-        return []
-    name = prefix[:-1]
-    if isinstance(old, list) or isinstance(new, list):
-        return [name]
-    return [f"{name} ({old!r} on disk, {new!r} now)"]
-
-
-class _ChunkStore:
-    """The resumable directory: ``manifest.json`` plus one ``chunks/*.npz`` per finished chunk.
-
-    Only process 0 writes (one writer, so multi-host runs need a shared filesystem); which
-    chunks are finished is decided on process 0 and broadcast, so every process computes the
-    same chunks in the same order.
-    """
-
-    def __init__(self, directory: Path, fingerprint: dict, manifest: dict | None):
-        self.directory = directory
-        self.fingerprint = fingerprint
-        self.manifest = manifest
-        self.writer = jax.process_index() == 0
-
-    @classmethod
-    def open(cls, directory: Path, fingerprint: dict) -> _ChunkStore:
-        path = directory / "manifest.json"
-        manifest = None
-        if path.exists():
-            try:
-                manifest = json.loads(path.read_text())
-                old = manifest["fingerprint"]
-            except (ValueError, KeyError, TypeError):
-                raise invalid(
-                    "out_dir",
-                    str(directory),
-                    "a directory without a manifest.json or with a valid one (it is unreadable)",
-                ) from None
-            diff = _differences(old, fingerprint)
-            if diff:
-                raise invalid(
-                    "out_dir",
-                    str(directory),
-                    "a new directory or one holding this same sweep; it holds a different "
-                    f"sweep (differs in {'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''})"
-                    " - use another directory or delete it",
-                )
-        else:
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise invalid("out_dir", str(directory), "a writable directory") from err
-        return cls(directory, fingerprint, manifest)
-
-    @property
-    def layout(self) -> tuple[int, int] | None:
-        if self.manifest is None:
-            return None
-        return tuple(self.manifest["chunk"])
-
-    def start(self, layout: tuple[int, int]) -> None:
-        if self.manifest is None:
-            self.manifest = {
-                "format": _FORMAT,
-                "fingerprint": self.fingerprint,
-                "chunk": list(layout),
-                "finished": [],
-                "complete": False,
-            }
-            self._write_manifest()
-
-    @staticmethod
-    def _name(bounds) -> str:
-        s0, s1, p0, p1 = bounds
-        return f"seed{s0:06d}-{s1:06d}_scale{p0:07d}-{p1:07d}.npz"
-
-    def finished(self, ranges) -> list[bool]:
-        listed = set(self.manifest["finished"])
-        mask = np.array(
-            [
-                self._name(b) in listed and (self.directory / "chunks" / self._name(b)).exists()
-                for b in ranges
-            ],
-            dtype=bool,
-        )
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
-        return [bool(m) for m in mask]
-
-    def load(self, bounds, names, buffers) -> list[np.ndarray] | None:
-        """A finished chunk's leaves, or ``None`` (recompute) when the file is not usable."""
-        s0, s1, p0, p1 = bounds
-        try:
-            with np.load(self.directory / "chunks" / self._name(bounds)) as npz:
-                leaves = [npz[name] for name in names]
-        except (OSError, KeyError, ValueError):
-            return None
-        for leaf, buf in zip(leaves, buffers, strict=True):
-            if leaf.shape != (s1 - s0, p1 - p0, *buf.shape[2:]) or leaf.dtype != buf.dtype:
-                return None
-        return leaves
-
-    def save(self, bounds, names, leaves) -> None:
-        if not self.writer:
-            return
-        chunks = self.directory / "chunks"
-        chunks.mkdir(exist_ok=True)
-        arrays = dict(zip(names, leaves, strict=True))
-        atomic_savez(chunks / self._name(bounds), arrays)
-        # The chunk is on disk before the manifest names it, so a listed chunk always exists.
-        finished = self.manifest["finished"]
-        if self._name(bounds) not in finished:
-            finished.append(self._name(bounds))
-        self._write_manifest()
-
-    def finish(self, result: SweepResult) -> None:
-        if not self.writer:
-            return
-        result.save(self.directory)
-        self.manifest["complete"] = True
-        self._write_manifest()
-
-    def _write_manifest(self) -> None:
-        if self.writer:
-            atomic_write_json(self.directory / "manifest.json", self.manifest)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gradjax.commands.common import (
     grid,
@@ -50,7 +51,12 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma-w", type=grid(), default="0.5:2.5:8", help="start:stop:count or a,b,c")
     p.add_argument("--sigma-b", type=grid(), default=None, help="fixed value or a grid (default 0)")
     p.add_argument("--batch", type=positive_int, default=16, help="examples for gradients")
-    p.add_argument("--memory-budget-mb", type=positive_real, default=1024.0)
+    p.add_argument(
+        "--memory-budget-mb",
+        type=positive_real,
+        default=None,
+        help="MiB per chunk (default: half the accelerator's memory; 1024 on a CPU)",
+    )
     p.add_argument("--out", type=out_dir, required=True, help="output directory (resumable)")
     p.add_argument(
         "--devices",
@@ -109,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             select_devices(args.devices, default=())
     except GradjaxInputError as err:
         raise renamed_field(err, FLAGS) from None
+    created = not Path(args.out).exists()
     out = writable_dir(args.out)
 
     from gradjax import models, plotting, probes
@@ -130,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             out_dir=out,
         )
     except GradjaxInputError as err:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # refused before any work (e.g. a size that cannot fit): leave nothing
         # The library names its arguments (out_dir, sigma_w); the error names the flags.
         raise renamed_field(err, FLAGS) from None
     import jax

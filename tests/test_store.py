@@ -1,0 +1,146 @@
+"""The resumable sweep directory heals: damaged chunks and manifests, locks, stale temps."""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import gradjax as gj
+from gradjax import store
+
+NET = gj.build(gj.NetConfig(depth=3, width=6, activation="tanh"))
+KW = dict(seeds=4, sigma_w=[0.5, 1.5], chunk=(1, 2), progress=False)
+
+
+def _probe(params, key):
+    x = jax.random.normal(key, (3, 6))
+    return {"out": NET.apply(params, x)[:, 0], "w2": jax.numpy.sum(params["hidden"]["W"] ** 2)}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The same sweep without a directory: what every healed run must reproduce bit for bit."""
+    return gj.sweep(NET, _probe, **KW)
+
+
+def _same(a, b):
+    for name in a.names():
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _chunks(directory):
+    return sorted((directory / "chunks").glob("*.npz"))
+
+
+def _finished(tmp_path):
+    out = tmp_path / "run"
+    gj.sweep(NET, _probe, out_dir=out, **KW)
+    assert len(_chunks(out)) == 4
+    return out
+
+
+def test_truncated_and_empty_chunks_are_recomputed(tmp_path, reference):
+    out = _finished(tmp_path)
+    first, second = _chunks(out)[:2]
+    first.write_bytes(first.read_bytes()[:100])
+    second.write_bytes(b"")
+    kept = {p.name: p.stat().st_mtime_ns for p in _chunks(out)[2:]}
+    _same(gj.sweep(NET, _probe, out_dir=out, **KW), reference)
+    assert len(_chunks(out)) == 4  # the damaged files were replaced, not left beside
+    for name, mtime in kept.items():  # the sound ones were loaded, not rewritten
+        assert (out / "chunks" / name).stat().st_mtime_ns == mtime
+
+
+def test_zero_filled_chunk_fails_its_hash_and_is_recomputed(tmp_path, reference):
+    out = _finished(tmp_path)
+    path = _chunks(out)[0]
+    with np.load(path) as npz:
+        arrays = {k: np.zeros_like(npz[k]) if not k.startswith("__") else npz[k] for k in npz}
+    with open(path, "wb") as f:  # a valid .npz of the right shapes, under the old name
+        np.savez(f, **arrays)
+    res = gj.sweep(NET, _probe, out_dir=out, **KW)
+    assert np.all(res["w2"] > 0)
+    _same(res, reference)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # truncated
+        lambda text: "",  # empty
+        lambda text: json.dumps({**json.loads(text), "chunk": "five"}),  # ill-typed
+        lambda text: "[1, 2]",  # not an object
+    ],
+)
+def test_bad_manifest_is_rebuilt_from_valid_chunks(tmp_path, reference, damage):
+    out = _finished(tmp_path)
+    manifest = out / "manifest.json"
+    manifest.write_text(damage(manifest.read_text()))
+    kept = {p.name: p.stat().st_mtime_ns for p in _chunks(out)}
+    _same(gj.sweep(NET, _probe, out_dir=out, **KW), reference)
+    assert json.loads(manifest.read_text())["complete"] is True
+    for name, mtime in kept.items():  # rebuilt around the chunks: nothing recomputed
+        assert (out / "chunks" / name).stat().st_mtime_ns == mtime
+
+
+def test_a_second_writer_waits_then_is_refused_with_one_line(tmp_path, reference, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = store.DirectoryLock(out)  # another run writing the directory
+    holder.acquire()
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.5)
+    try:
+        start = time.monotonic()
+        with pytest.raises(gj.GradjaxInputError, match="another process held its lock") as err:
+            gj.sweep(NET, _probe, out_dir=out, **KW)
+        assert time.monotonic() - start >= 0.5
+        assert "\n" not in str(err.value)
+        assert not (out / "manifest.json").exists()
+    finally:
+        holder.release()
+    _same(gj.sweep(NET, _probe, out_dir=out, **KW), reference)  # free again: it runs
+
+
+def test_stale_temporary_files_are_removed_on_open(tmp_path, reference):
+    out = _finished(tmp_path)
+    old, fresh = out / ".manifest.json.x1.tmp", out / "chunks" / ".a.npz.x2.tmp"
+    young = out / ".meta.json.x3.tmp"
+    for path in (old, fresh, young):
+        path.write_text("left by a killed writer")
+    past = time.time() - 2 * 3600
+    os.utime(old, (past, past))
+    os.utime(fresh, (past, past))
+    _same(gj.sweep(NET, _probe, out_dir=out, **KW), reference)
+    assert not old.exists() and not fresh.exists()
+    assert young.exists()  # recent: possibly a live writer's
+
+
+def test_manifest_size_does_not_grow_with_seeds_or_grid(tmp_path):
+    sizes = []
+    for seeds, grid in ((2, [1.0]), (300, list(np.linspace(0.5, 2.0, 40)))):
+        out = tmp_path / f"s{seeds}"
+        gj.sweep(NET, _probe, seeds=seeds, sigma_w=grid, out_dir=out, progress=False)
+        sizes.append((out / "manifest.json").stat().st_size)
+    assert abs(sizes[1] - sizes[0]) <= 8  # a few more digits in the counts
+
+
+def test_directories_holding_something_else_are_refused(tmp_path):
+    other = tmp_path / "train_run"
+    other.mkdir()
+    (other / "history.npz").write_bytes(b"")
+    with pytest.raises(gj.GradjaxInputError, match="out_dir=.*holds other files"):
+        gj.sweep(NET, _probe, out_dir=other, **KW)
+    assert sorted(p.name for p in other.iterdir()) == ["history.npz"]
+    for bad in (other, tmp_path / "missing"):
+        with pytest.raises(gj.GradjaxInputError, match="directory=.*saved sweep result") as err:
+            gj.SweepResult.load(bad)
+        assert str(bad) in str(err.value)
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "meta.json").write_text("{")
+    (garbled / "arrays.npz").write_bytes(b"PK")
+    with pytest.raises(gj.GradjaxInputError, match="do not read as one"):
+        gj.SweepResult.load(garbled)
