@@ -334,7 +334,8 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
     import sys
 
-    print(json.dumps(harness._json_safe(run(quick="--quick" in sys.argv)), indent=2))
+    from gradjax.io import dumps_json
+
+    print(dumps_json(run(quick="--quick" in sys.argv)))

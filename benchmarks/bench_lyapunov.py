@@ -1,7 +1,7 @@
 """Lyapunov spectrum by QR at depth 1000 vs the exact product + SVD.
 
 A linear network with Gaussian weights (sigma_w = 1) has a closed-form Lyapunov spectrum
-(:func:`gradjax.gaussian_product_exponents`), so both methods are scored against it:
+(:func:`gradjax.lyapunov.gaussian_product_exponents`), so both methods are scored against it:
   * ``gradjax``: :func:`gradjax.lyapunov_spectrum`, full spectrum, ``vmap`` over seeds, jitted;
   * ``exact_svd``: what a competent user writes without gradjax: the end-to-end Jacobian by
     ``jax.jacfwd`` of the forward pass (jitted, vmapped over seeds) and ``jnp.linalg.svd``,
@@ -65,7 +65,7 @@ def run(quick: bool = False) -> dict:
     keys = jax.random.split(jax.random.key(0), seeds)
     params = harness.block(jax.jit(jax.vmap(net.init))(keys))
     xs = jax.random.normal(jax.random.key(1), (seeds, width))
-    theory = gj.gaussian_product_exponents(width, sigma_w=cfg["sigma_w"])
+    theory = gj.lyapunov.gaussian_product_exponents(width, sigma_w=cfg["sigma_w"])
     mean, var = np.asarray(theory.mean, np.float64), np.asarray(theory.var_per_layer, np.float64)
 
     qr = jax.jit(jax.vmap(lambda p, x: gj.lyapunov_spectrum(net, p, x).exponents))
@@ -135,6 +135,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
+    from gradjax.io import dumps_json
 
-    print(json.dumps(harness._json_safe(run(quick=True)), indent=2))
+    print(dumps_json(run(quick=True)))

@@ -124,6 +124,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
+    from gradjax.io import dumps_json
 
-    print(json.dumps(harness._json_safe(run()), indent=2))
+    print(dumps_json(run()))

@@ -80,7 +80,7 @@ def run(quick: bool = False) -> dict:
     flops = networks * 2 * layer_product + cfg["seeds"] * cfg["probes"] * layer_product
     peak = harness.matmul_peak_flops()
     chi = np.asarray(res["chi1"])
-    theory = np.asarray(gj.mean_field_grid(cfg["activation"], sw2, sb2).chi1)
+    theory = np.asarray(gj.theory.mean_field_grid(cfg["activation"], sw2, sb2).chi1)
     err = np.abs(np.log(np.median(chi, axis=0)) - np.log(theory))
     return harness.record(
         NAME,
@@ -116,6 +116,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
+    from gradjax.io import dumps_json
 
-    print(json.dumps(harness._json_safe(run()), indent=2))
+    print(dumps_json(run()))

@@ -2,7 +2,7 @@
 
 Timings, all on the same network, data, optimiser chain (clip + warm-up cosine SGD) and
 number of optimisation steps:
-  * ``gradjax``: :func:`gradjax.train.train`: every seed in one ``vmap`` of a ``lax.scan``
+  * ``gradjax``: :func:`gradjax.train`: every seed in one ``vmap`` of a ``lax.scan``
     over steps (one compiled program, compile excluded), the seed axis split over one XLA
     CPU device per core (eight seeds per core on two cores). That needs
     ``XLA_FLAGS=--xla_force_host_platform_device_count``, set before JAX starts, so this run
@@ -39,6 +39,7 @@ import gradjax as gj
 from gradjax import data as gdata
 from gradjax.benchmarks import harness
 from gradjax.gradients import cross_entropy_loss
+from gradjax.io import dumps_json
 from gradjax.optim import chain_from_config
 from gradjax.train import train as train_runs
 
@@ -245,4 +246,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         _child(json.loads(sys.argv[2]))
     else:
-        print(json.dumps(harness._json_safe(run()), indent=2))
+        print(dumps_json(run()))

@@ -1,12 +1,13 @@
 """Timing, machine facts and the JSON record shared by every benchmark.
 
 Timings exclude compilation (one warm-up call first), wait for the result with
-``block_until_ready`` and keep the median of several repeats.
+``block_until_ready`` and keep the median of several repeats. Nothing here sets a thread
+count or an environment variable: the record's ``machine.threads`` says what the benchmark
+found (:func:`gradjax.threads.settings`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -17,7 +18,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from gradjax import threads
+from gradjax.io import atomic_write_json
 
 
 def block(tree: Any) -> Any:
@@ -66,7 +69,7 @@ def time_fn(
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU count, JAX version, backend and devices of this run."""
+    """CPU count, JAX version, backend, devices and thread settings of this run."""
     devices = jax.devices()
     return {
         "cpu_count": os.cpu_count(),
@@ -76,6 +79,7 @@ def machine_info() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": len(devices),
         "device_kind": devices[0].device_kind,
+        "threads": threads.settings(),
     }
 
 
@@ -150,20 +154,4 @@ def write(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     """Writes ``out_dir/<name>.json`` atomically (NaN/inf as strings, valid JSON)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{result['name']}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
+    return atomic_write_json(out_dir / f"{result['name']}.json", result)

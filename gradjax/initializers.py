@@ -135,7 +135,8 @@ def init_weight(
 
     Example:
       >>> import jax, gradjax as gj
-      >>> w = gj.init_weight(jax.random.key(0), (64, 32), kind="orthogonal", sigma_w=2.0)
+      >>> w = gj.initializers.init_weight(
+      ...     jax.random.key(0), (64, 32), kind="orthogonal", sigma_w=2.0)
       >>> w.shape
       (64, 32)
     """

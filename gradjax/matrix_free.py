@@ -151,8 +151,8 @@ def hutchinson_mean_sq(
     Example:
       >>> import jax, jax.numpy as jnp, gradjax as gj
       >>> a = jax.random.normal(jax.random.key(0), (256, 256)) / 16.0
-      >>> est = gj.hutchinson_mean_sq(lambda v: a @ v, jax.random.key(1), in_shape=(256,),
-      ...                             out_size=256, probes=128)
+      >>> est = gj.matrix_free.hutchinson_mean_sq(
+      ...     lambda v: a @ v, jax.random.key(1), in_shape=(256,), out_size=256, probes=128)
       >>> bool(abs(est.value - jnp.mean(a**2) * 256) < 4 * est.stderr)  # doctest: +SKIP
       True
     """

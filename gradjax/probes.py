@@ -112,7 +112,8 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
 
     Without normalisation the Jacobians come from their exact closed form
     ``diag(phi'(z_l)) W_l`` (plus the identity of residual blocks; see
-    :func:`gradjax.expected_factors`), O(N^2) per layer instead of the O(N^3) of autodiff; with
+    :func:`gradjax.jacobians.expected_factors`), O(N^2) per layer instead of the O(N^3) of
+    autodiff; with
     LayerNorm by autodiff; with BatchNorm they are those of the whole batch map over ``batch``
     inputs.
 

@@ -8,7 +8,7 @@ NAME = "activations"
 TITLE = "Activations and their derivatives: sigmoid' <= 1/4, tanh' <= 1, relu' in {0, 1}"
 CLAIMS = ("C3",)
 METHODS = """Each activation from gradjax's table and its derivative by forward-mode autodiff
-(gradjax.derivative) on a fine grid; maxima located on the grid and refined analytically
+(gradjax.activations.derivative) on a fine grid; maxima located on the grid and refined analytically
 (they sit at 0). The article's tanh formula (e^x - e^-x)/(e^x - e^-x) is evaluated as written:
 it is identically 1, so its denominator must read e^x + e^-x. Mean squared derivatives under a
 standard normal input, E[phi'(z)^2], are the per-layer gradient factor chi_1 / sigma_w^2 at
@@ -35,13 +35,13 @@ def compute(cfg: dict, progress) -> dict:
     numbers = {}
     for name in cfg["activations"]:
         arrays[f"{name}.value"] = np.asarray(gj.get_activation(name)(jnp.asarray(x)))
-        d = np.asarray(gj.derivative(name)(jnp.asarray(x)))
+        d = np.asarray(gj.activations.derivative(name)(jnp.asarray(x)))
         arrays[f"{name}.derivative"] = d
         numbers[f"{name}_prime_max"] = float(d.max())
         numbers[f"{name}_prime_argmax"] = float(x[int(d.argmax())])
         # E[phi'(z)^2], z ~ N(0, 1): the chain-rule factor per unit sigma_w^2 at q = 1.
         numbers[f"{name}_mean_sq_derivative_std_normal"] = float(
-            theory.gaussian_expectation(lambda z, n=name: gj.derivative(n)(z) ** 2, 1.0)
+            theory.gaussian_expectation(lambda z, n=name: gj.activations.derivative(n)(z) ** 2, 1.0)
         )
     # The article's tanh formula as printed: the same expression over itself.
     num = np.exp(x) - np.exp(-x)
@@ -55,7 +55,7 @@ def compute(cfg: dict, progress) -> dict:
     )
     z = np.random.default_rng(0).standard_normal(200_000)
     numbers["relu_zero_derivative_fraction_std_normal"] = float(
-        np.mean(np.asarray(gj.derivative("relu")(jnp.asarray(z))) == 0)
+        np.mean(np.asarray(gj.activations.derivative("relu")(jnp.asarray(z))) == 0)
     )
     return {"numbers": numbers, "arrays": arrays}
 

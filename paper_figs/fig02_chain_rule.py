@@ -12,7 +12,8 @@ METHODS = """Deep tanh networks (Gaussian init, sigma_b^2 = 0.05) at 0.6x, 1x an
 sigma_w (chi_1 = 1, from gradjax.theory), several seeds,
 through gradjax.sweep. For one input, the exact layer Jacobians J_l (gradjax.layer_jacobians)
 give the per-layer factor sqrt(mean sigma^2(J_l)) (its rms gain); dL/da_l is computed twice:
-by multiplying dL/da_L by the exact J_l one at a time (gradjax.chain_rule_activation_gradients,
+by multiplying dL/da_L by the exact J_l one at a time
+(gradjax.jacobians.chain_rule_activation_gradients,
 the article's formula carried out literally) and by reverse-mode autodiff (jax.grad through
 gradjax.layer_gradients). The dashed lines are ||dL/da_L|| times the running product of the rms
 factors: the mean-field prediction of the gradient norm. Separately, in float64,
@@ -44,7 +45,7 @@ def _probe(net):
         kx, ky = jax.random.split(key)
         x = jax.random.normal(kx, (net.cfg.input_dim,))
         y = jax.random.normal(ky, (net.cfg.out_dim,))
-        by_hand = gj.chain_rule_activation_gradients(net, params, x, y)
+        by_hand = gj.jacobians.chain_rule_activation_gradients(net, params, x, y)
         auto = gj.layer_gradients(net, params, x[None], y[None]).activations[:, 0]
         jac = gj.layer_jacobians(net, params, x)
         mean_sq = gj.spectrum_summary(jac.all_layers()).mean_sq

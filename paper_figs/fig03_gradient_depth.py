@@ -19,7 +19,7 @@ TITLE = "Per-layer gradient norms vs depth: measured ||dL/da_l|| against chi_1^(
 CLAIMS = ("C4", "C5")
 METHODS = (
     "For tanh (sigma_b^2 = 0.05), sigmoid and ReLU (sigma_b = 0), networks at sigma_w^2 below, "
-    "at and above the mean-field critical value (gradjax.critical_sigma_w2) are swept over "
+    "at and above the mean-field critical value (gradjax.theory.critical_sigma_w2) are swept over "
     "seeds with gradjax.sweep and the gradient probe (MSE loss, N(0,1) inputs and targets). "
     "||dL/da_l|| normalised by the last layer's is compared with the theory line "
     "sqrt(chi_1^(L-l)) (gradjax.mean_field, gradjax.predicted_gradient_growth); the measured "
@@ -78,7 +78,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
     for act in ACTIVATIONS:
         progress(f"{act}: theory and sweep")
         sb2 = SIGMA_B2[act]
-        crit = gj.critical_sigma_w2(act, sb2)
+        crit = gj.theory.critical_sigma_w2(act, sb2)
         sw2 = np.array(_sigma_w2_values(act, crit))
         mf = gj.mean_field(act, sw2, sb2)
         net = gj.build(gj.NetConfig(depth=depth, width=cfg["width"], activation=act))

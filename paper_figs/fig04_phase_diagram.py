@@ -23,7 +23,7 @@ METHODS = (
     "Networks (width N, depth L) on a log-spaced sigma_w^2 x linear sigma_b^2 grid, several "
     "seeds, swept with gradjax.sweep and gradjax.chi1_probe (Hutchinson estimates of "
     "tr(J_l^T J_l)/N through JVPs, geometric mean over layers l > L/4). Theory: "
-    "gradjax.mean_field_grid on the same grid and gradjax.critical_line (chi_1 = 1 by "
+    "gradjax.theory.mean_field_grid on the same grid and gradjax.critical_line (chi_1 = 1 by "
     "scan + bisection). Agreement is the median |ln chi_1(measured) - ln chi_1(theory)| and "
     "the relative gap between the measured and theoretical critical sigma_w^2 per sigma_b^2."
 )
@@ -69,7 +69,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
     for act in PANELS:
         sw2, sb2 = _grids(act, cfg["grid"])
         progress(f"{act}: theory")
-        theory = np.asarray(gj.mean_field_grid(act, sw2, sb2).chi1, dtype=np.float64)
+        theory = np.asarray(gj.theory.mean_field_grid(act, sw2, sb2).chi1, dtype=np.float64)
         fine_b = np.linspace(sb2[0], sb2[-1], 4 * cfg["grid"])
         line = gj.critical_line(act, fine_b)
         progress(f"{act}: sweep of {sw2.size * sb2.size * cfg['seeds']} networks")
@@ -100,7 +100,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
         numbers[f"{act}_critical_rel_gap_max"] = float(np.nanmax(gap))
         numbers[f"{act}_critical_rel_gap_median"] = float(np.nanmedian(gap))
         numbers[f"{act}_critical_sigma_w2_at_zero_bias"] = float(
-            gj.critical_sigma_w2(act, float(sb2[0]))
+            gj.theory.critical_sigma_w2(act, float(sb2[0]))
         )
         numbers[f"{act}_measured_critical_sigma_w2_at_zero_bias"] = (
             float(emp_crit[0]) if np.isfinite(emp_crit[0]) else "nan"

@@ -18,13 +18,18 @@ TITLE = "Jacobian spectra vs depth at criticality: Gaussian vs orthogonal, linea
 CLAIMS = ("C10", "C13")
 METHODS = (
     "Networks on the critical line (chi_1 = 1), parametrised by the fixed point q* "
-    "(gradjax.critical_point): linear (sigma_w^2 = 1), ReLU at He init (sigma_w^2 = 2), tanh and "
+    "(gradjax.isometry.critical_point): linear (sigma_w^2 = 1), ReLU at He init (sigma_w^2 = 2), "
+    "tanh and "
     "erf at q* = 1/64, each with Gaussian and Haar-orthogonal weights (common base draws per "
-    "seed). The input sits at the fixed point (gradjax.isometry_input). The eigenvalues of "
-    "J J^T of the Jacobian of the first L blocks are computed exactly (gradjax.jacobian_spectra: "
+    "seed). The input sits at the fixed point (gradjax.isometry.isometry_input). The eigenvalues "
+    "of "
+    "J J^T of the Jacobian of the first L blocks are computed exactly "
+    "(gradjax.isometry.jacobian_spectra: "
     "per-block Jacobians, running product, LAPACK SVD) and compared with the free-probability "
-    "mean (1) and variance L (mu_2/mu_1^2 - 1 - s_1) (gradjax.isometry_prediction), and for the "
-    "linear Gaussian net with the Fuss-Catalan density and edge (gradjax.fuss_catalan_density). "
+    "mean (1) and variance L (mu_2/mu_1^2 - 1 - s_1) (gradjax.isometry.isometry_prediction), and "
+    "for the "
+    "linear Gaussian net with the Fuss-Catalan density and edge "
+    "(gradjax.isometry.fuss_catalan_density). "
     "The predictions are infinite-width limits: they hold for depth << width, and deviate "
     "(heavy tails, lower median variance) as depth/width approaches 1/2."
 )
@@ -61,16 +66,18 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
         base = jax.jit(jax.vmap(proto.init_base))(init_keys)
         for act, q in CASES:
             progress(f"{ens} {act}")
-            net, cp = gj.critical_net(act, q_star=q, depth=max_depth, width=width, init=ens)
+            net, cp = gj.isometry.critical_net(
+                act, q_star=q, depth=max_depth, width=width, init=ens
+            )
             sw2, sb2 = float(cp.sigma_w2), float(cp.sigma_b2)
 
             def eig(b, key, net=net, q=q, sw2=sw2, sb2=sb2):
-                x = gj.isometry_input(key, width, q_star=q, sigma_w2=sw2, sigma_b2=sb2)
-                return gj.jacobian_spectra(net, net.scale(b), x, depths=depths).eigenvalues
+                x = gj.isometry.isometry_input(key, width, q_star=q, sigma_w2=sw2, sigma_b2=sb2)
+                return gj.isometry.jacobian_spectra(net, net.scale(b), x, depths=depths).eigenvalues
 
             lam = np.asarray(jax.jit(jax.vmap(eig))(base, input_keys), np.float64)
-            mom = gj.spectrum_moments(lam)
-            pred = gj.isometry_prediction(
+            mom = gj.isometry.spectrum_moments(lam)
+            pred = gj.isometry.isometry_prediction(
                 act, q_star=q, ensemble=ens, depth=np.array(depths), sigma_w2=sw2
             )
             tag = f"{ens}_{act}"
@@ -80,7 +87,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
             numbers[f"{tag}_var_pred"] = np.asarray(pred.variance, np.float64).tolist()
             numbers[f"{tag}_slope_pred"] = float(pred.slope)
             numbers[f"{tag}_max"] = np.median(np.asarray(mom.max), 0).tolist()
-    numbers["fuss_catalan_edge"] = [gj.fuss_catalan_edge(d) for d in depths]
+    numbers["fuss_catalan_edge"] = [gj.isometry.fuss_catalan_edge(d) for d in depths]
     return {"numbers": numbers, "arrays": arrays}
 
 
@@ -114,7 +121,7 @@ def plot(cfg: dict, result: dict):
                 for i, d in enumerate(depths):
                     _log_hist(ax, lam[:, i], cols[i], f"L={d}" if c == 0 else None, floor)
                     if ens == "gaussian" and act == "linear":
-                        x, rho = gj.fuss_catalan_density(d, points=400)
+                        x, rho = gj.isometry.fuss_catalan_density(d, points=400)
                         keep = x > floor
                         ax.plot(
                             np.log10(x[keep]),

@@ -11,10 +11,12 @@ TITLE = (
 )
 CLAIMS = ("C11",)
 METHODS = """Scale invariance: one block's (W_l, b_l) of a 6-block tanh net is multiplied by c
-(gradjax.scale_invariance) and the whole-batch block Jacobian dA_l/dA_{l-1} (BatchNorm couples
+(gradjax.normalization.scale_invariance) and the whole-batch block Jacobian dA_l/dA_{l-1}
+(BatchNorm couples
 the examples) and c * dL/dW_l are compared with the unscaled net, with BatchNorm, LayerNorm and no
 norm. Gradient growth: exact per-layer ||dL/da_l|| of deep BatchNorm / LayerNorm nets at
-initialisation (gradjax.norm_gradient_growth: jax.grad of the whole-batch MSE loss, Gaussian
+initialisation (gradjax.normalization.norm_gradient_growth: jax.grad of the whole-batch MSE loss,
+Gaussian
 inputs and targets, seeds averaged in log space), per-layer factor of ||dL/da_l||^2 fitted over
 the middle three fifths of the layers, against the mean-field rate derived in
 gradjax.normalization (Yang et al. 2019): lambda_BN(B) = E[tr(P D G D P)] / ((B-3) E[v]) over u
@@ -80,7 +82,7 @@ def _invariance(cfg: dict, progress) -> tuple[dict, dict]:
         )
         params = net.init(kp)
         r = jax.vmap(
-            lambda c, net=net, params=params: gj.scale_invariance(
+            lambda c, net=net, params=params: gj.normalization.scale_invariance(
                 net, params, x, y, layer=inv["layer"], c=c
             )
         )(cs)
@@ -108,7 +110,7 @@ def compute(cfg: dict, progress) -> dict:
     # and along a batch-size grid (one compiled Monte Carlo per batch size).
     tb = tuple(sorted(set(cfg["theory_batch_sizes"]) | set(cfg["batch_sizes"])))
     names = cfg["table_activations"]
-    table = gj.rate_table(
+    table = gj.normalization.rate_table(
         batch_sizes=tb,
         activations=None if names is None else tuple(names),
         samples=cfg["theory_samples"],
@@ -128,7 +130,7 @@ def compute(cfg: dict, progress) -> dict:
         for b in cfg["batch_sizes"]:
             progress(f"BatchNorm {a}, batch {b}")
             net = gj.build(gj.NetConfig(depth=depth, width=width, activation=a, norm="batch"))
-            m = gj.norm_gradient_growth(net, key, batch=b, seeds=cfg["seeds"])
+            m = gj.normalization.norm_gradient_growth(net, key, batch=b, seeds=cfg["seeds"])
             arrays[f"bn.{a}.B{b}"] = np.asarray(m.activations)
             rate = float(m.fit.rate)
             theory = numbers[f"bn_rate_theory_{a}_B{b}"]
@@ -141,7 +143,9 @@ def compute(cfg: dict, progress) -> dict:
     for a in cfg["ln_activations"]:
         progress(f"LayerNorm {a}")
         net = gj.build(gj.NetConfig(depth=depth, width=width, activation=a, norm="layer"))
-        m = gj.norm_gradient_growth(net, key, batch=cfg["ln_batch"], seeds=cfg["seeds"])
+        m = gj.normalization.norm_gradient_growth(
+            net, key, batch=cfg["ln_batch"], seeds=cfg["seeds"]
+        )
         arrays[f"ln.{a}"] = np.asarray(m.activations)
         numbers[f"ln_rate_measured_{a}"] = float(m.fit.rate)
         numbers[f"ln_rate_rel_err_{a}"] = float(m.fit.rate) / numbers[f"ln_rate_theory_{a}"] - 1

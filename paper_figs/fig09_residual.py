@@ -12,13 +12,16 @@ TITLE = (
 CLAIMS = ("C12",)
 METHODS = """ReLU stacks at sigma_w = 1 (below He's sqrt 2, so a plain stack vanishes), Gaussian
 inputs and targets, MSE loss. Gradients: exact ||dL/da_l|| over the whole batch (one jax.grad
-pass, gradjax.residual_profile), relative to the top block's ||dL/da_L||, which is the
+pass, gradjax.residual.residual_profile), relative to the top block's ||dL/da_L||, which is the
 identity-path term of the exact decomposition dL/da_l = dL/da_L + sum_{k>l} g dL/da_k dF_k/da
-(gradjax.identity_path). Residual blocks x + g F(x) with g = 1 (plain), g = 1/sqrt(L) (scaled)
-and g = 0 (SkipInit at initialisation) share the weight draws (gradjax.gain_profile: SkipInit's
+(gradjax.residual.identity_path). Residual blocks x + g F(x) with g = 1 (plain), g = 1/sqrt(L)
+(scaled)
+and g = 0 (SkipInit at initialisation) share the weight draws (gradjax.residual.gain_profile:
+SkipInit's
 gain set to g). Forward: per-unit second moment E[a_l^2] without a norm and with BatchNorm or
 LayerNorm inside the branch, against the mean-field recursion q_l = q_{l-1} + 2 g m_{l-1} E[phi]
-+ g^2 E[phi^2] of gradjax.residual_theory (quadrature; the norm pins the branch input to N(0, 1),
++ g^2 E[phi^2] of gradjax.residual.residual_theory (quadrature; the norm pins the branch input to
+N(0, 1),
 so growth is linear in depth instead of geometric). Medians and interquartile ranges over
 seeds."""
 
@@ -57,7 +60,7 @@ def compute(cfg: dict, progress) -> dict:
     numbers, arrays = {}, {}
 
     progress("non-residual stack")
-    m = gj.residual_profile(gj.build(base), key, batch=cfg["batch"], seeds=cfg["seeds"])
+    m = gj.residual.residual_profile(gj.build(base), key, batch=cfg["batch"], seeds=cfg["seeds"])
     g = np.asarray(m.grad)
     arrays["none.none.grad"] = g / g[:, -1:]
     arrays["none.none.m2"] = np.asarray(m.second_moment)
@@ -67,7 +70,7 @@ def compute(cfg: dict, progress) -> dict:
         label = norm or "none"
         progress(f"residual stacks, norm={label}")
         net = gj.build(base.replace(norm=norm, residual="skipinit"))
-        prof = gj.gain_profile(
+        prof = gj.residual.gain_profile(
             net,
             key,
             gains=jnp.asarray([gains[k] for k in KINDS]),
@@ -81,7 +84,7 @@ def compute(cfg: dict, progress) -> dict:
             arrays[f"{label}.{kind}.grad"] = ratio
             arrays[f"{label}.{kind}.m2"] = m2
             rcfg = base.replace(norm=norm, residual=kind)
-            theory = np.asarray(gj.residual_theory(rcfg).second_moment)
+            theory = np.asarray(gj.residual.residual_theory(rcfg).second_moment)
             arrays[f"{label}.{kind}.m2_theory"] = theory
             med = np.median(m2, axis=0)
             numbers[f"{label}_{kind}_min_grad_ratio"] = float(np.min(np.median(ratio, axis=0)))

@@ -20,11 +20,13 @@ METHODS = (
     "lax.scan over layers (gradjax.lyapunov_spectrum, float32, Jacobian-vector products of "
     "each block), for linear nets (Gaussian and orthogonal weights, sigma_w = 1), ReLU at He "
     "init (Gaussian) and critical tanh at q* = 1/64 (Gaussian and orthogonal; "
-    "gradjax.critical_point). The linear Gaussian spectrum is compared with its closed form "
-    "(gradjax.gaussian_product_exponents: lambda_i = (psi((N-i+1)/2) + log(2/N))/2). The running "
+    "gradjax.isometry.critical_point). The linear Gaussian spectrum is compared with its closed "
+    "form "
+    "(gradjax.lyapunov.gaussian_product_exponents: lambda_i = (psi((N-i+1)/2) + log(2/N))/2). The "
+    "running "
     "log-growth of the first and last frame directions (cumulative sums of log|R_ii|) tracks "
     "log sigma_max and log sigma_min of the product at every depth; the explicit float32 "
-    "product with an SVD (gradjax.jacobian_spectra) is shown for comparison."
+    "product with an SVD (gradjax.isometry.jacobian_spectra) is shown for comparison."
 )
 
 # (activation, weight ensemble, q*) with sigma_w, sigma_b on the critical line.
@@ -72,11 +74,11 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
         if ens not in bases:  # one base draw per seed and ensemble (common random numbers)
             proto = gj.build(gj.NetConfig(depth=depth, width=width, init=ens))
             bases[ens] = jax.jit(jax.vmap(proto.init_base))(init_keys)
-        net, cp = gj.critical_net(act, q_star=q, depth=depth, width=width, init=ens)
+        net, cp = gj.isometry.critical_net(act, q_star=q, depth=depth, width=width, init=ens)
         sw2, sb2 = float(cp.sigma_w2), float(cp.sigma_b2)
 
         def one(b, key, net=net, q=q, sw2=sw2, sb2=sb2):
-            x = gj.isometry_input(key, width, q_star=q, sigma_w2=sw2, sigma_b2=sb2)
+            x = gj.isometry.isometry_input(key, width, q_star=q, sigma_w2=sw2, sigma_b2=sb2)
             spec = gj.lyapunov_spectrum(net, net.scale(b), x)
             running = jax.numpy.cumsum(spec.layer_log_r[:, jax.numpy.array([0, -1])], axis=0)
             return spec.exponents, running
@@ -89,12 +91,12 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
         numbers[f"{tag}_lambda_min"] = _num(np.median(exps[:, -1]))
         numbers[f"{tag}_all_finite"] = bool(np.all(np.isfinite(np.asarray(exps[:, : width // 2]))))
 
-    theory = np.asarray(gj.gaussian_product_exponents(width).mean, np.float64)
+    theory = np.asarray(gj.lyapunov.gaussian_product_exponents(width).mean, np.float64)
     arrays["theory_linear_gaussian"] = theory
     err = np.abs(arrays["exponents_linear_gaussian"].mean(0) - theory)
     numbers["linear_gaussian_max_abs_err_vs_closed_form"] = float(err.max())
     # The QR estimate is unbiased here; its standard error is sqrt(psi'((N-i+1)/2)/(4 L S)).
-    var = np.asarray(gj.gaussian_product_exponents(width).var_per_layer, np.float64)
+    var = np.asarray(gj.lyapunov.gaussian_product_exponents(width).var_per_layer, np.float64)
     numbers["linear_gaussian_max_abs_z"] = float(np.max(err / np.sqrt(var / (depth * seeds))))
     numbers["linear_orthogonal_max_abs_err"] = float(
         np.max(np.abs(arrays["exponents_linear_orthogonal"]))
@@ -106,7 +108,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
 
     def naive(b, key):
         x = jax.random.normal(key, (width,))
-        return gj.jacobian_spectra(net, net.scale(b), x, depths=naive_depths).eigenvalues
+        return gj.isometry.jacobian_spectra(net, net.scale(b), x, depths=naive_depths).eigenvalues
 
     lam = np.asarray(jax.jit(jax.vmap(naive))(bases["gaussian"], input_keys), np.float64)
     with np.errstate(divide="ignore"):

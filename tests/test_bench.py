@@ -11,6 +11,7 @@ import textwrap
 
 import jax
 import pytest
+import threadpoolctl
 
 from gradjax.cli import main
 from gradjax.commands import bench
@@ -75,8 +76,9 @@ def test_discovers_the_real_suite():
     assert "harness" not in found
 
 
-def test_runner_writes_valid_json_per_benchmark(suite, tmp_path, capsys):
+def test_runner_writes_valid_json_per_benchmark(suite, tmp_path, capsys, monkeypatch):
     package, _ = suite
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
     out = tmp_path / "results"
     code = main(["bench", "--package", package, "--out", str(out), "--quick"])
     assert code == 0
@@ -90,6 +92,12 @@ def test_runner_writes_valid_json_per_benchmark(suite, tmp_path, capsys):
         assert machine["jax_version"] == jax.__version__
         assert machine["devices"] == len(jax.devices())
         assert machine["backend"] == jax.default_backend()
+        # The thread settings the run found, as OpenBLAS/threadpoolctl report them.
+        found = machine["threads"]
+        assert found["env"]["OMP_NUM_THREADS"] == "7"
+        assert sorted(b["num_threads"] for b in found["blas"]) == sorted(
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        )
         for timing in record["timings_s"].values():
             assert timing["repeats"] == 5
             assert 0 < timing["min"] <= timing["median"] <= timing["max"]

@@ -171,15 +171,17 @@ def test_bad_input_raises(getkey):
 
 def test_critical_net_sits_on_the_critical_line(getkey):
     # Linear: phi' = 1 gives sigma_w^2 = 1 and no bias for any q*.
-    net, point = gj.critical_net("linear", q_star=0.5, depth=3, width=8)
+    net, point = gj.isometry.critical_net("linear", q_star=0.5, depth=3, width=8)
     assert net.cfg.sigma_w == pytest.approx(1.0) and net.cfg.sigma_b == pytest.approx(0.0)
     # tanh: a wide net started at q* stays at q* (the fixed point), layer after layer.
-    net, point = gj.critical_net("tanh", q_star=0.25, depth=6, width=1024, init="orthogonal")
+    net, point = gj.isometry.critical_net(
+        "tanh", q_star=0.25, depth=6, width=1024, init="orthogonal"
+    )
     assert net.cfg.sigma_w**2 == pytest.approx(float(point.sigma_w2), rel=1e-6)
     keys = jax.random.split(getkey(), 4)
     sw2, sb2 = float(point.sigma_w2), float(point.sigma_b2)
-    x = jax.vmap(lambda k: gj.isometry_input(k, 1024, q_star=0.25, sigma_w2=sw2, sigma_b2=sb2))(
-        keys
-    )
+    x = jax.vmap(
+        lambda k: gj.isometry.isometry_input(k, 1024, q_star=0.25, sigma_w2=sw2, sigma_b2=sb2)
+    )(keys)
     q = gj.forward_statistics(net, net.init(getkey()), x).q
     np.testing.assert_allclose(np.mean(np.asarray(q), axis=1), 0.25, rtol=0.1)

@@ -26,7 +26,7 @@ def test_orthogonal_linear_net_exponents_are_log_gain_at_depth_1000(getkey):
     spec = jax.jit(lambda p, v: lyapunov_spectrum(net, p, v, k=6))(params, x)
     assert spec.exponents.shape == (6,) and spec.layer_log_r.shape == (1000, 6)
     np.testing.assert_allclose(spec.exponents, np.log(gain), atol=2e-5)
-    naive = gj.chain_product(gj.layer_jacobians(net, params, x))
+    naive = gj.jacobians.chain_product(gj.layer_jacobians(net, params, x))
     assert not np.all(np.isfinite(naive))  # what the QR method avoids
 
 

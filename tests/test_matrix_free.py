@@ -25,7 +25,7 @@ def test_hutchinson_error_shrinks_as_one_over_sqrt_probes(getkey):
     def rms(k):
         est = jax.jit(
             jax.vmap(
-                lambda kk: gj.hutchinson_mean_sq(
+                lambda kk: gj.matrix_free.hutchinson_mean_sq(
                     lambda v: a @ v, kk, in_shape=(96,), out_size=96, probes=k
                 )
             )
@@ -45,7 +45,7 @@ def test_lanczos_sigma_max_matches_svd(getkey):
     a = _matrix(getkey(), 200, 160)
     exact = float(np.linalg.svd(np.asarray(a), compute_uv=False)[0])
     top = jax.jit(
-        lambda k: gj.lanczos_sigma_max(
+        lambda k: gj.matrix_free.lanczos_sigma_max(
             lambda v: a @ v, lambda u: a.T @ u, k, in_shape=(160,), steps=40
         )
     )(getkey())
@@ -53,7 +53,7 @@ def test_lanczos_sigma_max_matches_svd(getkey):
     # A Ritz value never exceeds the top eigenvalue of A^T A (up to float32 round-off).
     assert float(top.value) <= exact * (1 + 1e-5)
     # With as many steps as dimensions the Krylov space is everything: exact to round-off.
-    full = gj.lanczos_sigma_max(
+    full = gj.matrix_free.lanczos_sigma_max(
         lambda v: a @ v, lambda u: a.T @ u, getkey(), in_shape=(160,), steps=400
     )
     assert full.steps == 160
@@ -82,7 +82,7 @@ def test_batchnorm_batch_map_estimates(getkey):
     est = jax.jit(
         lambda p, x, k: gj.layer_spectrum_estimates(net, p, x, key=k, probes=64, lanczos_steps=48)
     )(params, x, getkey())
-    exact = gj.spectrum_summary(gj.batch_layer_jacobians(net, params, x).all_layers())
+    exact = gj.spectrum_summary(gj.jacobians.batch_layer_jacobians(net, params, x).all_layers())
     ms, se = np.asarray(est.mean_sq), np.asarray(est.mean_sq_stderr)
     assert np.all(np.abs(ms - np.asarray(exact.mean_sq)) < 4.5 * se)
     np.testing.assert_allclose(np.asarray(est.sigma_max), np.asarray(exact.sigma_max), rtol=1e-3)

@@ -96,11 +96,13 @@ BAD = {
         jnp.ones((4, 3)), jnp.ones((5,), jnp.int32)
     ),
     # initializers
-    "init_weight_kind": lambda: gj.init_weight(jax.random.key(0), (3, 3), kind="foo"),
-    "init_weight_shape": lambda: gj.init_weight(jax.random.key(0), (3, -3)),
-    "init_weight_sigma": lambda: gj.init_weight(jax.random.key(0), (3, 3), sigma_w=-1.0),
-    "haar_rows_0": lambda: gj.haar_orthogonal(jax.random.key(0), 0, 3),
-    "haar_rows_float": lambda: gj.haar_orthogonal(jax.random.key(0), 3.0, 3),
+    "init_weight_kind": lambda: gj.initializers.init_weight(jax.random.key(0), (3, 3), kind="foo"),
+    "init_weight_shape": lambda: gj.initializers.init_weight(jax.random.key(0), (3, -3)),
+    "init_weight_sigma": lambda: gj.initializers.init_weight(
+        jax.random.key(0), (3, 3), sigma_w=-1.0
+    ),
+    "haar_rows_0": lambda: gj.initializers.haar_orthogonal(jax.random.key(0), 0, 3),
+    "haar_rows_float": lambda: gj.initializers.haar_orthogonal(jax.random.key(0), 3.0, 3),
     # activations / theory
     "get_activation_unknown": lambda: gj.get_activation("sigmod"),
     "get_activation_int": lambda: gj.get_activation(3),
@@ -108,20 +110,22 @@ BAD = {
     "mean_field_nan_sigma_b2": lambda: theory.mean_field("tanh", 1.0, float("nan")),
     "mean_field_activation": lambda: theory.mean_field("sigmod", 1.0, 0.05),
     "critical_sigma_w2_neg_b2": lambda: theory.critical_sigma_w2("tanh", -0.1),
-    "fuss_catalan_moment_depth_0": lambda: gj.fuss_catalan_moment(0, 2),
-    "fuss_catalan_density_points": lambda: gj.fuss_catalan_density(2, points=0),
-    "gaussian_product_exponents_n": lambda: gj.gaussian_product_exponents(0),
-    "gaussian_product_exponents_k": lambda: gj.gaussian_product_exponents(4, k=9),
-    "parse_range_bad": lambda: gj.parse_range("--x", "1:2"),
-    "parse_range_nan": lambda: gj.parse_range("--x", "nan,1"),
+    "fuss_catalan_moment_depth_0": lambda: gj.isometry.fuss_catalan_moment(0, 2),
+    "fuss_catalan_density_points": lambda: gj.isometry.fuss_catalan_density(2, points=0),
+    "gaussian_product_exponents_n": lambda: gj.lyapunov.gaussian_product_exponents(0),
+    "gaussian_product_exponents_k": lambda: gj.lyapunov.gaussian_product_exponents(4, k=9),
+    "parse_range_bad": lambda: gj.config.parse_range("--x", "1:2"),
+    "parse_range_nan": lambda: gj.config.parse_range("--x", "nan,1"),
     # spectra / jacobians
     "singular_values_1d": lambda: gj.singular_values(jnp.ones(3)),
     "spectrum_summary_1d": lambda: gj.spectrum_summary(jnp.ones(3)),
-    "jacobian_spectra_depth_0": lambda: gj.jacobian_spectra(NET, PARAMS, X, depths=(0,)),
-    "jacobian_spectra_depth_big": lambda: gj.jacobian_spectra(NET, PARAMS, X, depths=(99,)),
+    "jacobian_spectra_depth_0": lambda: gj.isometry.jacobian_spectra(NET, PARAMS, X, depths=(0,)),
+    "jacobian_spectra_depth_big": lambda: gj.isometry.jacobian_spectra(
+        NET, PARAMS, X, depths=(99,)
+    ),
     "io_jacobian_to": lambda: gj.io_jacobian(NET, PARAMS, X, to="nowhere"),
     "lyapunov_k_0": lambda: gj.lyapunov_spectrum(NET, PARAMS, X[0], k=0),
-    "matrix_lyapunov_1d": lambda: gj.matrix_lyapunov_spectrum(jnp.ones(3)),
+    "matrix_lyapunov_1d": lambda: gj.lyapunov.matrix_lyapunov_spectrum(jnp.ones(3)),
     "empirical_chi1_probes_0": lambda: gj.empirical_chi1(
         NET, PARAMS, X, key=jax.random.key(0), probes=0
     ),
@@ -131,16 +135,22 @@ BAD = {
     ),
     "mitigation_chain_lr_neg": lambda: gj.mitigation_chain(learning_rate=-0.1, total_steps=10),
     "mitigation_chain_steps_0": lambda: gj.mitigation_chain(learning_rate=0.1, total_steps=0),
-    "clip_by_global_norm_neg": lambda: gj.clip_by_global_norm(-1.0),
-    "add_l1_penalty_neg": lambda: gj.add_l1_penalty(-1.0),
+    "clip_by_global_norm_neg": lambda: gj.optim.clip_by_global_norm(-1.0),
+    "add_l1_penalty_neg": lambda: gj.optim.add_l1_penalty(-1.0),
     "get_dataset_unknown": lambda: gj.data.get_dataset("mnist"),
-    "residual_profile_batch_0": lambda: gj.residual_profile(NET, jax.random.key(0), batch=0),
-    "critical_point_q_neg": lambda: gj.critical_point("tanh", q_star=-1.0),
-    "derivative_moments_points_0": lambda: gj.derivative_moments("tanh", q_star=1.0, points=0),
-    "isometry_prediction_ensemble": lambda: gj.isometry_prediction(
+    "residual_profile_batch_0": lambda: gj.residual.residual_profile(
+        NET, jax.random.key(0), batch=0
+    ),
+    "critical_point_q_neg": lambda: gj.isometry.critical_point("tanh", q_star=-1.0),
+    "derivative_moments_points_0": lambda: gj.isometry.derivative_moments(
+        "tanh", q_star=1.0, points=0
+    ),
+    "isometry_prediction_ensemble": lambda: gj.isometry.isometry_prediction(
         "tanh", q_star=1.0, ensemble="unitary", depth=2
     ),
-    "scale_invariance_layer": lambda: gj.scale_invariance(NET, PARAMS, X, Y, layer=99, c=2.0),
+    "scale_invariance_layer": lambda: gj.normalization.scale_invariance(
+        NET, PARAMS, X, Y, layer=99, c=2.0
+    ),
     "diagnose_net_targets": lambda: gj.diagnose_net(NET, PARAMS, X, jnp.ones((3, 1))),
 }
 

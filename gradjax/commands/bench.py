@@ -59,8 +59,11 @@ def discover(package: str = SUITE) -> dict[str, str]:
       ``{name: "package.bench_name"}``, sorted by name.
 
     Raises:
-      GradjaxInputError: if ``package`` cannot be imported or is not a package.
+      GradjaxInputError: if ``package`` is not a dotted name, cannot be imported, is not a
+        package or holds no benchmark.
     """
+    if not package or not all(part.isidentifier() for part in package.split(".")):
+        raise invalid("--package", package, "a dotted package name such as gradjax.benchmarks")
     try:
         pkg = importlib.import_module(package)
     except ImportError:
@@ -74,6 +77,8 @@ def discover(package: str = SUITE) -> dict[str, str]:
         for info in pkgutil.iter_modules(pkg.__path__)
         if info.name.startswith(PREFIX) and not info.ispkg
     }
+    if not found:  # running nothing and exiting 0 would look like a passing suite
+        raise invalid("--package", package, "a package holding bench_<name>.py modules")
     return dict(sorted(found.items()))
 
 

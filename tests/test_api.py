@@ -1,0 +1,137 @@
+"""The public API: a short literal ``__all__`` that resolves, and every dotted path resolves.
+
+Dotted paths (``gj.x.y`` / ``gradjax.x.y``) are collected with a regular expression from the
+whole repository's Python and Markdown files (docstrings, error messages, code, README), and
+each is resolved by attribute access from the installed package, importing submodules that
+``gradjax/__init__.py`` does not import itself (``gradjax.cli``, ``gradjax.benchmarks``).
+"""
+
+import ast
+import importlib
+import inspect
+import re
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import gradjax as gj
+
+ROOT = Path(__file__).resolve().parent.parent
+PATH = re.compile(r"(?<![\w./-])(gj|gradjax)((?:\.[A-Za-z_]\w*)+)")
+SKIP_DIRS = {".venv", "build", "dist", ".git", "figures", "bench-results", "results"}
+
+
+def _literal_all() -> list[str]:
+    tree = ast.parse((ROOT / "gradjax" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)  # a literal, or this raises
+    raise AssertionError("gradjax/__init__.py assigns no __all__")
+
+
+def test_all_is_a_short_literal_list_that_resolves():
+    names = _literal_all()
+    assert names == gj.__all__
+    assert len(names) <= 60, len(names)
+    assert len(set(names)) == len(names)
+    for name in names:
+        obj = getattr(gj, name)
+        if name != "__version__":
+            assert inspect.getdoc(obj), f"gj.{name} has no docstring"
+
+
+def test_the_top_level_holds_only_all_and_namespaces():
+    for name in dir(gj):
+        if name.startswith("_"):
+            continue
+        obj = getattr(gj, name)
+        assert name in gj.__all__ or isinstance(obj, ModuleType), name
+    for internal in ("version", "PackageNotFoundError", "accepts_lazy_scales", "scheme_factor"):
+        assert not hasattr(gj, internal), internal
+
+
+def test_every_module_is_a_namespace_or_reached_through_its_entry_point():
+    # One rule: gj.<module> is the module, unless the module is named after its entry point.
+    entry_points = {"sweep", "train", "diagnose", "monitor"}
+    skip = {"cli", "commands", "benchmarks", "paper_figs", "lapack", "distributed"}
+    skip |= {"numerics", "fitting", "tree_paths", "results"}
+    for path in sorted((ROOT / "gradjax").glob("*.py")):
+        name = path.stem
+        if name.startswith("_") or name in skip:
+            continue
+        obj = getattr(gj, name, None)
+        if name in entry_points:
+            assert callable(obj) and obj.__module__ == f"gradjax.{name}", name
+        else:
+            assert isinstance(obj, ModuleType) and obj.__name__ == f"gradjax.{name}", name
+
+
+def _resolve(dotted: str) -> None:
+    obj: object = gj
+    done = "gradjax"
+    for part in dotted.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            if not isinstance(obj, ModuleType):
+                raise
+            obj = importlib.import_module(f"{done}.{part}")  # a submodule not imported yet
+        done = f"{done}.{part}"
+
+
+def _files() -> list[Path]:
+    files = []
+    for path in ROOT.rglob("*"):
+        if path.suffix in (".py", ".md") and not SKIP_DIRS & set(path.relative_to(ROOT).parts):
+            files.append(path)
+    files.remove(Path(__file__).resolve())  # its own examples of broken paths
+    return sorted(files)
+
+
+def _mentions() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in _files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for match in PATH.finditer(line):
+                dotted = match.group(2).strip(".")
+                if re.search(r"\.(py|md|json|png|pdf|npz|toml)$", match.group(0)):
+                    continue  # a file name, not an attribute path
+                found.setdefault(dotted, []).append(f"{path.relative_to(ROOT)}:{number}")
+    return found
+
+
+def test_every_dotted_path_in_the_repository_resolves():
+    mentions = _mentions()
+    assert len(mentions) > 50  # the scan sees the package's docs and the tests' calls
+    broken = {}
+    for dotted, where in sorted(mentions.items()):
+        try:
+            _resolve(dotted)
+        except (AttributeError, ImportError) as err:
+            broken[f"gradjax.{dotted}"] = (where[:3], type(err).__name__)
+    assert not broken, broken
+
+
+@pytest.mark.parametrize("dotted", ["sweep.SweepResult", "nope", "theory.nope"])
+def test_the_resolver_fails_on_paths_that_do_not_exist(dotted):
+    # gj.sweep is the function, so gj.sweep.SweepResult is not a path; the check must say so.
+    with pytest.raises((AttributeError, ImportError)):
+        _resolve(dotted)
+
+
+def test_pyproject_packages_name_every_package_folder():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(config["packages"])
+    folders = {"gradjax": "gradjax", "benchmarks": "gradjax.benchmarks"}
+    folders["paper_figs"] = "gradjax.paper_figs"
+    found = set()
+    for top, package in folders.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((package, *rel)))
+    assert declared == found
+    assert config["package-dir"] == {v: k for k, v in folders.items()}
