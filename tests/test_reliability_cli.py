@@ -1,0 +1,59 @@
+"""Every verb refuses bad input the same way: exit 2, one line naming the flag, nothing written."""
+
+import os
+
+import pytest
+
+from gradjax.cli import main
+
+OUT = "out"  # relative: the test runs in an empty directory and checks it stays empty
+
+CASES = {
+    "diagnose-seed-overflow": (["diagnose", "--seed", "99999999999999999999"], "--seed="),
+    "diagnose-seed-negative": (["diagnose", "--seed=-1"], "--seed='-1'"),
+    "diagnose-activation": (["diagnose", "--activation", "sigmod"], "--activation='sigmod'"),
+    "diagnose-sigma-w-nan": (["diagnose", "--sigma-w", "nan"], "--sigma-w='nan'"),
+    "diagnose-example-with-mlp-flag": (
+        ["diagnose", "--example", "cnn_digits", "--depth", "3"],
+        "--depth=3",
+    ),
+    "sweep-devices": (["sweep", "--devices", "5"], "--devices=5"),
+    "sweep-sigma-w-negative": (["sweep", "--sigma-w=-1,1"], "--sigma-w='-1,1'"),
+    "sweep-sigma-w-huge-grid": (["sweep", "--sigma-w", "0:1:100000000"], "--sigma-w="),
+    "sweep-seeds-float": (["sweep", "--seeds", "2.0"], "--seeds='2.0'"),
+    "sweep-depth-overflow": (["sweep", "--depth", str(2**64)], "--depth="),
+    "sweep-budget-zero": (["sweep", "--memory-budget-mb", "0"], "--memory-budget-mb='0'"),
+    "bench-package-empty": (["bench", "--package", ""], "--package=''"),
+    "bench-package-dots": (["bench", "--package", ".."], "--package='..'"),
+    "bench-package-without-benchmarks": (["bench", "--package", "json"], "--package='json'"),
+    "theory-sigma-b2-negative": (["theory", "--sigma-b2=-1"], "--sigma-b2='-1'"),
+}
+
+
+@pytest.fixture
+def empty_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _refused(capsys, argv, flag):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err, err
+    assert flag in err and " is invalid: expected " in err, err
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_flag_is_refused_before_anything_is_written(empty_cwd, capsys, name):
+    argv, flag = CASES[name]
+    if argv[0] != "theory":
+        argv = [*argv, "--out", OUT]
+    _refused(capsys, argv, flag)
+    assert os.listdir(empty_cwd) == []  # no output directory, not even an empty one
+
+
+@pytest.mark.parametrize("verb", ["sweep", "train", "diagnose", "figures", "bench"])
+def test_empty_out_is_refused_and_the_current_directory_untouched(empty_cwd, capsys, verb):
+    _refused(capsys, [verb, "--out", ""], "--out=''")
+    assert os.listdir(empty_cwd) == []
