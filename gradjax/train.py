@@ -3,19 +3,21 @@
 One run is a pure ``lax.scan`` of :func:`train_step` over steps; :func:`train` vmaps it over
 seeds and over a zipped list of hyper-parameter values (the learning rate, clipping norm,
 warm-up length, penalties, or the initial weight scale ``sigma_w``), so a whole experiment is
-one compiled call. Every step records the loss, per-layer gradient norms (from
-:func:`gradjax.optim.record_gradient_norms`), per-layer weight norms, the update norm and the
-learning rate.
+one compiled call. Every step records the loss, per-layer gradient norms, per-layer weight
+norms (both overflow-safe, :mod:`gradjax.numerics`), the update norm and the learning rate.
 
-A run that produces a non-finite loss, gradient, update or weight is *diverged* from that step
-on: its parameters are frozen at the last finite values, :attr:`TrainHistory.first_nonfinite`
-records the step, :attr:`TrainHistory.alive` is False from there, and the recorded values of
-later steps are NaN (missing), so NaN-aware statistics over seeds (:func:`seed_quantiles`)
-summarise the runs that are still alive without the diverged ones polluting them.
+A run that produces a non-finite block output, loss, gradient, update or weight is *diverged*
+from that step on: its parameters are frozen at the last finite values,
+:attr:`TrainHistory.first_nonfinite` records the step, :attr:`TrainHistory.alive` is False
+from there, and the recorded values of that step and later ones are NaN (missing), never the
+exact zeros that an overflow leaves in the gradients upstream of it, so NaN-aware statistics
+over seeds (:func:`seed_quantiles`) summarise the runs that are still alive without the
+diverged ones polluting them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -23,30 +25,30 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradjax import devices as devices_lib
+from gradjax import io, layout
 from gradjax.config import TrainConfig
 from gradjax.data import Dataset
-from gradjax.distributed import select_devices
-from gradjax.errors import GradjaxInputError, invalid
+from gradjax.errors import GradjaxInputError, check_key, check_real, invalid
 from gradjax.gradients import get_loss
 from gradjax.models import Net, Params
-from gradjax.numerics import safe_norm
+from gradjax.numerics import safe_group_norms, safe_norm
 from gradjax.optim import (
     HYPERPARAMS,
     chain_from_config,
     get_hyperparams,
-    group_norms,
-    recorded_norms,
     set_hyperparams,
     warmup_cosine,
 )
 from gradjax.results import pytree_dataclass, static_field
+from gradjax.tree_paths import layer_slices, natural_key, path_name
 
 # Hyper-parameters that set the initial parameters rather than the optimiser.
 INIT_HYPERPARAMS = ("sigma_w", "sigma_b")
@@ -138,49 +140,210 @@ class TrainResult:
       history: a :class:`TrainHistory` whose arrays lead with ``(n_hyper, seeds)``.
       hyper: the hyper-parameter values of each entry of the ``hyper`` axis (name ->
         ``(n_hyper,)``); empty when none were varied (``n_hyper = 1``).
+      layers: the name of each entry of the per-layer records (``grad_norms``' last axis).
       axes: ``("hyper", "seed")``.
       meta: JSON-safe description (configs, data set, seeds, key).
     """
 
     history: TrainHistory
     hyper: dict[str, jax.Array]
+    layers: tuple[str, ...] = static_field(default=())
     axes: tuple[str, ...] = static_field(default=("hyper", "seed"))
     meta: str = static_field(default="{}")
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Writes ``history.npz`` (flat arrays, no pickle) and ``meta.json``; returns the dir."""
+        """Writes ``history.npz`` (flat arrays, no pickle) and ``meta.json``; returns the dir.
+
+        Both files are written atomically (:func:`gradjax.io.atomic_write`): a reader or an
+        interrupted run never sees a half-written file.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         flat = {
-            "/".join(str(getattr(k, "name", getattr(k, "key", k))) for k in path): np.asarray(v)
+            path_name(path): np.asarray(v)
             for path, v in jax.tree_util.tree_flatten_with_path(self.history)[0]
         }
         flat.update({f"hyper/{k}": np.asarray(v) for k, v in self.hyper.items()})
-        np.savez(out / "history.npz", **flat)
+        io.atomic_savez(out / "history.npz", flat)
         meta = json.loads(self.meta)
         meta["axes"] = list(self.axes)
-        (out / "meta.json").write_text(json.dumps(meta, indent=2))
+        io.atomic_write_json(out / "meta.json", meta)
         return out
+
+
+# ---------------------------------------------------------------------- models
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Model:
+    """What training needs of a model: pure functions over one parameter pytree.
+
+    Attributes:
+      kind: ``"gradjax"``, ``"linen"``, ``"nnx"`` or ``"function"``.
+      init: ``init(key, hyper) -> params`` (``hyper`` may hold ``sigma_w``/``sigma_b`` for a
+        gradjax net).
+      forward: ``forward(params, x) -> (output, finite)``; ``finite`` is False where a value
+        inside the model is not finite (gradjax nets: every pre-activation and block output;
+        other models: the output).
+      norms: ``norms(tree) -> (layers,)``, the per-layer weight norms of a parameter or
+        gradient pytree.
+      layers: the layer names, in the order of ``norms``.
+      dtype: the output dtype.
+      describe: a JSON-ready description for the run's metadata.
+    """
+
+    kind: str
+    init: Callable[[jax.Array, Mapping[str, jax.Array]], Any]
+    forward: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+    norms: Callable[[Any], jax.Array]
+    layers: tuple[str, ...]
+    dtype: Any
+    describe: dict = dataclasses.field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=64)
+def _net_model(net: Net) -> _Model:
+    """The fast path for gradjax's own networks (one per net, so compiled programs are reused)."""
+
+    def init(key, hyper):
+        base = net.init_base(key)
+        return net.scale(base, sigma_w=hyper.get("sigma_w"), sigma_b=hyper.get("sigma_b"))
+
+    def forward(params, x):
+        # An overflow inside the network can leave the loss finite (ReLU maps -inf to 0, tanh
+        # maps inf to 1) while every gradient upstream of it is an exact, meaningless 0; a
+        # non-finite pre-activation or block output is a non-finite step.
+        trace = net.forward(params, x)
+        finite = jnp.all(jnp.isfinite(trace.preact)) & jnp.all(jnp.isfinite(trace.act))
+        return trace.output, finite
+
+    describe = {
+        k: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
+        for k, v in vars(net.cfg).items()
+    }
+    return _Model(
+        kind="gradjax",
+        init=init,
+        forward=forward,
+        norms=layout.layer_norms,
+        layers=tuple(f"block {i + 1}" for i in range(net.cfg.depth)),
+        dtype=net.dtype,
+        describe=describe,
+    )
+
+
+# User models by identity and example input shape: the same model object gets the same
+# _Model, so a repeated call reuses its compiled programs (the entry keeps the object alive).
+_USER_MODELS: dict[tuple, tuple[Any, _Model]] = {}
+
+MODEL_KINDS = (
+    "a gradjax Net, a Flax Linen module, an nnx.Module, a factory rngs -> nnx.Module, or a "
+    "pure (init_fn(key) -> params, apply_fn(params, x) -> y) pair"
+)
+
+
+def _user_model(model: Any, example: jax.Array) -> _Model:
+    """A user's Linen / NNX model or pure function pair as a :class:`_Model` (cached)."""
+    cache_key = (id(model), tuple(example.shape), str(example.dtype))
+    hit = _USER_MODELS.get(cache_key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    import flax.linen as nn
+    from flax import nnx
+
+    name = type(model).__name__
+    if isinstance(model, nn.Module):
+        kind, describe = "linen", {"class": name}
+        shapes = jax.eval_shape(model.init, jax.random.key(0), example)
+        others = sorted(c for c in shapes if c != "params")
+        if others:
+            raise invalid(
+                "model",
+                name,
+                "a Linen module whose variables are only 'params' (it also has "
+                f"{', '.join(others)}; wrap its apply with mutable collections into a pure "
+                "(init_fn, apply_fn) pair)",
+            )
+        init_fn = lambda key: model.init(key, example)["params"]
+        apply_fn = lambda params, x: model.apply({"params": params}, x)
+    elif isinstance(model, nnx.Module) or (callable(model) and not isinstance(model, tuple)):
+        if isinstance(model, nnx.Module):
+            # A module instance has one draw: every seed starts from its parameters.
+            kind, describe = "nnx", {"class": name, "initial_params": "the module's own"}
+            graphdef, start, rest = nnx.split(model, nnx.Param, ...)
+            init_fn = lambda key: start
+        else:
+            kind = "nnx"
+            abstract = nnx.eval_shape(lambda: model(rngs=nnx.Rngs(0)))
+            if not isinstance(abstract, nnx.Module):
+                raise invalid("model", name, MODEL_KINDS)
+            factory = getattr(model, "__name__", name)
+            describe = {"class": type(abstract).__name__, "factory": factory}
+            graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
+            init_fn = lambda key: nnx.split(model(rngs=nnx.Rngs(key)), nnx.Param, ...)[1]
+        if jax.tree.leaves(rest):
+            raise invalid(
+                "model",
+                name,
+                "an nnx.Module whose state is only nnx.Param (BatchNorm statistics and Dropout "
+                "RNG streams are not trained by gradjax.train; wrap the model into a pure "
+                "(init_fn, apply_fn) pair)",
+            )
+        apply_fn = lambda params, x: nnx.merge(graphdef, params)(x)
+    elif isinstance(model, (tuple, list)) and len(model) == 2 and all(callable(f) for f in model):
+        kind, describe = "function", {"init": getattr(model[0], "__name__", "init_fn")}
+        init_fn, apply_fn = model
+    else:
+        raise invalid("model", name, MODEL_KINDS)
+
+    try:
+        params = jax.eval_shape(init_fn, jax.random.key(0))
+        out = jax.eval_shape(apply_fn, params, example)
+    except GradjaxInputError:
+        raise
+    except Exception as err:  # the user's code failed on the data's input shape
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise invalid(
+            "model",
+            name,
+            f"{MODEL_KINDS} that maps inputs of shape {tuple(example.shape)} to outputs "
+            f"({type(err).__name__}: {first})",
+        ) from None
+    slices = [s for s in layer_slices(params) if s.ndim >= 2]
+    groups = sorted({s.group for s in slices}, key=natural_key)
+    if not groups:
+        raise invalid("model", name, f"{MODEL_KINDS} with at least one weight matrix")
+    members = {g: [(s.index, s.layer) for s in slices if s.group == g] for g in groups}
+
+    def norms(tree):
+        leaves = jax.tree.leaves(tree)
+        pick = lambda i, layer: leaves[i] if layer is None else leaves[i][layer]
+        rows = [[pick(i, layer)[None] for i, layer in members[g]] for g in groups]
+        return jnp.stack([n[0] for n in safe_group_norms(rows)])
+
+    def forward(params, x):
+        output = apply_fn(params, x)
+        return output, jnp.all(jnp.isfinite(output))
+
+    adapter = _Model(
+        kind=kind,
+        init=lambda key, hyper: init_fn(key),
+        forward=forward,
+        norms=norms,
+        layers=tuple(groups),
+        dtype=out.dtype,
+        describe={"kind": kind, **describe, "output_shape": list(out.shape)},
+    )
+    _USER_MODELS[cache_key] = (model, adapter)
+    return adapter
 
 
 # ---------------------------------------------------------------------- one step
 
 
-def _layer_weight_norms(params: Params) -> jax.Array:
-    hidden = params["hidden"]["W"]
-    return jnp.concatenate(
-        [
-            safe_norm(params["input"]["W"])[None],
-            safe_norm(hidden.reshape(hidden.shape[0], -1), axis=1),
-        ]
-    )
-
-
-def _layer_grad_norms(norms: Mapping[str, jax.Array], depth: int) -> jax.Array:
-    """Per-block ``||W_l||`` from :func:`~gradjax.optim.group_norms` of a gradjax pytree."""
-    # The names group_norms gives gradjax's parameter layout.
-    names = ["input/W", *(f"hidden/{i}/W" for i in range(depth - 1))]
-    return jnp.stack([norms[n] for n in names])
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every entry of every leaf of ``tree`` is finite (one boolean)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def train_step(
@@ -194,12 +357,14 @@ def train_step(
     """One optimisation step of a gradjax net with a :func:`~gradjax.optim.mitigation_chain`.
 
     Pure: jit it with ``net``, ``tx`` and ``loss`` closed over (they are static). A step that
-    makes anything non-finite leaves the parameters and optimiser state unchanged and marks
-    the run diverged; a diverged run stays frozen.
+    makes anything non-finite (a pre-activation or block output included) leaves the
+    parameters and optimiser state unchanged and marks the run diverged; a diverged run stays
+    frozen.
 
     Args:
       net: the network.
-      tx: a mitigation chain built with ``record_norms=True``.
+      tx: a :func:`~gradjax.optim.mitigation_chain` (its hyper-parameters are read back for
+        the recorded learning rate).
       loss: ``"xent"``, ``"mse"`` or ``loss(output, target) -> scalar``.
       state: the run's :class:`TrainState`.
       x: the minibatch inputs, ``(batch, in_dim)``.
@@ -208,26 +373,39 @@ def train_step(
     Returns:
       ``(new_state, record)``.
     """
+    return _step(_net_model(net), tx, loss, state, x, y)
+
+
+def _step(
+    model: _Model,
+    tx: optax.GradientTransformation,
+    loss: str | Callable[[jax.Array, jax.Array], jax.Array],
+    state: TrainState,
+    x: jax.Array,
+    y: jax.Array,
+) -> tuple[TrainState, StepRecord]:
+    """:func:`train_step` of any :class:`_Model`."""
     loss_fn = get_loss(loss)
     params = state.params
-    value, grads = jax.value_and_grad(lambda p: loss_fn(net.apply(p, x), y))(params)
+
+    def loss_and_forward_finite(p):
+        output, forward_finite = model.forward(p, x)
+        return loss_fn(output, y), forward_finite
+
+    (value, forward_finite), grads = jax.value_and_grad(loss_and_forward_finite, has_aux=True)(
+        params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    # Each tensor is reduced once: the per-layer norms give the global ones (a norm of
-    # norms), and the clipping transformation's global norm is built from the same per-layer
-    # norms of the same gradients, which XLA computes once.
-    raw = recorded_norms(opt_state)
-    grad_norms = _layer_grad_norms(raw, net.cfg.depth)
-    all_grads = safe_norm(jnp.stack(list(raw.values())))
+    grad_norms = model.norms(grads)
     update_norm = safe_norm(jnp.stack([safe_norm(u) for u in jax.tree.leaves(updates)]))
-    param_norms = group_norms(new_params)
-    weight_norms = _layer_grad_norms(param_norms, net.cfg.depth)
-    all_params = safe_norm(jnp.stack(list(param_norms.values())))
+    weight_norms = model.norms(new_params)
     finite = (
         jnp.isfinite(value)
-        & jnp.isfinite(all_grads)
+        & forward_finite
+        & _all_finite(grads)
         & jnp.isfinite(update_norm)
-        & jnp.isfinite(all_params)
+        & _all_finite(new_params)
     )
     ok = state.alive & finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -275,7 +453,10 @@ def evaluate(
     Returns:
       An :class:`Evaluation`; accuracy is 0 where the outputs are not finite.
     """
-    out = net.apply(params, x)
+    return _evaluate(net.apply(params, x), y, loss)
+
+
+def _evaluate(out: jax.Array, y: jax.Array, loss: str | Callable) -> Evaluation:
     acc = jnp.mean((jnp.argmax(out, axis=-1) == y) & jnp.all(jnp.isfinite(out), axis=-1))
     # mse is scored against one-hot targets; other losses take the integer labels.
     target = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype) if loss == "mse" else y
@@ -308,12 +489,14 @@ def _chain_overrides(tcfg: TrainConfig, names: Sequence[str]) -> tuple[tuple[str
         over["weight_decay"] = tcfg.weight_decay
     if "l1" in names:
         over["l1"] = tcfg.l1
+    if "decoupled_weight_decay" in names:
+        over["decoupled_weight_decay"] = 0.0
     return tuple(sorted(over.items()))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(
-    net: Net,
+    model: _Model,
     tcfg: TrainConfig,
     overrides: tuple[tuple[str, Any], ...],
     names: tuple[str, ...],
@@ -331,8 +514,7 @@ def _compiled(
         if with_params:
             params = params0
         else:
-            base = net.init_base(k_init)
-            params = net.scale(base, sigma_w=hyper.get("sigma_w"), sigma_b=hyper.get("sigma_b"))
+            params = model.init(k_init, hyper)
         opt_state = tx.init(params)
         opt_hyper = {k: v for k, v in hyper.items() if k not in INIT_HYPERPARAMS}
         opt_state = set_hyperparams(opt_state, **opt_hyper)
@@ -343,18 +525,18 @@ def _compiled(
             first_nonfinite=jnp.full((), -1, jnp.int32),
             step=jnp.zeros((), jnp.int32),
         )
-        return state, _layer_weight_norms(params)
+        return state, model.norms(params)
 
     def segment_one(state, indices, data):
         def body(carry, idx):
             x = data.x_train[idx]
-            y = _targets(data, tcfg.loss, data.y_train[idx], net.dtype)
-            return train_step(net, tx, tcfg.loss, carry, x, y)
+            y = _targets(data, tcfg.loss, data.y_train[idx], model.dtype)
+            return _step(model, tx, tcfg.loss, carry, x, y)
 
         return jax.lax.scan(body, state, indices)
 
     def eval_one(params, data):
-        ev = lambda x, y: evaluate(net, params, x, y, loss=tcfg.loss)
+        ev = lambda x, y: _evaluate(model.forward(params, x)[0], y, tcfg.loss)
         return ev(data.x_train, data.y_train), ev(data.x_test, data.y_test)
 
     # Axes: hyper (H) outer, seed (S) inner. Keys and minibatch order are shared across the
@@ -384,12 +566,11 @@ def _compiled(
 
         # Every state and record leaf leads with (hyper, seed); indices with (seed,); the data
         # is replicated. Each device runs the unsharded program on its seeds.
-        segment_all = jax.shard_map(
+        segment_all = devices_lib.shard_map(
             segment_all,
-            mesh=_seed_mesh(devices),
+            devices,
             in_specs=(P(None, "seed"), P("seed"), P()),
             out_specs=P(None, "seed"),
-            check_vma=False,
         )
     eval_all = jax.vmap(jax.vmap(eval_one, in_axes=(0, None)), in_axes=(0, None))
     return (
@@ -400,18 +581,17 @@ def _compiled(
 
 
 def _seed_devices(devices: Any, seeds: int) -> tuple:
-    """The devices the seed axis is split over: as many as divide ``seeds``."""
-    available = jax.devices()
-    default = available if jax.process_count() == 1 else available[:1]
-    chosen = select_devices(devices, default=default)
+    """The devices the seed axis is split over: as many as divide ``seeds``.
+
+    Training is a pure XLA program, so a single-process run uses every device, CPU devices
+    included; across processes the inputs live on one host, so the default is one device.
+    """
+    default = devices_lib.default_devices(cpu_all=True) if jax.process_count() == 1 else None
+    chosen = devices_lib.select_devices(
+        devices, default=default if default is not None else jax.devices()[:1]
+    )
     n = max(k for k in range(1, len(chosen) + 1) if seeds % k == 0)
     return chosen[:n]
-
-
-def _seed_mesh(devices: tuple) -> Any:
-    from jax.sharding import Mesh
-
-    return Mesh(np.asarray(devices, dtype=object), ("seed",))
 
 
 def _place_on_mesh(devices: tuple, state: Any, indices: jax.Array, data: Dataset) -> tuple:
@@ -419,7 +599,7 @@ def _place_on_mesh(devices: tuple, state: Any, indices: jax.Array, data: Dataset
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = _seed_mesh(devices)
+    mesh = devices_lib.mesh(devices, "seed")
     state = jax.device_put(state, NamedSharding(mesh, P(None, "seed")))
     indices = jax.device_put(indices, NamedSharding(mesh, P("seed")))
     data = jax.device_put(data, NamedSharding(mesh, P()))
@@ -429,35 +609,43 @@ def _place_on_mesh(devices: tuple, state: Any, indices: jax.Array, data: Dataset
 def _check_hyper(
     hyper: Mapping[str, Any] | None, tcfg: TrainConfig
 ) -> tuple[dict[str, np.ndarray], int]:
+    """Validates per-run hyper-parameter values; returns them as arrays and their count.
+
+    Each value must be one that :class:`~gradjax.config.TrainConfig` accepts for its field
+    (the config is the one place that knows the allowed ranges), with two additions that only
+    a per-run axis has: ``clip = inf`` (the run is not clipped) and ``total_steps``.
+    """
     if not hyper:
         return {}, 1
     if not isinstance(hyper, Mapping):
         raise invalid("hyper", hyper, "a dict of name -> list of values")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     out, sizes = {}, set()
     for name, values in hyper.items():
         if name not in TRAIN_HYPERPARAMS:
             raise invalid("hyper", name, "names from " + ", ".join(TRAIN_HYPERPARAMS))
-        arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        field = f"hyper[{name!r}]"
+        try:
+            arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise invalid(field, values, "a non-empty 1-D list of numbers") from None
         if arr.ndim != 1 or arr.size == 0:
-            raise invalid(f"hyper[{name!r}]", values, "a non-empty 1-D list of numbers")
-        if np.any(np.isnan(arr)):
-            raise invalid(f"hyper[{name!r}]", values, "numbers, not NaN")
-        bad = {
-            "learning_rate": lambda a: np.any(~np.isfinite(a)) or np.any(a <= 0),
-            "clip": lambda a: np.any(a <= 0),
-            "warmup_steps": lambda a: np.any(a < 0) or np.any(a > tcfg.steps),
-            "end_lr_fraction": lambda a: np.any(a < 0) or np.any(a > 1),
-            "total_steps": lambda a: np.any(a < 1),
-        }.get(name, lambda a: np.any(~np.isfinite(a)) or np.any(a < 0))
-        if bad(arr):
-            allowed = {
-                "learning_rate": "finite numbers > 0",
-                "clip": "numbers > 0 (inf: no clipping)",
-                "warmup_steps": f"numbers in [0, steps={tcfg.steps}]",
-                "end_lr_fraction": "numbers in [0, 1]",
-                "total_steps": "numbers >= 1",
-            }.get(name, "finite numbers >= 0")
-            raise invalid(f"hyper[{name!r}]", values, allowed)
+            raise invalid(field, values, "a non-empty 1-D list of numbers")
+        for v in arr.tolist():
+            if name == "clip" and v == math.inf:
+                continue  # present in the chain but off
+            if name in fields:
+                # Integer fields (warmup_steps) take integral values only.
+                is_int = fields[name].type in ("int", int)
+                value = int(v) if is_int and math.isfinite(v) and v == int(v) else v
+                try:
+                    tcfg.replace(**{name: value})
+                except GradjaxInputError as err:
+                    raise GradjaxInputError(f"{field}: {err}") from None
+            elif name == "total_steps":
+                check_real(field, v, minimum=1.0)
+            else:  # sigma_w, sigma_b: scales of the initial draw
+                check_real(field, v, minimum=0.0)
         out[name] = arr
         sizes.add(arr.size)
     if len(sizes) != 1:
@@ -470,32 +658,52 @@ def _check_hyper(
 
 
 def train(
-    net: Net,
+    net: Net | Any,
     data: Dataset,
     tcfg: TrainConfig,
     *,
     seeds: int = 8,
     key: int | jax.Array = 0,
     hyper: Mapping[str, Sequence[float] | np.ndarray] | None = None,
-    params: Params | None = None,
+    params: Any = None,
     progress: bool | Callable[[int, int], None] | None = None,
     segments: int | None = None,
     devices: int | Sequence[Any] | None = None,
 ) -> TrainResult:
-    """Trains ``seeds`` copies of ``net`` for each hyper-parameter setting, in one program.
+    """Trains ``seeds`` copies of a model for each hyper-parameter setting, in one program.
+
+    The model is gradjax's own network (a :class:`~gradjax.models.Net`: the fast path, with
+    per-block records and overflow detection inside the network) or a user's model:
+
+    * a Flax Linen module whose variables are only ``"params"`` (initialised on the data's
+      input shape);
+    * a factory ``make(rngs=nnx.Rngs(key)) -> nnx.Module`` (e.g. ``functools.partial(MLP,
+      64, 10)``): each seed draws its own parameters; or an ``nnx.Module`` instance, whose
+      parameters every seed starts from (seeds then differ in minibatch order only). The
+      module's state must be ``nnx.Param`` only;
+    * a pure pair ``(init_fn(key) -> params, apply_fn(params, x) -> logits)``.
+
+    For a user's model the per-layer records are one per module that holds a weight matrix
+    (a leaf of two or more axes), named by module path and grouped by
+    :func:`gradjax.tree_paths.layer_slices` (a scanned stack gives one entry per layer), in
+    natural order of the names; :attr:`TrainResult.layers` lists them. The norm of a module
+    is that of its weight matrices together (biases and scales are left out, as the
+    ``||dL/dW_l||`` of gradjax's own blocks), and a run is non-finite from the step where its
+    output, loss, gradients or parameters are.
 
     Args:
-      net: the network; its ``in_dim`` and ``out_dim`` must match the data.
+      net: the model (see above); its inputs and outputs must match the data.
       data: a :class:`~gradjax.data.Dataset`.
       tcfg: the :class:`~gradjax.config.TrainConfig` (optimiser, schedule, mitigations).
       seeds: number of seeds; seed ``s`` sets the initial draw and the minibatch order.
-      key: an int or a PRNG key.
+      key: an integer seed in ``[0, 2**64)`` or a PRNG key.
       hyper: optional dict from hyper-parameter name (``learning_rate``, ``clip`` (inf = no
         clipping), ``warmup_steps``, ``total_steps``, ``end_lr_fraction``, ``weight_decay``,
-        ``l1``, ``sigma_w``, ``sigma_b``) to equal-length lists, zipped into the
-        ``hyper`` axis; names not given keep the config's values.
+        ``decoupled_weight_decay``, ``l1``, and for gradjax nets ``sigma_w``, ``sigma_b``) to
+        equal-length lists, zipped into the ``hyper`` axis; names not given keep the
+        config's values.
       params: optional initial parameters with leading axes ``(n_hyper, seeds)`` (e.g. the
-        same network under several initialisation schemes); replaces the net's own draw.
+        same network under several initialisation schemes); replaces the model's own draw.
         Without ``hyper`` their first axis is the hyper axis.
       progress: True for a progress bar, a callable ``progress(done_steps, total_steps)``, or
         None/False for silence.
@@ -514,39 +722,52 @@ def train(
       A :class:`TrainResult` with axes ``("hyper", "seed")``.
 
     Raises:
-      GradjaxInputError: on mismatched data, unknown or invalid hyper-parameters.
+      GradjaxInputError: on a model that does not fit the data, unknown or invalid
+        hyper-parameters, or a gradjax net too large for memory (see :func:`check_fits`).
 
     Example:
       >>> import gradjax as gj
       >>> data = gj.data.digits()
       >>> net = gj.build(gj.NetConfig(depth=4, width=32, in_dim=64, out_dim=10, init="he",
       ...                             activation="relu"))
-      >>> res = gj.train_runs(net, data, gj.TrainConfig(learning_rate=0.05, steps=50), seeds=2,
+      >>> res = gj.train(net, data, gj.TrainConfig(learning_rate=0.05, steps=50), seeds=2,
       ...                hyper={"clip": [float("inf"), 1.0]})
       >>> res.history.loss.shape
       (2, 2, 50)
     """
-    if not isinstance(net, Net):
-        raise invalid("net", net, "a gradjax Net (gradjax.build(NetConfig(...)))")
     if not isinstance(tcfg, TrainConfig):
         raise invalid("tcfg", tcfg, "a gradjax TrainConfig")
     if not isinstance(data, Dataset):
         raise invalid("data", data, "a gradjax.data.Dataset")
-    if net.cfg.input_dim != data.in_dim:
-        raise invalid("net in_dim", net.cfg.input_dim, f"the data's input size {data.in_dim}")
-    if net.cfg.out_dim != data.num_classes:
-        raise invalid("net out_dim", net.cfg.out_dim, f"the data's {data.num_classes} classes")
-    if net.cfg.norm == "batch" and tcfg.batch_size == 1:
-        raise invalid("batch_size", 1, "an integer >= 2 with norm='batch'")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
         raise invalid("seeds", seeds, "an integer >= 1")
+    seeds = int(seeds)
+    check_key("key", key)
     hyper_np, n_hyper = _check_hyper(hyper, tcfg)
+    if isinstance(net, Net):
+        if net.cfg.input_dim != data.in_dim:
+            raise invalid("net in_dim", net.cfg.input_dim, f"the data's input size {data.in_dim}")
+        if net.cfg.out_dim != data.num_classes:
+            raise invalid("net out_dim", net.cfg.out_dim, f"the data's {data.num_classes} classes")
+        if net.cfg.norm == "batch" and tcfg.batch_size == 1:
+            raise invalid("batch_size", 1, "an integer >= 2 with norm='batch'")
+        model = _net_model(net)
+    else:
+        model = _user_model(net, data.x_train[:1])
+        out_dim = model.describe["output_shape"][-1]
+        if out_dim != data.num_classes:
+            raise invalid("model output size", out_dim, f"the data's {data.num_classes} classes")
+        init_names = sorted(set(hyper_np) & set(INIT_HYPERPARAMS))
+        if init_names:
+            raise invalid("hyper", init_names[0], "optimiser hyper-parameters for a user's model")
     if params is not None:
         lead = {jnp.shape(leaf)[:2] for leaf in jax.tree.leaves(params)}
         if not hyper_np and len(lead) == 1:
             n_hyper = next(iter(lead))[0]  # the params alone set the hyper axis
         if lead != {(n_hyper, seeds)}:
             raise invalid("params leading axes", sorted(lead), f"({n_hyper}, {seeds})")
+    if isinstance(net, Net):
+        check_fits(net, data, tcfg, seeds=seeds, n_hyper=n_hyper)
     steps = tcfg.steps
     if segments is None:
         segments = 10 if progress else 1
@@ -559,24 +780,24 @@ def train(
     names = tuple(sorted(hyper_np))
     device_list = _seed_devices(devices, seeds)
     init_all, segment_all, eval_all = _compiled(
-        net, tcfg, _chain_overrides(tcfg, names), names, params is not None, device_list
+        model, tcfg, _chain_overrides(tcfg, names), names, params is not None, device_list
     )
-    root = jax.random.key(key) if isinstance(key, int) else key
+    root = key if _is_key(key) else jax.random.key(int(key))
     keys = jax.random.split(root, seeds)
-    hyper_j = {k: jnp.asarray(v, net.dtype) for k, v in hyper_np.items()}
+    hyper_j = {k: jnp.asarray(v, model.dtype) for k, v in hyper_np.items()}
     state, init_norms, indices = init_all(keys, hyper_j, params, data)
     if len(device_list) > 1:
         state, indices, data = _place_on_mesh(device_list, state, indices, data)
 
-    report = _progress_reporter(progress, steps)
     records = []
-    for s in range(segments):
-        seg_idx = indices[:, s * seg_len : (s + 1) * seg_len]
-        state, rec = segment_all(state, seg_idx, data)
-        records.append(rec)
-        if report is not None:
-            jax.block_until_ready(rec.loss)
-            report((s + 1) * seg_len, steps)
+    with devices_lib.Progress(progress or False, steps, desc="train", unit="step") as bar:
+        for s in range(segments):
+            seg_idx = indices[:, s * seg_len : (s + 1) * seg_len]
+            state, rec = segment_all(state, seg_idx, data)
+            records.append(rec)
+            if progress:
+                jax.block_until_ready(rec.loss)
+                bar.update((s + 1) * seg_len)
     rec = jax.tree.map(lambda *a: jnp.concatenate(a, axis=2), *records)
     tr, te = eval_all(state.params, data)
     history = TrainHistory(
@@ -591,35 +812,203 @@ def train(
         train=tr,
         test=te,
     )
-    meta = {
-        "net": {
-            k: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
-            for k, v in vars(net.cfg).items()
-        },
-        "train": vars(tcfg).copy(),
-        "data": data.name,
-        "seeds": seeds,
-        "key": key if isinstance(key, int) else "custom",
-        "hyper": {k: v.tolist() for k, v in hyper_np.items()},
-    }
-    return TrainResult(history=history, hyper=hyper_j, meta=json.dumps(meta, default=str))
+    meta = _meta(model, data, tcfg, seeds=seeds, key=key, hyper=hyper_np)
+    return TrainResult(
+        history=history,
+        hyper=hyper_j,
+        layers=model.layers,
+        meta=io.dumps_json(meta, indent=None),
+    )
 
 
-def _progress_reporter(progress, total):
-    if not progress:
-        return None
-    if callable(progress):
-        return progress
-    from tqdm.auto import tqdm
+def _is_key(key: Any) -> bool:
+    return not isinstance(key, (int, np.integer)) and hasattr(key, "dtype")
 
-    bar = tqdm(total=total, desc="train", unit="step")
 
-    def report(done, _total):
-        bar.update(done - bar.n)
-        if done >= _total:
-            bar.close()
+def _meta(
+    model: _Model,
+    data: Dataset,
+    tcfg: TrainConfig,
+    *,
+    seeds: int,
+    key: Any,
+    hyper: Mapping[str, np.ndarray],
+) -> dict:
+    """The JSON-ready description of a run; equal descriptions mean the same run."""
+    return io.json_safe(
+        {
+            "kind": "train",
+            "model": model.kind,
+            "net": model.describe,
+            "layers": list(model.layers),
+            "train": vars(tcfg).copy(),
+            "data": data.name,
+            "seeds": seeds,
+            "key": "custom" if _is_key(key) else int(key),
+            "hyper": {k: np.asarray(v).tolist() for k, v in hyper.items()},
+        }
+    )
 
-    return report
+
+def run_meta(
+    net: Net,
+    data: Dataset,
+    tcfg: TrainConfig,
+    *,
+    seeds: int,
+    key: int = 0,
+    hyper: Mapping[str, Sequence[float]] | None = None,
+) -> dict:
+    """The metadata :func:`train` records for these arguments, before training.
+
+    Args:
+      net: a gradjax network.
+      data: the data set.
+      tcfg: the training configuration.
+      seeds: number of seeds.
+      key: the integer seed.
+      hyper: the per-run hyper-parameters, if any.
+
+    Returns:
+      The dict that ``meta.json`` holds (without ``"axes"``); see :func:`check_output_dir`.
+    """
+    hyper_np, _ = _check_hyper(hyper, tcfg)
+    return _meta(_net_model(net), data, tcfg, seeds=seeds, key=key, hyper=hyper_np)
+
+
+# Files that mark a directory as holding something other than a training run.
+FOREIGN_FILES = ("manifest.json", "arrays.npz", "chunks", "report.json", "report.md")
+RUN_FILES = ("history.npz", "meta.json")
+
+
+def check_output_dir(directory: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """Refuses a directory that holds a sweep, a report or a different training run.
+
+    A new or empty directory, or one holding this same run (equal metadata, e.g. a rerun),
+    is accepted; its files are then replaced atomically.
+
+    Args:
+      directory: the output directory.
+      meta: the run's metadata (see :func:`run_meta`).
+
+    Raises:
+      GradjaxInputError: naming ``out_dir`` and what it holds.
+    """
+    out = Path(directory)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise invalid("out_dir", str(out), "a directory (it is a file)")
+    allowed = "a new directory or one holding this same training run"
+    foreign = [name for name in FOREIGN_FILES if (out / name).exists()]
+    if foreign:
+        raise invalid(
+            "out_dir",
+            str(out),
+            f"{allowed}; it holds other results ({foreign[0]}) - use another directory",
+        )
+    if not any((out / name).exists() for name in RUN_FILES):
+        return
+    try:
+        old = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("kind") != "train":
+        raise invalid(
+            "out_dir", str(out), f"{allowed}; it holds files of another run - use another directory"
+        )
+    new = io.json_safe(dict(meta))
+    diff = sorted(k for k in set(old) | set(new) if k != "axes" and old.get(k) != new.get(k))
+    if diff:
+        raise invalid(
+            "out_dir",
+            str(out),
+            f"{allowed}; it holds a different training run (differs in {', '.join(diff)}) - "
+            "use another directory or delete it",
+        )
+
+
+class TrainCost(NamedTuple):
+    """The size of a training call, estimated before it runs.
+
+    Attributes:
+      bytes: peak memory of the compiled program (every run's step, the minibatch order,
+        the records).
+      step_flops: FLOPs of one step of every run together.
+      steps: the number of steps.
+      output_bytes: the records brought back to the host.
+    """
+
+    bytes: int
+    step_flops: int
+    steps: int
+    output_bytes: int
+
+    @property
+    def total_flops(self) -> int:
+        """FLOPs of the whole call."""
+        return self.step_flops * self.steps
+
+
+def estimate(
+    net: Net, data: Dataset, tcfg: TrainConfig, *, seeds: int, n_hyper: int = 1
+) -> TrainCost:
+    """The :class:`TrainCost` of :func:`train` on a gradjax net (see :mod:`gradjax.cost`).
+
+    Args:
+      net: the network.
+      data: the data set.
+      tcfg: the training configuration.
+      seeds: number of seeds.
+      n_hyper: length of the hyper axis.
+
+    Returns:
+      The estimate, in exact Python integers.
+    """
+    from gradjax import cost
+
+    runs = seeds * n_hyper
+    batch = data.n_train if tcfg.batch_size is None else min(tcfg.batch_size, data.n_train)
+    slots = {"sgd": 0, "momentum": 1}.get(tcfg.optimizer, 2)
+    one = cost.network_cost(
+        width=net.cfg.width,
+        depth=net.cfg.depth,
+        batch=batch,
+        dtype=net.cfg.dtype,
+        input_dim=net.cfg.input_dim,
+        out_dim=net.cfg.out_dim,
+        optimizer_slots=slots,
+    )
+    item = np.dtype(net.cfg.dtype).itemsize
+    # Per step and run: loss, update norm, learning rate, alive, and two per-layer norms.
+    records = runs * tcfg.steps * (2 * net.cfg.depth + 4) * item
+    indices = seeds * tcfg.steps * batch * 4
+    data_bytes = sum(int(np.asarray(a).nbytes) for a in jax.tree.leaves(data))
+    # The records of all segments are concatenated at the end: twice their size at peak.
+    total = runs * one.step_bytes + indices + 2 * records + data_bytes
+    return TrainCost(
+        bytes=total, step_flops=runs * one.flops, steps=tcfg.steps, output_bytes=records
+    )
+
+
+def check_fits(
+    net: Net, data: Dataset, tcfg: TrainConfig, *, seeds: int, n_hyper: int = 1
+) -> TrainCost:
+    """Refuses a training call that cannot fit in memory; returns its :class:`TrainCost`.
+
+    Raises:
+      GradjaxInputError: naming the sizes, what they need and the limit.
+    """
+    from gradjax import cost
+
+    est = estimate(net, data, tcfg, seeds=seeds, n_hyper=n_hyper)
+    what = (
+        f"steps={tcfg.steps}, depth={net.cfg.depth}, width={net.cfg.width}, seeds={seeds}"
+        + (f", hyper values={n_hyper}" if n_hyper > 1 else "")
+        + ": training"
+    )
+    cost.check_fits(what, est.bytes, cost.memory_limit_bytes(), unit="the whole run")
+    return est
 
 
 # ---------------------------------------------------------------------- statistics
@@ -774,7 +1163,8 @@ def plot_training(result: TrainResult, *, title: str | None = None):
             g = np.asarray(h.grad_norms)[i]
             band(axes[1], steps, g[..., 0], color=col)
             band(axes[1], steps, g[..., -1], color=col, linestyle="--")
-            w = np.sqrt(np.sum(np.asarray(h.weight_norms)[i] ** 2, axis=-1))
+            # float64: the squares of a diverging run's float32 norms overflow.
+            w = np.sqrt(np.sum(np.asarray(h.weight_norms, np.float64)[i] ** 2, axis=-1))
             band(axes[2], steps, w, color=col)
         axes[0].set(xlabel="step", ylabel="training loss (nats)", yscale="log", title="loss")
         axes[1].set(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 
@@ -14,10 +15,12 @@ import pytest
 
 import gradjax as gj
 from gradjax import data as gdata
-from gradjax import train as gtrain
 from gradjax.config import TrainConfig
 from gradjax.errors import GradjaxInputError
 from gradjax.optim import chain_from_config, set_hyperparams
+
+# The module (the package's name ``train`` is the function).
+gtrain = importlib.import_module("gradjax.train")
 
 # One small network on the digits, shared by most tests so compiled programs are reused.
 DATA = gdata.digits()
@@ -130,7 +133,7 @@ def test_train_does_not_recompile_on_a_repeat_call(result):
     names = ("clip", "learning_rate")
     devices = gtrain._seed_devices(None, 3)
     _, segment_all, _ = gtrain._compiled(
-        NET, TCFG, gtrain._chain_overrides(TCFG, names), names, False, devices
+        gtrain._net_model(NET), TCFG, gtrain._chain_overrides(TCFG, names), names, False, devices
     )
     assert segment_all._cache_size() == 1
     np.testing.assert_array_equal(again.history.loss, result.history.loss)
@@ -251,3 +254,188 @@ def test_mismatched_network_is_rejected():
     wrong = gj.build(gj.NetConfig(depth=2, width=8, in_dim=5, out_dim=3))
     with pytest.raises(GradjaxInputError, match="in_dim"):
         gtrain.train(wrong, DATA, TCFG)
+
+
+def test_overflow_inside_the_network_is_a_nonfinite_step_not_zero_gradients():
+    # Block 1 outputs 1e22 everywhere (zero weights, bias 1e22); block 2's weights are all
+    # -1e25, so its pre-activations are -32 * 1e47, below -float32 max (checked in float64):
+    # they overflow to -inf, ReLU makes them 0 and the loss stays finite, while the gradients
+    # of blocks 1 and 2 are exact zeros. That step is an overflow: NaN records at step 0.
+    net = gj.build(gj.NetConfig(depth=3, width=32, in_dim=64, out_dim=10, activation="relu"))
+    params = net.init(jax.random.key(0))
+    params["input"]["W"] = jnp.zeros((32, 64), jnp.float32)
+    params["input"]["b"] = jnp.full(32, 1e22, jnp.float32)
+    params["hidden"]["W"] = params["hidden"]["W"].at[0].set(jnp.full((32, 32), -1e25))
+    a1 = np.full(32, 1e22, np.float64)
+    z2 = np.asarray(params["hidden"]["W"][0], np.float64) @ a1
+    assert np.all(z2 < -np.finfo(np.float32).max)
+    out = net.apply(params, DATA.x_train[:32])
+    assert np.isfinite(np.asarray(out)).all()  # the loss alone does not show the overflow
+    batched = jax.tree.map(lambda a: a[None, None], params)  # (hyper=1, seed=1)
+    res = gtrain.train(net, DATA, TCFG.replace(steps=2, warmup_steps=0), seeds=1, params=batched)
+    h = res.history
+    assert int(h.first_nonfinite[0, 0]) == 0
+    assert np.isnan(np.asarray(h.grad_norms[0, 0])).all()
+    assert not np.asarray(h.alive).any()
+
+
+def _linen_mlp():
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(nn.tanh(nn.Dense(16)(x)))
+
+    return MLP()
+
+
+def _nnx_mlp_class():
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, *, rngs):
+            self.first = nnx.Linear(64, 16, rngs=rngs)
+            self.second = nnx.Linear(16, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.second(jnp.tanh(self.first(x)))
+
+    return MLP
+
+
+def _optax_reference(init, apply, kernels, seed_index, steps, lr):
+    """A hand-written optax SGD loop with train()'s key convention (fold_in 0: init, 1: batches)."""
+    key = jax.random.split(jax.random.key(7), 2)[seed_index]
+    params = init(jax.random.fold_in(key, 0))
+    idx = gtrain._batch_indices(jax.random.fold_in(key, 1), DATA.n_train, steps, 32)
+    tx = optax.sgd(lr)
+    opt = tx.init(params)
+
+    def loss_fn(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+
+    losses, norms = [], []
+    for t in range(steps):
+        x, y = DATA.x_train[idx[t]], DATA.y_train[idx[t]]
+        loss, g = jax.value_and_grad(loss_fn)(params, x, y)
+        losses.append(float(loss))
+        norms.append([float(np.linalg.norm(np.asarray(k))) for k in kernels(g)])
+        updates, opt = tx.update(g, opt, params)
+        params = optax.apply_updates(params, updates)
+    return np.array(losses), np.array(norms)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_user_flax_model_matches_a_hand_written_optax_loop(kind):
+    from flax import nnx
+
+    steps, lr = 6, 0.1
+    tcfg = TrainConfig(learning_rate=lr, steps=steps, batch_size=32, end_lr_fraction=1.0)
+    if kind == "linen":
+        model = _linen_mlp()
+        init = lambda k: model.init(k, DATA.x_train[:1])["params"]
+        apply = lambda p, x: model.apply({"params": p}, x)
+        kernels = lambda g: [g["Dense_0"]["kernel"], g["Dense_1"]["kernel"]]
+        layers = ("Dense_0", "Dense_1")
+    else:
+        cls = _nnx_mlp_class()
+        model = cls  # a factory: cls(rngs=nnx.Rngs(key))
+        graphdef = nnx.split(cls(rngs=nnx.Rngs(0)), nnx.Param)[0]
+        init = lambda k: nnx.split(cls(rngs=nnx.Rngs(k)), nnx.Param)[1]
+        apply = lambda p, x: nnx.merge(graphdef, p)(x)
+        kernels = lambda g: [g["first"]["kernel"][...], g["second"]["kernel"][...]]
+        layers = ("first", "second")
+    res = gtrain.train(model, DATA, tcfg, seeds=2, key=jax.random.key(7), devices=1)
+    assert res.layers == layers
+    h = res.history
+    assert h.grad_norms.shape == (1, 2, steps, 2)
+    for s in range(2):
+        losses, norms = _optax_reference(init, apply, kernels, s, steps, lr)
+        np.testing.assert_allclose(h.loss[0, s], losses, rtol=1e-5)
+        np.testing.assert_allclose(h.grad_norms[0, s], norms, rtol=1e-5)
+    assert np.all(np.asarray(h.first_nonfinite) == -1)
+
+
+# ---------------------------------------------------------------------- the command line
+
+TINY = ["train", "--depth", "2", "--width", "8", "--seeds", "2", "--steps", "3"]
+TINY += ["--batch-size", "16", "--no-progress"]
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"bare {name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _one_line_refusal(capsys, code, *fragments):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        # Was an OverflowError traceback from jax.random.key.
+        (["--seed", "99999999999999999999"], ["--seed", "9223372036854775807"]),
+        # Was a silent hang: 10^9 steps of records cannot fit, refused before any work.
+        (["--steps", "1000000000"], ["steps=1000000000", "needs", "the limit is"]),
+        # 10^5 blocks of 2048 x 2048: 1.6 TB of weights per seed.
+        (["--depth", "100000", "--width", "2048"], ["depth=100000", "needs", "the limit is"]),
+    ],
+)
+def test_cli_refuses_before_writing(tmp_path, capsys, args, fragments):
+    from gradjax.cli import main
+
+    out = tmp_path / "run"
+    code = main([*TINY, "--out", str(out), *args])
+    _one_line_refusal(capsys, code, *fragments)
+    assert not out.exists()
+
+
+def test_cli_trains_with_adamw_and_refuses_other_results(tmp_path, capsys):
+    from gradjax.cli import main
+
+    # --help lists the optimisers of the one table, adamw included, with the default.
+    assert main(["train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "{sgd,momentum,adam,adamw}" in help_text and "(default: sgd)" in help_text
+
+    good = tmp_path / "adamw"
+    adamw = [*TINY, "--optimizer", "adamw", "--weight-decay", "0.1", "--out", str(good)]
+    # optax's Adam bias correction raises b1 (a Python float) to an int32 step count, which
+    # has no promotion path under this suite's strict dtype promotion; users run "standard".
+    with jax.numpy_dtype_promotion("standard"):
+        assert main(adamw) == 0
+    captured = capsys.readouterr()
+    assert "FLOP" in captured.err  # the estimate is shown up front
+    summary = _strict_json(captured.out)
+    meta = json.loads((good / "meta.json").read_text())
+    assert meta["train"]["optimizer"] == "adamw" and summary["divergence_rate"] == 0.0
+    assert not list(good.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+    # An update of 1e30 overflows the next forward pass: every seed diverges at step 1, and
+    # the summary's NaN median is valid JSON (it was a bare NaN).
+    bad = tmp_path / "diverged"
+    assert main([*TINY, "--lr", "1e30", "--out", str(bad)]) == 0
+    summary = _strict_json(capsys.readouterr().out)
+    assert summary["first_nonfinite_step"] == [1, 1]
+    assert summary["final_loss_median"] == "nan"
+
+    # A different run into the first directory is refused (it overwrote it silently).
+    before = (good / "history.npz").read_bytes()
+    code = main([*TINY, "--optimizer", "adamw", "--lr", "0.5", "--out", str(good)])
+    _one_line_refusal(capsys, code, "--out", "different training run", "train")
+    assert (good / "history.npz").read_bytes() == before
+    # So is a sweep's directory.
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "manifest.json").write_text("{}")
+    code = main([*TINY, "--out", str(sweep)])
+    _one_line_refusal(capsys, code, "--out", "manifest.json")
+    assert sorted(p.name for p in sweep.iterdir()) == ["manifest.json"]

@@ -3,23 +3,70 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import sys
+from collections.abc import Iterator, Sequence
 
-from gradjax.commands.common import positive_int, writable_dir
+from gradjax.commands.common import (
+    nonnegative_int,
+    nonnegative_real,
+    out_dir,
+    positive_int,
+    positive_real,
+    renamed_field,
+    seed,
+    writable_dir,
+)
+from gradjax.io import dumps_json
+
+# Library argument -> command-line flag, for the errors the library raises.
+FLAGS = {
+    "out_dir": "--out",
+    "activation": "--activation",
+    "init": "--init",
+    "sigma_w": "--sigma-w",
+    "depth": "--depth",
+    "width": "--width",
+    "seeds": "--seeds",
+    "dataset": "--dataset",
+    "optimizer": "--optimizer",
+    "learning_rate": "--lr",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "warmup_steps": "--warmup",
+    "clip": "--clip",
+    "weight_decay": "--weight-decay",
+    "l1": "--l1",
+}
+# A rough host throughput for the up-front time guess (small batched matmuls on a CPU core).
+GUESS_FLOPS_PER_S = 1e10
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+class _Table(Sequence):
+    """The names of one library table, read when argparse first needs them.
 
+    The tables live in modules that import JAX; reading them only when a value is checked or
+    ``--help`` is printed keeps ``gradjax --help`` quick.
+    """
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _names(self) -> tuple[str, ...]:
+        table = getattr(importlib.import_module(self.module), self.name)
+        return tuple(n for n in table if isinstance(n, str))
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
 
 
 def add_parser(sub) -> None:
@@ -28,78 +75,129 @@ def add_parser(sub) -> None:
         help="train seeds of a deep net with clipping / warm-up / L1 / L2 (vmapped)",
         description="Trains --seeds copies of a deep fully connected network on the digits "
         "(or a teacher-student task) in one compiled program; writes history.npz, meta.json, "
-        "curves.png/pdf, and prints a JSON summary (divergence rate, test accuracy).",
+        "curves.png/pdf, and prints a JSON summary (divergence rate, test accuracy). The size "
+        "of the run is estimated first: one that cannot fit in memory is refused before "
+        "anything is written, and the estimate (FLOPs, a rough time) is printed on stderr. A "
+        "directory holding a sweep or a different training run is refused.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--activation", default="relu", help="activation name (default relu)")
-    p.add_argument("--init", default="he", help="weight init (default he)")
-    p.add_argument("--sigma-w", type=_float, default=1.0, help="weight scale (default 1)")
-    p.add_argument("--depth", type=positive_int, default=20)
-    p.add_argument("--width", type=positive_int, default=128)
-    p.add_argument("--seeds", type=positive_int, default=8)
-    p.add_argument("--dataset", default="digits", help="digits or teacher_student")
-    p.add_argument("--optimizer", default="sgd", help="sgd, momentum or adam")
-    p.add_argument("--lr", type=_float, default=0.01, help="peak learning rate")
-    p.add_argument("--steps", type=_int, default=1000)
-    p.add_argument("--batch-size", type=_int, default=128)
-    p.add_argument("--warmup", type=_int, default=0, help="warm-up steps (default 0)")
-    p.add_argument("--clip", type=_float, default=None, help="max global grad norm")
-    p.add_argument("--weight-decay", type=_float, default=0.0, help="L2 coefficient")
-    p.add_argument("--l1", type=_float, default=0.0, help="L1 coefficient")
-    p.add_argument("--seed", type=_int, default=0, help="root PRNG seed")
+    acts = _Table("gradjax.activations", "ACTIVATIONS")
+    p.add_argument("--activation", default="relu", choices=acts, help="activation")
+    p.add_argument(
+        "--init", default="he", choices=_Table("gradjax.config", "INIT_KINDS"), help="weight init"
+    )
+    p.add_argument("--sigma-w", type=nonnegative_real, default=1.0, help="weight scale")
+    p.add_argument("--depth", type=positive_int, default=20, help="blocks")
+    p.add_argument("--width", type=positive_int, default=128, help="hidden width")
+    p.add_argument("--seeds", type=positive_int, default=8, help="independent runs")
+    p.add_argument(
+        "--dataset", default="digits", choices=_Table("gradjax.data", "DATASETS"), help="data"
+    )
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=_Table("gradjax.optim", "OPTIMIZERS"),
+        help="optimiser (adamw: Adam with --weight-decay decoupled)",
+    )
+    p.add_argument("--lr", type=positive_real, default=0.01, help="peak learning rate")
+    p.add_argument("--steps", type=positive_int, default=1000, help="optimisation steps")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
+    p.add_argument("--warmup", type=nonnegative_int, default=0, help="warm-up steps")
+    p.add_argument(
+        "--clip", type=positive_real, default=None, help="max global grad norm (None: no clipping)"
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=nonnegative_real,
+        default=0.0,
+        help="L2 coefficient (decoupled for adamw)",
+    )
+    p.add_argument("--l1", type=nonnegative_real, default=0.0, help="L1 coefficient")
+    p.add_argument("--seed", type=seed, default=0, help="root PRNG seed, in [0, 2**63)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", type=out_dir, required=True, help="output directory")
     p.set_defaults(run=run)
+
+
+def _human_seconds(seconds: float) -> str:
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.2g} s"
 
 
 def run(args: argparse.Namespace) -> int:
     from gradjax.config import NetConfig, TrainConfig
-    from gradjax.errors import check_int
+    from gradjax.errors import GradjaxInputError
 
-    check_int("--seed", args.seed, minimum=0)
-    tcfg = TrainConfig(
-        optimizer=args.optimizer,
-        learning_rate=args.lr,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        warmup_steps=args.warmup,
-        clip=args.clip,
-        weight_decay=args.weight_decay,
-        l1=args.l1,
-    )
-    from gradjax import data as gdata
+    try:
+        tcfg = TrainConfig(
+            optimizer=args.optimizer,
+            learning_rate=args.lr,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            warmup_steps=args.warmup,
+            clip=args.clip,
+            weight_decay=args.weight_decay,
+            l1=args.l1,
+        )
+        from gradjax import data as gdata
 
-    data = gdata.get_dataset(args.dataset)
-    cfg = NetConfig(
-        depth=args.depth,
-        width=args.width,
-        in_dim=data.in_dim,
-        out_dim=data.num_classes,
-        activation=args.activation,
-        init=args.init,
-        sigma_w=args.sigma_w,
+        data = gdata.get_dataset(args.dataset)
+        cfg = NetConfig(
+            depth=args.depth,
+            width=args.width,
+            in_dim=data.in_dim,
+            out_dim=data.num_classes,
+            activation=args.activation,
+            init=args.init,
+            sigma_w=args.sigma_w,
+        )
+        from gradjax import models
+
+        # The module itself: the package's name ``train`` is the function.
+        gtrain = importlib.import_module("gradjax.train")
+
+        net = models.build(cfg)
+        # Refused before anything is written: a run that cannot fit, or a directory that
+        # holds other results.
+        estimate = gtrain.check_fits(net, data, tcfg, seeds=args.seeds)
+        meta = gtrain.run_meta(net, data, tcfg, seeds=args.seeds, key=args.seed)
+        gtrain.check_output_dir(args.out, meta)
+    except GradjaxInputError as err:
+        raise renamed_field(err, FLAGS) from None
+    from gradjax.cost import format_bytes
+
+    # Up front, so a very long run is never silent (with or without the progress bar).
+    print(
+        f"gradjax train: {estimate.steps} steps x {estimate.step_flops:.3g} FLOP per step = "
+        f"{estimate.total_flops:.3g} FLOP (about "
+        f"{_human_seconds(estimate.total_flops / GUESS_FLOPS_PER_S)} at "
+        f"{GUESS_FLOPS_PER_S:.0e} FLOP/s), memory {format_bytes(estimate.bytes)}",
+        file=sys.stderr,
     )
     out = writable_dir(args.out)
 
     import numpy as np
 
-    from gradjax import models, plotting
-    from gradjax.train import divergence_rate, plot_training, seed_quantiles, train
+    from gradjax import plotting
 
-    net = models.build(cfg)
-    result = train(net, data, tcfg, seeds=args.seeds, key=args.seed, progress=not args.no_progress)
+    result = gtrain.train(
+        net, data, tcfg, seeds=args.seeds, key=args.seed, progress=not args.no_progress
+    )
     result.save(out)
-    plotting.save_figure(plot_training(result), out / "curves")
+    plotting.save_figure(gtrain.plot_training(result), out / "curves")
     h = result.history
-    acc = seed_quantiles(np.asarray(h.test.accuracy))
-    rate = divergence_rate(h)
+    acc = gtrain.seed_quantiles(np.asarray(h.test.accuracy))
+    rate = gtrain.divergence_rate(h)
     summary = {
         "out": str(out),
-        "divergence_rate": float(rate.rate[0]),
-        "divergence_rate_95ci": [float(rate.low[0]), float(rate.high[0])],
-        "first_nonfinite_step": [int(v) for v in np.asarray(h.first_nonfinite)[0]],
-        "test_accuracy_median": float(acc.median[0]),
-        "test_accuracy_iqr": [float(acc.q25[0]), float(acc.q75[0])],
-        "final_loss_median": float(seed_quantiles(np.asarray(h.loss)[..., -1]).median[0]),
+        "divergence_rate": rate.rate[0],
+        "divergence_rate_95ci": [rate.low[0], rate.high[0]],
+        "first_nonfinite_step": np.asarray(h.first_nonfinite)[0],
+        "test_accuracy_median": acc.median[0],
+        "test_accuracy_iqr": [acc.q25[0], acc.q75[0]],
+        "final_loss_median": gtrain.seed_quantiles(np.asarray(h.loss)[..., -1]).median[0],
     }
-    print(json.dumps(summary, indent=2))
+    print(dumps_json(summary))
     return 0
