@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import sys
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradjax.errors import GradjaxInputError, invalid
-from gradjax.tree_paths import module_parts
+from gradjax.tree_paths import leaf_names, module_parts, natural_key
 
 # Name of the probe variable a Linen submodule gets in its own "params" scope.
 PROBE = "gradjax_probe"
@@ -263,10 +264,14 @@ def _linen(
         )
     others = {k: v for k, v in variables.items() if k != "params"}
     kwargs = dict(apply_kwargs)
-    mutable = list(mutable) if mutable else []
+    # Default: every collection but "params" may change (BatchNorm statistics in train mode);
+    # the changes are discarded. Default RNGs: a fixed dropout key (same numbers every call).
+    mutable = sorted(others) if mutable is None else list(mutable)
+    if rngs is None:
+        rngs = {"dropout": jax.random.key(0)}
     # Discovery records each probed site's class and output rank (first call); a scanned
     # stack's probe has one more axis than its output: the layer axis.
-    calls: dict[tuple[str, ...], tuple[str, int]] = {}
+    calls: dict[tuple[str, ...], tuple[str, int] | None] = {}
 
     def call(params, state, x, interceptor, extra=()):
         collections, rng = state
@@ -278,15 +283,15 @@ def _linen(
         return out if mut else (out, {})
 
     def recording(next_fun, args, kw, ctx):
-        out = next_fun(*args, **kw)
         path = tuple(ctx.module.path)
+        if ctx.method_name == "__call__" and path and path not in calls:
+            calls[path] = None  # reserved at entry: sites in pre-order (a block before its parts)
+        out = next_fun(*args, **kw)
         if ctx.method_name == "__call__" and path and _float_leaves_only(out):
-            calls.setdefault(
-                path, (type(ctx.module).__name__, jax.tree_util.tree_leaves(out)[0].ndim)
-            )
-            ctx.module.variable(
-                "params", PROBE, lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), out)
-            )
+            if calls.get(path) is None:
+                rank = jax.tree_util.tree_leaves(out)[0].ndim
+                calls[path] = (type(ctx.module).__name__, rank)
+            _create_probe(ctx.module, out)
         return out
 
     def apply(params, state, x, probes):
@@ -313,7 +318,10 @@ def _linen(
         created = state["params"]
         ppaths = _param_paths(variables["params"])
         sites, shapes = [], {}
-        for path, (cls, ndim) in calls.items():
+        for path, found in calls.items():
+            if found is None:  # a call whose output is not floating-point arrays
+                continue
+            cls, ndim = found
             node = created
             for part in path:
                 node = node[part]
@@ -334,6 +342,23 @@ def _linen(
         jax.tree_util.tree_structure(rngs),
     )
     return Boundary("linen", variables["params"], (others, rngs), key, module, apply, discover)
+
+
+def _create_probe(module: Any, out: Any) -> None:
+    """Creates the zero probe variable of ``module`` (also for ``setup``-style modules).
+
+    Flax allows new variables only in ``setup`` or an ``@compact`` method; the probe belongs
+    to the boundary, not to the user's module, so creation is allowed for this one call.
+    """
+    state = module._state
+    before = state.in_compact_method
+    state.in_compact_method = True
+    try:
+        module.variable(
+            "params", PROBE, lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), out)
+        )
+    finally:
+        state.in_compact_method = before
 
 
 def _insert_probes(params: Any, probes: Mapping[str, Any]) -> Any:
@@ -390,11 +415,13 @@ class _NnxPatch:
         patch = self
 
         def __call__(module, *args, **kwargs):
-            out = orig(module, *args, **kwargs)
             name = patch.names.get(id(module))
+            if name is not None and patch.record is not None and name not in patch.record:
+                patch.record[name] = None  # reserved at entry: sites in pre-order
+            out = orig(module, *args, **kwargs)
             if name is None or not _float_leaves_only(out):
                 return out
-            if patch.record is not None and name not in patch.record:
+            if patch.record is not None and patch.record.get(name) is None:
                 patch.record[name] = (type(module).__name__, out)
             if name in patch.probes:
                 out = _add(out, patch.probes[name])
@@ -414,12 +441,17 @@ def _nnx(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
         # can then be updated by the forward pass (they belong to this copy only).
         return nnx.merge(graphdef, p, jax.tree.map(jnp.asarray, state))
 
+    def run_model(copy, x):
+        # Inside nnx.capture: a model's own `self.perturb`/`sow` calls then run as Flax
+        # documents them (no warning), and their intermediates are dropped.
+        return nnx.capture(lambda m, x: m(x, **kwargs), nnx.Perturbation)(copy, x)[0]
+
     def apply(p, state, x, probes):
         copy = fresh(p, state)
         if not probes:
-            return copy(x, **kwargs)
+            return run_model(copy, x)
         with _NnxPatch(copy, probes, None):
-            return copy(x, **kwargs)
+            return run_model(copy, x)
 
     def discover(x):
         record: dict[str, Any] = {}
@@ -427,13 +459,15 @@ def _nnx(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
         def run(p, state, x):
             copy = fresh(p, state)
             with _NnxPatch(copy, None, record):
-                copy(x, **kwargs)
-            return {n: out for n, (_, out) in record.items()}
+                run_model(copy, x)
+            return {n: v[1] for n, v in record.items() if v is not None}
 
         shapes = jax.eval_shape(run, params, rest, x)
         ppaths = _param_paths(params)
         sites = [
-            Site(n, cls, None, _owns(ppaths, tuple(n.split("/")))) for n, (cls, _) in record.items()
+            Site(n, v[0], None, _owns(ppaths, tuple(n.split("/"))))
+            for n, v in record.items()
+            if v is not None
         ]
         return sites, shapes
 
@@ -445,8 +479,6 @@ def _nnx(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
 
 
 def _function(fn: Callable[..., Any], params: Any, perturbations: Any) -> Boundary:
-    from gradjax.tree_paths import leaf_names
-
     template = perturbations
 
     def apply(p, state, x, probes):
@@ -467,9 +499,16 @@ def _function(fn: Callable[..., Any], params: Any, perturbations: Any) -> Bounda
     key = ("function", _hashable(fn), jax.tree_util.tree_structure(perturbations))
     b = Boundary("function", params, None, key, fn, apply, discover)
     if template is not None:
-        # One probe tree for the function: its leaves, in flattening order, are the blocks.
+        # One probe tree for the function: its leaves are the blocks, in the order the traced
+        # forward pass first reads them (dict keys need not sort in execution order).
+        order: dict[Hashable, list[int]] = {}
+
         def blocks(x):
-            return [Block(n, "perturbations", i) for i, n in enumerate(leaf_names(template))]
+            key = _shapes_key(x)
+            if key not in order:
+                order[key] = _first_reads(lambda e: fn(params, x, perturbations=e), template, x)
+            names = leaf_names(template)
+            return [Block(names[i], "perturbations", i) for i in order[key]]
 
         def zero_probes(x):
             return {"perturbations": _resize(template, x)}
@@ -478,7 +517,7 @@ def _function(fn: Callable[..., Any], params: Any, perturbations: Any) -> Bounda
             from gradjax.numerics import safe_norm
 
             leaves = jax.tree_util.tree_leaves(grads["perturbations"])
-            return jnp.stack([safe_norm(v) for v in leaves])
+            return jnp.stack([safe_norm(leaves[blk.layer]) for blk in blocks(x)])
 
         b.blocks = blocks  # type: ignore[method-assign]
         b.zero_probes = zero_probes  # type: ignore[method-assign]
@@ -487,6 +526,22 @@ def _function(fn: Callable[..., Any], params: Any, perturbations: Any) -> Bounda
         b.blocks = lambda x: []  # type: ignore[method-assign]
         b.zero_probes = lambda x: {}  # type: ignore[method-assign]
     return b
+
+
+def _first_reads(fn: Callable[[Any], Any], template: Any, x: Any) -> list[int]:
+    """Leaf indices of ``template`` sorted by the first equation of ``fn``'s jaxpr reading them."""
+    zeros = _resize(template, x)
+    leaves, treedef = jax.tree_util.tree_flatten(zeros)
+    closed = jax.make_jaxpr(lambda ls: fn(jax.tree_util.tree_unflatten(treedef, ls)))(leaves)
+    first: dict[Any, int] = {}
+    for i, eqn in enumerate(closed.jaxpr.eqns):
+        for v in eqn.invars:
+            if not hasattr(v, "val"):  # a variable, not a literal
+                first.setdefault(v, i)
+    uses = [first.get(v, math.inf) for v in closed.jaxpr.invars]
+    # Ties (leaves read by one equation, e.g. stacked together) in natural order of names.
+    names = leaf_names(template)
+    return sorted(range(len(leaves)), key=lambda i: (uses[i], natural_key(names[i])))
 
 
 def _resize(template: Any, x: Any) -> Any:
@@ -522,9 +577,10 @@ def wrap(
         a pure function ``model(params, x)``.
       params: the Linen variables or the function's parameters.
       apply_kwargs: keyword arguments of every call (``train=True`` for a Linen model).
-      mutable: Linen collections the forward pass updates (``["batch_stats"]`` in train
-        mode); the updates are discarded (a measurement does not train).
-      rngs: Linen RNGs of the forward pass (``{"dropout": key}``).
+      mutable: Linen collections the forward pass updates (default: every collection of
+        ``params`` but ``"params"``, e.g. ``batch_stats`` in train mode); the updates are
+        discarded (a measurement does not train).
+      rngs: Linen RNGs of the forward pass (default ``{"dropout": jax.random.key(0)}``).
       perturbations: pure functions only: zero arrays the function adds to its activations,
         passed as ``model(params, x, perturbations=...)``; each leaf is a block.
 

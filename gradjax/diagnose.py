@@ -1,61 +1,79 @@
 """Diagnose the gradient flow of any model: Flax Linen, Flax NNX, a pure JAX function.
 
-:func:`diagnose` needs only a forward function, its parameters, one batch and a loss. It
-measures, in one jitted pass,
+:func:`diagnose` takes a model as its user wrote it (through :mod:`gradjax.boundary`), one
+batch and a loss, and measures in one compiled program, cached by the model's structure and
+the shapes so that a second call reuses it:
 
-* the gradient norm of every parameter leaf and of every parameter group (a group is the
-  module path: ``"Dense_0"``, ``"blocks/3/attn"``; gradjax's stacked ``"hidden"`` leaves are
-  split into one group per layer),
-* ``||dL/da||`` for every intermediate activation the model exposes through Flax's
-  ``perturb`` (Linen ``self.perturb(name, x)``, NNX ``self.perturb(name, x)``) or, for a pure
-  function, through a ``perturbations`` argument,
-* the global gradient norm of ``microbatches`` independent slices of the batch: an observed
-  distribution from which a clipping threshold is read,
+* ``||dL/da_l||`` for the output ``a_l`` of every block (the repeated submodules: Transformer
+  blocks, residual blocks, the layers of an ``nn.scan`` stack), captured without any change
+  to the model's code,
+* the gradient norm of every parameter leaf and module group (one per layer for a stack),
+* the global gradient norm of ``microbatches`` independent slices of the batch: the
+  observed distribution a clipping threshold is read from,
+* whether the blocks are residual: with every kernel inside the blocks set to zero, does the
+  first block's output still reach the model's output?
 
-and, outside ``jit``, exact per-layer Jacobian spectra where the caller hands over the layers
-as a sequence of functions.
+Verdicts come only from gradient flow, the series ``||dL/da_l||``. It is split into at most
+three contiguous regions (input, middle, output); each region's geometric-mean norm is
+divided by the norm at the output-most block, where the gradient enters:
 
-Layers are put in execution order by tracing the forward pass once (the first equation of
-the jaxpr that reads each parameter or perturbation), so the order does not depend on how a
-framework happens to name or sort its modules.
-
-Verdicts. The per-layer series (``||dL/da_l||`` when activations are exposed, otherwise the
-weight-gradient norm of every group that holds a matrix or kernel) is split into at most three
-contiguous regions (input, middle, output). For each region the geometric-mean gradient norm
-is divided by the norm at the output-most layer, where the gradient enters the network:
-
-* ``vanishing`` if that ratio is below ``Thresholds.vanishing`` (default 0.1: the region gets
-  less than a tenth of the gradient the output layer gets),
+* ``vanishing`` if that ratio is below ``Thresholds.vanishing`` (default 0.1),
 * ``exploding`` if it is above ``Thresholds.exploding`` (default 10),
 * ``healthy`` otherwise, and ``non-finite`` if any gradient is NaN or infinite.
 
+Where no block outputs exist (a pure function without ``perturbations``, a model with fewer
+than two blocks) the report shows the parameter-gradient norms and says ``inconclusive``:
+a weight gradient ``delta_l a_{l-1}^T`` mixes forward and backward signals and is no
+gradient-flow measurement.
+
 The per-layer growth rate is ``exp(-slope)`` of a least-squares line through
-``log ||g_l||`` against ``l``: the factor by which the gradient is multiplied at each layer on
-its way back towards the input (mean-field theory predicts ``sqrt(chi_1)`` for the activation
-gradients of a random MLP, Schoenholz et al. 2017). The overall verdict is that of the region
-furthest from healthy.
+``log ||g_l||`` against ``l`` (:func:`gradjax.fitting.growth_rate`): the factor by which the
+gradient is multiplied per block on its way back (mean-field theory predicts
+``sqrt(chi_1)`` for a random MLP, Schoenholz et al. 2017).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradjax.boundary import Boundary, wrap
 from gradjax.errors import GradjaxInputError, check_choice, check_int, check_real, invalid
-from gradjax.results import pytree_dataclass
+from gradjax.fitting import growth_rate
+from gradjax.io import json_safe
+from gradjax.numerics import safe_norm
+from gradjax.tree_paths import layer_slices, module_parts, natural_key
 
 LossLike = str | Callable[[Any, Any], jax.Array]
 
-# Path components that name a variable's payload rather than a module (NNX ``Variable.value``).
-_PAYLOAD_KEYS = ("value", "raw_value")
-VERDICTS = ("healthy", "vanishing", "exploding", "non-finite")
+VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "inconclusive")
+# Compiled measuring programs by (model structure, shapes, loss, options); bounded.
+_PROGRAMS: dict[Hashable, Callable[..., Any]] = {}
+_MAX_PROGRAMS = 32
+# Whether a model's blocks are residual, and its output shapes, by (structure, shapes).
+_RESIDUAL: dict[Hashable, bool | None] = {}
+_OUTPUTS: dict[Hashable, Any] = {}
+
+__all__ = [
+    "Comparison",
+    "Report",
+    "Thresholds",
+    "classify",
+    "critical_sigma_w2",
+    "diagnose",
+    "diagnose_net",
+    "growth_rate",
+    "natural_key",
+    "plot_report",
+    "regions",
+    "suggest",
+]
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -99,271 +117,6 @@ class Thresholds:
             raise invalid("thresholds.clip_percentile", self.clip_percentile, "a number <= 100")
         check_real("thresholds.warmup_spike", self.warmup_spike, strictly_positive=True)
         check_real("thresholds.step_gain", self.step_gain, strictly_positive=True)
-
-
-# ---------------------------------------------------------------------------- paths, groups
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _names(path: Sequence[Any]) -> tuple[str, ...]:
-    names = [_key_name(k) for k in path]
-    while names and names[-1] in _PAYLOAD_KEYS:
-        names.pop()
-    return tuple(names)
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort key under which ``"layer_2"`` comes before ``"layer_10"``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Leaf:
-    """One differentiable leaf, or one layer slice of a stacked leaf."""
-
-    index: int  # position among the flattened leaves
-    name: str  # full path, "/"-joined, with the layer index inserted for stacked leaves
-    group: str  # module path (the name without its last component)
-    layer: int | None  # slice of a stacked leaf, or None
-    is_matrix: bool  # ndim >= 2 (per slice): a weight or kernel, not a bias or norm scale
-
-
-def _leaves(tree: Any, stacked: Sequence[str]) -> list[_Leaf]:
-    out: list[_Leaf] = []
-    for index, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(tree)[0]):
-        names = _names(path)
-        ndim = jnp.ndim(leaf)
-        hit = next((i for i, n in enumerate(names[:-1]) if n in stacked), None)
-        if hit is not None and ndim >= 1:
-            for layer in range(jnp.shape(leaf)[0]):
-                full = (*names[: hit + 1], str(layer), *names[hit + 1 :])
-                group = "/".join(full[:-1])
-                out.append(_Leaf(index, "/".join(full), group, layer, ndim - 1 >= 2))
-        else:
-            group = "/".join(names[:-1]) if len(names) > 1 else "/".join(names)
-            out.append(_Leaf(index, "/".join(names) or "leaf", group or "leaf", None, ndim >= 2))
-    return out
-
-
-def _leaf_norms(tree: Any, leaves: list[_Leaf]) -> np.ndarray:
-    """Frobenius norms of every leaf (or stacked slice), in ``leaves`` order, ``(n,)``.
-
-    Computed on the host in float64: no overflow for huge float32 gradients (exploding runs
-    stay measurable until the values themselves are non-finite), exact for float64 ones, and
-    no extra reductions for XLA to compile into the measuring program.
-    """
-    flat = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(tree)]
-    out = np.empty(len(leaves))
-    with np.errstate(over="ignore", invalid="ignore"):
-        for j, leaf in enumerate(leaves):
-            value = flat[leaf.index] if leaf.layer is None else flat[leaf.index][leaf.layer]
-            out[j] = math.sqrt(float(np.sum(np.square(value))))
-    return out
-
-
-def _combine(norms: np.ndarray, members: list[list[int]]) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.array(
-            [math.sqrt(float(np.sum(np.square(norms[m], dtype=np.float64)))) for m in members]
-        )
-
-
-# ---------------------------------------------------------------------------- model adapter
-
-
-@dataclasses.dataclass
-class _Adapter:
-    """A model reduced to ``forward(params, perturbations, x)`` over differentiable params."""
-
-    kind: str
-    params: Any
-    forward: Callable[[Any, Any, Any], Any]
-    zero_perturbations: Callable[[Any], Any]
-
-
-def _batch_size(x: Any) -> int | None:
-    leaves = jax.tree_util.tree_leaves(x)
-    if not leaves or jnp.ndim(leaves[0]) == 0:
-        return None
-    return int(jnp.shape(leaves[0])[0])
-
-
-def _is_nnx_module(obj: Any) -> bool:
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax is a dependency
-        return False
-    return isinstance(obj, nnx.Module)
-
-
-def _linen_bound(apply_fn: Any) -> bool:
-    from flax import linen as nn
-
-    return isinstance(getattr(apply_fn, "__self__", None), nn.Module)
-
-
-def _adapter(apply_fn: Any, params: Any, perturbations: Any, full_batch: int | None) -> _Adapter:
-    if _is_nnx_module(apply_fn):
-        from flax import nnx
-
-        if params is not None:
-            raise invalid("params", type(params).__name__, "None when an nnx.Module is passed")
-        graphdef, nnx_params, rest = nnx.split(apply_fn, nnx.Param, ...)
-
-        def call(module, x):
-            return module(x)
-
-        def forward(p, e, x):
-            module = nnx.merge(graphdef, p, rest)
-            # Calling through ``capture`` is how NNX feeds perturbations (and it keeps
-            # ``perturb``/``sow`` from warning about use outside a capture).
-            if e is None:
-                out, _ = nnx.capture(call, nnx.Perturbation)(module, x)
-            else:
-                out, _ = nnx.capture(call, nnx.Perturbation, init=e)(module, x)
-            return out
-
-        def zeros(x):
-            shapes = jax.eval_shape(
-                lambda p, x: nnx.capture(call, nnx.Perturbation)(nnx.merge(graphdef, p, rest), x)[
-                    1
-                ],
-                nnx_params,
-                x,
-            )
-            leaves = jax.tree_util.tree_leaves(shapes)
-            if not leaves:
-                return None
-            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-        return _Adapter("nnx", nnx_params, forward, zeros)
-
-    if not callable(apply_fn):
-        raise invalid("apply_fn", type(apply_fn).__name__, "a callable or an nnx.Module")
-
-    if isinstance(params, Mapping) and "params" in params:
-        # Flax Linen variables: differentiate the "params" collection only; batch statistics
-        # and other collections are held fixed; "perturbations" are the activation taps.
-        others = {k: v for k, v in params.items() if k not in ("params", "perturbations")}
-        bound = _linen_bound(apply_fn)
-        stored = params.get("perturbations")
-
-        def forward(p, e, x):
-            variables = {**others, "params": p}
-            if e is not None:
-                variables["perturbations"] = e
-            return apply_fn(variables, x)
-
-        def zeros(x):
-            if bound:
-                shapes = jax.eval_shape(
-                    lambda p, x: apply_fn({**others, "params": p}, x, mutable=["perturbations"])[1],
-                    params["params"],
-                    x,
-                )
-                shapes = shapes.get("perturbations")
-                if not shapes:
-                    return None
-                return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            return _resize_template(stored, full_batch, _batch_size(x))
-
-        return _Adapter("linen", params["params"], forward, zeros)
-
-    if perturbations is None:
-        return _Adapter("function", params, lambda p, e, x: apply_fn(p, x), lambda x: None)
-
-    def forward(p, e, x):
-        return apply_fn(p, x, perturbations=e)
-
-    return _Adapter(
-        "function",
-        params,
-        forward,
-        lambda x: _resize_template(perturbations, full_batch, _batch_size(x)),
-    )
-
-
-def _resize_template(template: Any, full: int | None, size: int | None) -> Any:
-    """Zero perturbations for a batch of ``size``; leaves with a batch axis 0 are resized."""
-    if template is None or not jax.tree_util.tree_leaves(template):
-        return None
-    if size == full:
-        return jax.tree.map(jnp.zeros_like, template)
-    leaves = jax.tree_util.tree_leaves(template)
-    if any(jnp.ndim(v) == 0 or jnp.shape(v)[0] != full for v in leaves):
-        raise _NoResize
-    return jax.tree.map(
-        lambda v: jnp.zeros((size, *jnp.shape(v)[1:]), jnp.asarray(v).dtype), template
-    )
-
-
-class _NoResize(Exception):
-    """The perturbations cannot be re-shaped to a micro-batch (no batch axis 0)."""
-
-
-# ---------------------------------------------------------------------------- measurement
-
-
-@pytree_dataclass
-class GradientFlow:
-    """The raw measurements of one :func:`diagnose` pass.
-
-    Attributes:
-      loss: the loss on the whole batch.
-      grad_norms: ``||dL/dtheta||`` per parameter leaf (per layer slice for stacked leaves),
-        in the order of :attr:`Report.leaf_names`.
-      param_norms: ``||theta||`` for the same leaves.
-      activation_grad_norms: ``||dL/da||`` per exposed activation, ``(A,)`` (``A`` may be 0).
-      microbatch_global_norms: global gradient norm of each micro-batch, ``(K,)``.
-    """
-
-    loss: jax.Array
-    grad_norms: jax.Array
-    param_norms: jax.Array
-    activation_grad_norms: jax.Array
-    microbatch_global_norms: jax.Array
-
-
-def _global_norm(tree: Any) -> jax.Array:
-    from gradjax.numerics import safe_norm  # overflow-safe for huge (exploding) gradients
-
-    leaves = [jnp.ravel(v) for v in jax.tree_util.tree_leaves(tree)]
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    dtype = jnp.result_type(*leaves)
-    return safe_norm(jnp.concatenate([v.astype(dtype) for v in leaves]))
-
-
-def _first_use(fn: Callable[..., Any], *trees: Any) -> list[list[float]]:
-    """For each leaf of each tree, the index of the first jaxpr equation that reads it."""
-    flats = [jax.tree_util.tree_flatten(t) for t in trees]
-
-    def flat_fn(*leaf_lists):
-        rebuilt = [
-            jax.tree_util.tree_unflatten(td, list(ls))
-            for (_, td), ls in zip(flats, leaf_lists, strict=True)
-        ]
-        return fn(*rebuilt)
-
-    closed = jax.make_jaxpr(flat_fn)(*[leaves for leaves, _ in flats])
-    invars = closed.jaxpr.invars
-    first: dict[Any, int] = {}
-    for i, eqn in enumerate(closed.jaxpr.eqns):
-        for v in eqn.invars:
-            if hasattr(v, "val"):  # a literal, not a variable
-                continue
-            first.setdefault(v, i)
-    out, pos = [], 0
-    for leaves, _ in flats:
-        out.append([float(first.get(invars[pos + j], math.inf)) for j in range(len(leaves))])
-        pos += len(leaves)
-    return out
 
 
 # ---------------------------------------------------------------------------- the report
@@ -499,6 +252,7 @@ class Report:
             f"{self.growth_per_layer:.3g}   global grad norm: {self.global_norm:.3g}",
             f"thresholds: vanishing if region/output-layer gradient ratio < {t.vanishing:g}, "
             f"exploding if > {t.exploding:g}",
+            _structure_line(self.context),
             "",
             f"{'region':<8} {'layers':>7} {'ratio':>10} {'growth/layer':>13}  verdict",
         ]
@@ -507,7 +261,14 @@ class Report:
                 f"{r.name:<8} {len(r.layers):>7d} {r.ratio:>10.3g} {r.growth_per_layer:>13.3g}"
                 f"  {r.verdict}"
             )
-        lines += ["", f"per-layer series ({self.series}, input side first):"]
+        if self.series == "parameters":
+            lines += [
+                "",
+                "no block outputs found: the series below is ||dL/dW|| per module, which is not "
+                "a gradient-flow measurement; no verdict is drawn from it",
+            ]
+        label = "||dL/da_l|| per block" if self.series == "activations" else "||dL/dW||"
+        lines += ["", f"per-layer series ({label}, input side first):"]
         width = max([len(n) for n in self.series_names] + [5])
         lines.append(f"  {'layer':<{width}} {'||grad||':>10}")
         for name, value in zip(self.series_names, self.series_values, strict=True):
@@ -548,7 +309,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-safe Python data (non-finite floats as strings)."""
-        return _json_safe(
+        return json_safe(
             {
                 "kind": self.kind,
                 "loss": self.loss,
@@ -596,43 +357,86 @@ class Report:
         """The report as a figure (see :func:`plot_report`)."""
         return plot_report(self, title=title)
 
+    def compare(self, other: Report) -> Comparison:
+        """This report (before) against ``other`` (after a fix), block by block.
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return [_json_safe(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+        Args:
+          other: the report of the changed model (same blocks, or not).
+
+        Returns:
+          A :class:`Comparison`.
+        """
+        if not isinstance(other, Report):
+            raise invalid("other", type(other).__name__, "a gradjax Report")
+        after = dict(zip(other.series_names, other.series_values, strict=True))
+        common = tuple(n for n in self.series_names if n in after)
+        before = dict(zip(self.series_names, self.series_values, strict=True))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.array([after[n] / before[n] for n in common], np.float64)
+        return Comparison(
+            verdicts=(self.verdict, other.verdict),
+            growth=(self.growth_per_layer, other.growth_per_layer),
+            loss=(self.loss, other.loss),
+            global_norm=(self.global_norm, other.global_norm),
+            series=(self.series, other.series),
+            common_layers=common,
+            ratios=ratios,
+        )
+
+
+def _structure_line(context: Mapping[str, Any]) -> str:
+    blocks = context.get("blocks", 0)
+    norms = context.get("norms_found") or ([context["norm"]] if context.get("norm") else [])
+    residual = context.get("residual")
+    res = "unknown" if residual is None else ("yes" if residual else "no")
+    return (
+        f"structure: {blocks} blocks, normalisation: {', '.join(norms) or 'none found'}, "
+        f"residual: {res}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Two reports side by side (:meth:`Report.compare`): each pair is (before, after).
+
+    Attributes:
+      verdicts: the overall verdicts.
+      growth: backward growth per block.
+      loss: the losses.
+      global_norm: the global gradient norms.
+      series: the series kinds (``"activations"`` or ``"parameters"``).
+      common_layers: the series names present in both, input side first.
+      ratios: after / before of the series value of each common layer.
+    """
+
+    verdicts: tuple[str, str]
+    growth: tuple[float, float]
+    loss: tuple[float, float]
+    global_norm: tuple[float, float]
+    series: tuple[str, str]
+    common_layers: tuple[str, ...]
+    ratios: np.ndarray
+
+    def summary(self) -> str:
+        """A short text: verdict, growth and norms before and after, and the largest changes."""
+        lines = [
+            f"verdict: {self.verdicts[0]} -> {self.verdicts[1]}",
+            f"backward growth per block: {self.growth[0]:.3g} -> {self.growth[1]:.3g}",
+            f"loss: {self.loss[0]:.4g} -> {self.loss[1]:.4g}",
+            f"global grad norm: {self.global_norm[0]:.3g} -> {self.global_norm[1]:.3g}",
+        ]
+        if len(self.common_layers):
+            lines.append(f"per-block ||dL/da|| after/before ({len(self.common_layers)} blocks):")
+            for name, r in zip(self.common_layers, self.ratios, strict=True):
+                lines.append(f"  {name:<24} x{r:.3g}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe data."""
+        return json_safe(dataclasses.asdict(self))
 
 
 # ---------------------------------------------------------------------------- verdicts
-
-
-def growth_rate(values: np.ndarray) -> float:
-    """Backward growth factor per layer of a series ordered input side first.
-
-    Args:
-      values: positive norms ``g_1..g_L`` (input side first).
-
-    Returns:
-      ``exp(-b)`` for the least-squares fit ``log g_l = a + b l``: > 1 means the gradient
-      grows on its way back to the input. ``nan`` for fewer than two finite positive values.
-    """
-    v = np.asarray(values, np.float64)
-    keep = np.isfinite(v) & (v > 0)
-    if keep.sum() < 2:
-        return math.nan
-    layers = np.arange(len(v), dtype=np.float64)[keep]
-    slope = np.polyfit(layers, np.log(v[keep]), 1)[0]
-    return float(np.exp(-slope))
 
 
 def classify(ratio: float, thresholds: Thresholds) -> str:
@@ -723,6 +527,21 @@ def critical_sigma_w2(activation: str, sigma_b: float = 0.0) -> float | None:
 _RELU_FAMILY = {"relu": 2.0, "leaky_relu": 2.0 / (1 + 0.01**2)}
 
 
+def activation_name(activation: Any) -> str | None:
+    """The table name of an activation given by name or as a function, else ``None``.
+
+    A function is known by its ``__name__`` when that is a name of gradjax's activation table
+    (``jax.nn.gelu`` is ``"gelu"``); anything else has no name (it is never printed as a
+    function repr).
+    """
+    from gradjax.activations import ACTIVATIONS
+
+    if activation is None:
+        return None
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", None)
+    return name if isinstance(name, str) and name in ACTIVATIONS else None
+
+
 def suggest(
     verdict: str,
     *,
@@ -733,27 +552,29 @@ def suggest(
     sigma_w: float | None = None,
     sigma_b: float = 0.0,
     norm: str | None = None,
-    residual: str | None = None,
+    residual: bool | None = None,
     depth: int | None = None,
-    series: str = "activations",
     early_spike: float | None = None,
     warmup_steps: int | None = None,
     step_probe: StepProbe | None = None,
 ) -> tuple[str, ...]:
     """Concrete changes for a verdict, tied to the standard fixes.
 
+    One weight-scale target is given: the critical one of mean-field theory (chi_1 = 1) when
+    the activation is known, otherwise the first-order rescale ``sigma_w / growth`` (only for
+    nets without normalisation, where the weight scale sets the gradient growth).
+
     Args:
       verdict: the overall verdict.
-      growth_per_layer: measured backward growth factor per layer.
+      growth_per_layer: measured backward growth factor per block.
       clip_threshold: the observed-norm percentile (``nan`` if none).
       thresholds: the thresholds used.
-      activation: the model's activation name, if known.
+      activation: the activation's table name, if known.
       sigma_w: the current weight scale (std multiplier of ``1/sqrt(fan_in)``), if known.
       sigma_b: the bias standard deviation.
-      norm: ``"batch"``, ``"layer"`` or ``None``.
-      residual: the residual kind or ``None``.
-      depth: number of layers, if known.
-      series: which series the verdict reads.
+      norm: ``"batch"``, ``"layer"``, ``"group"`` or ``None`` (none found).
+      residual: whether the blocks are residual (``None``: unknown).
+      depth: number of blocks.
       early_spike: max early global norm over the later median, from a training history.
       warmup_steps: a warm-up length to suggest (default: a tenth of the recorded steps).
       step_probe: the first-step probe, if one was run.
@@ -764,67 +585,58 @@ def suggest(
     out: list[str] = []
     clip = f"{clip_threshold:.3g}" if math.isfinite(clip_threshold) else None
     rate = growth_per_layer
-    if verdict in ("vanishing", "exploding") and math.isfinite(rate) and rate > 0:
-        if sigma_w is not None and series == "activations" and norm is None:
-            target = sigma_w / rate
-            out.append(
-                f"rescale the weights: the gradient is multiplied by {rate:.3g} per layer; "
-                f"sigma_w = {sigma_w:.3g} -> about {target:.3g} (sigma_w^2 = {target**2:.3g}) "
-                "brings the per-layer factor to 1 to first order"
-            )
-        else:
-            out.append(
-                f"the gradient is multiplied by {rate:.3g} per layer on its way to the input; "
-                f"multiply the weight init scale by about 1/{rate:.3g} = {1 / rate:.3g}"
-            )
-    if activation is not None and verdict in ("vanishing", "exploding"):
-        if activation in _RELU_FAMILY:
-            out.append(
-                f"use He initialisation for {activation}: "
-                f"sigma_w^2 = {_RELU_FAMILY[activation]:.3g} (chi_1 = 1)"
-            )
-        else:
-            crit = critical_sigma_w2(activation, sigma_b)
-            if crit is not None:
-                out.append(
-                    f"use the critical init for {activation} at sigma_b = {sigma_b:g}: "
-                    f"sigma_w^2 = {crit:.3g} (chi_1 = 1, edge of chaos)"
-                    + (
-                        ", with orthogonal weights for dynamical isometry"
-                        if activation in ("tanh", "erf")
-                        else ""
-                    )
-                )
-        if verdict == "vanishing" and activation == "sigmoid":
-            out.append(
-                "switch sigmoid to tanh or a ReLU-family activation (sigmoid' <= 0.25 and its "
-                "non-zero mean shifts every layer)"
-            )
+    bad = verdict in ("vanishing", "exploding")
+    crit = None
+    if activation is not None:
+        crit = _RELU_FAMILY.get(activation) or critical_sigma_w2(activation, sigma_b)
+    if bad and crit is not None and norm is None:
+        now = f" (now sigma_w^2 = {sigma_w**2:.3g})" if sigma_w is not None else ""
+        out.append(
+            f"use the critical init for {activation} at sigma_b = {sigma_b:g}: "
+            f"sigma_w^2 = {crit:.3g}{now}; chi_1 = 1 (edge of chaos)"
+            + (", with orthogonal weights for dynamical isometry" if activation == "tanh" else "")
+        )
+    elif bad and norm is None and math.isfinite(rate) and rate > 0:
+        out.append(
+            f"the gradient is multiplied by {rate:.3g} per block on its way to the input; "
+            f"multiply the weight init scale by about 1/{rate:.3g} = {1 / rate:.3g}"
+        )
+    if verdict == "vanishing" and activation == "sigmoid":
+        out.append(
+            "switch sigmoid to tanh or a ReLU-family activation (sigmoid' <= 0.25 and its "
+            "non-zero mean shifts every layer)"
+        )
     if verdict == "vanishing":
         if norm is None:
             out.append("add normalisation (LayerNorm, or BatchNorm for large batches)")
-        if residual is None:
+        if residual is False:
             scale = f" scaled by 1/sqrt(depth) = {1 / math.sqrt(depth):.3g}" if depth else ""
             out.append(f"add residual connections{scale} (or SkipInit/ReZero, gain 0 at init)")
-        if norm is not None or activation is None:
+        if norm is not None and residual:
             out.append(
-                "if the large gradients sit at the output end of a post-LN residual stack, "
-                "move the norm before each branch (pre-LN) or add a learning-rate warm-up"
+                "the gradient fades towards the input through normalised residual blocks: "
+                "the pattern of post-LN stacks; move the norm before each branch (pre-LN) "
+                "or add a learning-rate warm-up"
             )
     if verdict in ("exploding", "non-finite"):
-        if clip is not None:
-            out.append(
-                f"clip gradients at the {thresholds.clip_percentile:g}th percentile of the "
-                f"observed global norms: optax.clip_by_global_norm({clip})"
-            )
+        out.append(
+            "the observed gradient norms are themselves the explosion, so no clipping "
+            "threshold is read from them: fix the scale first, then clip at a high quantile "
+            "of the norms of the fixed model (optax.clip_by_global_norm)"
+        )
         out.append("add a learning-rate warm-up (e.g. optax.warmup_cosine_decay_schedule)")
-        if residual == "plain":
+        if residual:
             out.append("scale the residual branches by 1/sqrt(depth) or use SkipInit")
         if norm == "batch":
             out.append(
                 "deep BatchNorm nets explode at init (Yang et al. 2019): use fewer BN layers, "
                 "LayerNorm, or residual blocks"
             )
+    if verdict == "inconclusive":
+        out.append(
+            "no block outputs were found, so no gradient-flow verdict: pass a Flax model "
+            "(Linen or NNX) or a function with `perturbations=` to measure ||dL/da_l||"
+        )
     if step_probe is not None and step_probe.unstable:
         lr = step_probe.lrs[0]
         out.insert(
@@ -865,7 +677,7 @@ def _check_params_finite(params: Any) -> None:
             )
         value = np.asarray(leaf)
         if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
-            bad.append("/".join(_names(path)) or "leaf")
+            bad.append("/".join(module_parts(path)) or "leaf")
     if bad:
         raise invalid(
             "params",
@@ -874,24 +686,232 @@ def _check_params_finite(params: Any) -> None:
         )
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _leaf_norms(tree: Any, slices: list) -> np.ndarray:
+    """Frobenius norms of every leaf (or stacked slice), in ``slices`` order, on the host.
+
+    In float64: no overflow for huge float32 gradients (an exploding run stays measurable
+    until its values are non-finite), and no reductions for XLA to compile.
+    """
+    flat = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(tree)]
+    out = np.empty(len(slices))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j, s in enumerate(slices):
+            value = flat[s.index] if s.layer is None else flat[s.index][s.layer]
+            out[j] = math.sqrt(float(np.sum(np.square(value))))
+    return out
+
+
+def _combine(norms: np.ndarray, members: list[list[int]]) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.array(
+            [math.sqrt(float(np.sum(np.square(norms[m], dtype=np.float64)))) for m in members]
+        )
+
+
+def _first_use(fn: Callable[..., Any], tree: Any) -> list[float]:
+    """For each leaf of ``tree``, the index of the first jaxpr equation that reads it."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    closed = jax.make_jaxpr(lambda ls: fn(jax.tree_util.tree_unflatten(treedef, ls)))(leaves)
+    first: dict[Any, int] = {}
+    for i, eqn in enumerate(closed.jaxpr.eqns):
+        for v in eqn.invars:
+            if not hasattr(v, "val"):  # a variable, not a literal
+                first.setdefault(v, i)
+    return [float(first.get(v, math.inf)) for v in closed.jaxpr.invars]
+
+
+def _param_order(boundary: Boundary, slices: list, x: Any) -> list[int]:
+    """Parameter slices in execution order.
+
+    Flax models: the order in which their modules were first called (a stack's layers in
+    turn); pure functions: the first equation of the traced forward pass that reads each
+    leaf. Ties by natural order of the names.
+    """
+    if boundary.kind == "function":
+        uses = _first_use(lambda p: boundary.apply(p, x), boundary.params)
+        return sorted(
+            range(len(slices)),
+            key=lambda i: (
+                uses[slices[i].index],
+                slices[i].layer or 0,
+                natural_key(slices[i].name),
+            ),
+        )
+    sites = {tuple(s.name.split("/")): i for i, s in enumerate(boundary.sites(x))}
+    leaf_parts = [
+        module_parts(p) for p, _ in jax.tree_util.tree_flatten_with_path(boundary.params)[0]
+    ]
+
+    def site_of(parts: tuple[str, ...], outermost: bool) -> int:
+        found = [sites[parts[:k]] for k in range(1, len(parts)) if parts[:k] in sites]
+        if not found:
+            return -1
+        return found[0] if outermost else found[-1]
+
+    def key(i: int):
+        s = slices[i]
+        parts = leaf_parts[s.index]
+        if s.layer is None:
+            return (site_of(parts, False), 0, -1, natural_key(s.name))
+        return (site_of(parts, True), s.layer, site_of(parts, False), natural_key(s.name))
+
+    return sorted(range(len(slices)), key=key)
+
+
+def _kernel_mask(boundary: Boundary, x: Any) -> Any:
+    """Which parameter leaves are kernels (two axes or more per layer) inside a block."""
+    block_sites = {tuple(b.site.split("/")) for b in boundary.blocks(x)}
+    paths, treedef = jax.tree_util.tree_flatten_with_path(boundary.params)
+    kernel = [False] * len(paths)
+    for s in layer_slices(boundary.params):
+        parts = module_parts(paths[s.index][0])
+        if s.ndim >= 2 and any(parts[: len(b)] == b for b in block_sites):
+            kernel[s.index] = True
+    return jax.tree_util.tree_unflatten(treedef, kernel)
+
+
+def _program(
+    boundary: Boundary, loss: Callable[..., Any], x: Any, y: Any, probes: Any
+) -> Callable[..., Any]:
+    """The one jitted program of a diagnosis, cached by structure, shapes and loss.
+
+    ``program(params, state, probes, x, y, weights)`` pulls ``weights[i] * dL/dout_i`` back
+    through the model: with all weights 1 it is the full-batch gradient (and ``dL/da_l`` for
+    every block); with the indicator of a slice of examples it is that slice's share of it.
+    One compiled program serves the full batch and every slice.
+    """
+    key = (boundary.cache_key(x, y, probes), loss if _is_hashable(loss) else id(loss))
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+
+    def measure(p, state, e, x, y, weights):
+        out, pullback = jax.vjp(lambda p, e: boundary.apply(p, x, e, state=state), p, e)
+        value, cot = jax.value_and_grad(lambda o: loss(o, y))(out)
+        cot = jax.tree.map(
+            lambda c: c * weights.reshape((-1,) + (1,) * (c.ndim - 1)).astype(c.dtype), cot
+        )
+        gp, ge = pullback(cot)
+        blocks = boundary.block_norms(ge, x) if e else jnp.zeros((0,))
+        leaves = [jnp.ravel(v) for v in jax.tree_util.tree_leaves(gp)]
+        return value, gp, blocks, safe_norm(jnp.concatenate(leaves))
+
+    program = jax.jit(measure)
+    if len(_PROGRAMS) >= _MAX_PROGRAMS:
+        _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[key] = program
+    return program
+
+
+def _output_shape(boundary: Boundary, x: Any, probes: Any) -> Any:
+    """The model's output shapes (traced once per structure and shapes)."""
+    key = boundary.cache_key(x, probes)
+    if key not in _OUTPUTS:
+        if len(_OUTPUTS) >= _MAX_PROGRAMS:
+            _OUTPUTS.pop(next(iter(_OUTPUTS)))
+        _OUTPUTS[key] = jax.eval_shape(
+            lambda p, e: boundary.apply(p, x, e), boundary.params, probes
+        )
+    return _OUTPUTS[key]
+
+
+def _slice_norms(
+    program: Callable[..., Any], boundary: Boundary, probes: Any, x: Any, y: Any, k: int
+) -> np.ndarray:
+    """Global gradient norm of ``k`` slices of the batch (the observed distribution).
+
+    Slice ``i``'s share of the full-batch gradient times ``n / size_i``: for a mean loss
+    without batch coupling exactly the gradient of that slice alone; the shares add up to the
+    full-batch gradient for any loss (BatchNorm included). Needs outputs with a batch axis 0.
+    """
+    n = jax.tree_util.tree_leaves(x)[0].shape[0]
+    out_shape = _output_shape(boundary, x, probes)
+    if not k or not all(
+        np.ndim(o) >= 1 and np.shape(o)[0] == n for o in jax.tree_util.tree_leaves(out_shape)
+    ):
+        return np.zeros((0,))
+    m = n // k
+    chunk = np.minimum(np.arange(n) // m, k - 1)  # the last slice takes the remainder
+    out = []
+    for i in range(k):
+        weights = jnp.asarray(chunk == i, jnp.float32)
+        norm = program(boundary.params, boundary.state, probes, x, y, weights)[3]
+        out.append(float(norm) * n / float(np.sum(chunk == i)))
+    return np.asarray(out, np.float64)
+
+
+def _residual_test(
+    program: Callable[..., Any], boundary: Boundary, probes: Any, x: Any, y: Any
+) -> bool | None:
+    """Whether the first block's output reaches the loss with every kernel inside the blocks
+    set to zero: only a skip connection carries it then.
+
+    Two runs of the diagnosis' own compiled program (no new compilation), with the zeroed
+    kernels, the first block's probe at zero and at a fixed random value: the losses differ
+    exactly when the output depends on that block's output.
+    """
+    key = boundary.cache_key(x, y, probes)
+    if key in _RESIDUAL:
+        return _RESIDUAL[key]
+    blocks = boundary.blocks(x)
+    if boundary.kind == "function" or len(blocks) < 2:
+        return None
+    first = blocks[0]
+    mask = _kernel_mask(boundary, x)
+    zeroed = jax.tree.map(lambda v, z: jnp.zeros_like(v) if z else v, boundary.params, mask)
+    leaves, treedef = jax.tree_util.tree_flatten(probes[first.site])
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    noise = [
+        jax.random.normal(kk, jnp.shape(v), jnp.result_type(v))
+        for kk, v in zip(keys, leaves, strict=True)
+    ]
+    if first.layer is not None:  # a stacked site: move only the first layer's output
+        noise = [
+            v * (jnp.arange(v.shape[0]) == first.layer).reshape((-1,) + (1,) * (v.ndim - 1))
+            for v in noise
+        ]
+    moved = {**probes, first.site: jax.tree_util.tree_unflatten(treedef, noise)}
+    ones = jnp.ones((jax.tree_util.tree_leaves(x)[0].shape[0],), jnp.float32)
+    still = float(program(zeroed, boundary.state, probes, x, y, ones)[0])
+    shaken = float(program(zeroed, boundary.state, moved, x, y, ones)[0])
+    result = still != shaken and math.isfinite(shaken)
+    if len(_RESIDUAL) >= _MAX_PROGRAMS:
+        _RESIDUAL.pop(next(iter(_RESIDUAL)))
+    _RESIDUAL[key] = result
+    return result
+
+
+def _is_hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
+
+
 def diagnose(
-    apply_fn: Any,
+    model: Any,
     params: Any,
     batch: tuple[Any, Any],
     loss_fn: LossLike,
     *,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    mutable: Sequence[str] | None = None,
+    rngs: Any = None,
     perturbations: Any = None,
     layers: Sequence[Callable[[jax.Array], jax.Array]] | None = None,
     layer_names: Sequence[str] | None = None,
-    stacked: Sequence[str] = ("hidden",),
     microbatches: int = 8,
     norm_history: Any = None,
     thresholds: Thresholds | None = None,
-    activation: str | None = None,
+    activation: Any = None,
     sigma_w: float | None = None,
     sigma_b: float = 0.0,
     norm: str | None = None,
-    residual: str | None = None,
+    residual: bool | None = None,
     max_jacobian_size: int = 1 << 22,
     lr: float | None = None,
     optimizer: str = "adam",
@@ -900,31 +920,30 @@ def diagnose(
     """Diagnoses the gradient flow of a model on one batch.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> output``: a Linen ``model.apply`` (``params`` are its
-        variables), any pure JAX function, or an ``nnx.Module`` itself (then ``params`` is
-        ``None``). A model that needs more arguments is wrapped, e.g. BatchNorm in train
-        mode: ``lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]``
-        (Linen variables are still recognised by their ``"params"`` collection).
-      params: the parameters (Linen variables, a pytree, or ``None`` for NNX).
+      model: an ``nnx.Module`` (``params`` is ``None``), a Linen module or its ``.apply``
+        (``params`` are its variables), or a pure function ``model(params, x)``.
+      params: the Linen variables, the function's parameters, or ``None`` for NNX.
       batch: ``(inputs, targets)``; inputs have the batch on axis 0.
       loss_fn: ``loss_fn(output, targets) -> scalar``, or ``"mse"``/``"xent"``.
+      apply_kwargs: keyword arguments of every forward call (``{"train": True}``).
+      mutable: Linen collections updated in the forward pass (``["batch_stats"]``).
+      rngs: Linen RNGs of the forward pass (``{"dropout": key}``).
       perturbations: pure functions only: zero arrays added to the activations, passed as
-        ``apply_fn(params, x, perturbations=...)``; ``dL/dperturbations`` is ``dL/da``.
-        Linen and NNX models expose activations through ``self.perturb`` instead.
+        ``model(params, x, perturbations=...)``; each leaf is a block.
       layers: optional per-example layer maps ``a_{l-1} -> a_l`` applied in sequence from one
         input; each gets an exact Jacobian spectrum.
       layer_names: names for ``layers`` (default ``"1"``, ``"2"``, ...).
-      stacked: path names whose leaves stack layers on axis 0 (gradjax's ``"hidden"``,
-        a Linen ``nn.scan`` module's name); each slice is its own group.
       microbatches: slices of the batch whose global norms form the observed distribution.
-      norm_history: optional :class:`gradjax.monitor.NormHistory` (or array of global norms)
+      norm_history: optional :class:`gradjax.NormHistory` (or array of global norms)
         from training; the clip threshold and warm-up advice then come from it.
       thresholds: verdict thresholds (default :class:`Thresholds`).
-      activation: the activation name, for init advice.
+      activation: the activation (a name, or a function known by its name), for init advice.
       sigma_w: the current weight scale, for init advice.
       sigma_b: the bias standard deviation, for init advice.
-      norm: ``"batch"``/``"layer"``/``None``, for advice.
-      residual: ``"plain"``/``"scaled"``/``"skipinit"``/``None``, for advice.
+      norm: ``"batch"``/``"layer"`` where the model cannot be inspected (a pure function);
+        a Flax model's normalisation layers are found from its submodules.
+      residual: whether the blocks are residual, where the model cannot be inspected; a Flax
+        model's are tested.
       max_jacobian_size: layers whose Jacobian has more entries are not summarised.
       lr: the planned learning rate; when given, the loss after one first ``optimizer`` step
         at ``lr`` and at ``probe_halvings`` halvings of it is measured (:class:`StepProbe`).
@@ -941,10 +960,10 @@ def diagnose(
     Example:
       >>> import jax, jax.numpy as jnp, gradjax as gj
       >>> from flax import linen as nn
-      >>> model = nn.Sequential([nn.Dense(16), nn.tanh, nn.Dense(1)])
+      >>> model = nn.Sequential([nn.Dense(16), nn.tanh, nn.Dense(16), nn.tanh, nn.Dense(1)])
       >>> x = jnp.ones((8, 4)); y = jnp.zeros((8, 1))
       >>> variables = model.init(jax.random.key(0), x)
-      >>> report = gj.diagnose(model.apply, variables, (x, y), "mse")
+      >>> report = gj.diagnose(model, variables, (x, y), "mse")
       >>> report.verdict in ("healthy", "vanishing", "exploding")
       True
     """
@@ -952,46 +971,55 @@ def diagnose(
 
     thresholds = Thresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, Thresholds):
-        raise invalid("thresholds", thresholds, "a gradjax.diagnose.Thresholds")
+        raise invalid("thresholds", thresholds, "a gradjax.Thresholds")
     check_int("microbatches", microbatches, minimum=1)
     if lr is not None:
         check_real("lr", lr, strictly_positive=True)
     check_choice("optimizer", optimizer, ("adam", "sgd"))
     check_int("probe_halvings", probe_halvings, minimum=1, maximum=30)
+    if norm is not None:
+        check_choice("norm", norm, ("batch", "layer", "group"))
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise invalid("batch", type(batch).__name__, "a pair (inputs, targets)")
     x, y = batch
     loss = get_loss(loss_fn)
-    full = _batch_size(x)
-    if full is None:
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves or jnp.ndim(leaves[0]) == 0:
         raise invalid("batch inputs", getattr(x, "shape", x), "arrays with a batch axis 0")
+    full = int(jnp.shape(leaves[0])[0])
     if params is not None:
         _check_params_finite(params)
-    adapter = _adapter(apply_fn, params, perturbations, full)
-    if adapter.kind == "nnx":
-        _check_params_finite(adapter.params)
+    boundary = wrap(
+        model,
+        params,
+        apply_kwargs=apply_kwargs,
+        mutable=mutable,
+        rngs=rngs,
+        perturbations=perturbations,
+    )
+    if boundary.kind == "nnx":
+        _check_params_finite(boundary.params)
 
     # Shapes first, so a wrong batch or loss is reported before anything runs.
     try:
-        pert0 = adapter.zero_perturbations(x)
-        out_shape = jax.eval_shape(lambda p, e: adapter.forward(p, e, x), adapter.params, pert0)
+        probes = boundary.zero_probes(x)
+        out_shape = _output_shape(boundary, x, probes)
     except GradjaxInputError:
         raise
     except Exception as err:  # the model's own shape error, whatever its type
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        shapes = jax.tree.map(jnp.shape, x)
         raise invalid(
-            "batch inputs shape", shapes, f"inputs the model accepts (it failed with: {first})"
+            "batch inputs shape",
+            jax.tree.map(jnp.shape, x),
+            f"inputs the model accepts (it failed with: {_first_line(err)})",
         ) from None
     try:
         loss_shape = jax.eval_shape(loss, out_shape, y)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise invalid(
             "batch targets shape",
             jax.tree.map(jnp.shape, y),
             f"targets the loss accepts for outputs {jax.tree.map(jnp.shape, out_shape)} "
-            f"(it failed with: {first})",
+            f"(it failed with: {_first_line(err)})",
         ) from None
     if not hasattr(loss_shape, "shape") or loss_shape.shape != ():
         raise invalid(
@@ -1000,135 +1028,99 @@ def diagnose(
             "a scalar () (reduce over the batch, e.g. with jnp.mean)",
         )
 
-    p_leaves = _leaves(adapter.params, stacked)
-    e_leaves = _leaves(pert0, stacked) if pert0 is not None else []
-    uses = _first_use(lambda p, e: adapter.forward(p, e, x), adapter.params, pert0)
-
-    def objective(p, e, xb, yb):
-        return loss(adapter.forward(p, e, xb), yb)
-
     # Micro-batches: K slices of m >= 2 examples (BatchNorm needs two), each its own batch.
     k = min(microbatches, full // 2)
-    micro_pert = None
-    if k >= 2:
-        m = full // k
-        try:
-            micro_pert = adapter.zero_perturbations(jax.tree.map(lambda a: a[:m], x))
-        except _NoResize:
-            k = 0
-    else:
-        k = 0
-
-    @jax.jit
-    def measure(p, e):
-        value, (gp, ge) = jax.value_and_grad(objective, argnums=(0, 1))(p, e, x, y)
-        if k:
-            m = full // k
-            split = lambda a: a[: k * m].reshape(k, m, *a.shape[1:])
-            xs, ys = jax.tree.map(split, x), jax.tree.map(split, y)
-            g_micro = jax.vmap(
-                lambda xb, yb: _global_norm(jax.grad(objective)(p, micro_pert, xb, yb))
-            )(xs, ys)
-        else:
-            g_micro = jnp.zeros((0,), jnp.float32)
-        return value, gp, ge, g_micro
-
-    value, gp, ge, g_micro = jax.device_get(measure(adapter.params, pert0))
-    flow = GradientFlow(
-        loss=value,
-        grad_norms=_leaf_norms(gp, p_leaves),
-        param_norms=_leaf_norms(adapter.params, p_leaves),
-        activation_grad_norms=_leaf_norms(ge, e_leaves) if e_leaves else np.zeros((0,)),
-        microbatch_global_norms=np.asarray(g_micro, np.float64),
+    k = k if k >= 2 else 0
+    program = _program(boundary, loss, x, y, probes)
+    ones = jnp.ones((full,), jnp.float32)
+    value, gp, block_values, _ = jax.device_get(
+        program(boundary.params, boundary.state, probes, x, y, ones)
     )
-    grad_norms, param_norms = flow.grad_norms, flow.param_norms
+    g_micro = _slice_norms(program, boundary, probes, x, y, k)
+    passes = _residual_test(program, boundary, probes, x, y)
 
-    # Execution order: first use in the jaxpr; ties (stacked slices, one scan) by name.
-    def order(leaves: list[_Leaf], first: list[float]) -> list[int]:
-        return sorted(
-            range(len(leaves)),
-            key=lambda i: (
-                first[leaves[i].index],
-                leaves[i].layer or 0,
-                natural_key(leaves[i].name),
-            ),
-        )
-
-    p_order = order(p_leaves, uses[0])
-    leaf_names = tuple(p_leaves[i].name for i in p_order)
-    group_names: list[str] = []
-    for i in p_order:
-        if p_leaves[i].group not in group_names:
-            group_names.append(p_leaves[i].group)
-    members = [[i for i in p_order if p_leaves[i].group == g] for g in group_names]
-    matrix_members = [[i for i in m if p_leaves[i].is_matrix] for m in members]
+    slices = layer_slices(boundary.params)
+    grad_norms = _leaf_norms(gp, slices)
+    param_norms = _leaf_norms(boundary.params, slices)
+    p_order = _param_order(boundary, slices, x)
+    leaf_names = tuple(slices[i].name for i in p_order)
+    group_names = list(dict.fromkeys(slices[i].group for i in p_order))
+    members = [[i for i in p_order if slices[i].group == g] for g in group_names]
+    matrix_members = [[i for i in m if slices[i].ndim >= 2] for m in members]
     group_grad = _combine(grad_norms, members)
     group_param = _combine(param_norms, members)
     group_weight = np.array(
         [_combine(grad_norms, [mm])[0] if mm else math.nan for mm in matrix_members]
     )
 
-    act_names: tuple[str, ...] = ()
-    act_values = np.zeros((0,))
-    if e_leaves:
-        e_order = order(e_leaves, uses[1])
-        act_names = tuple(e_leaves[i].name for i in e_order)
-        act_values = np.asarray(flow.activation_grad_norms, np.float64)[e_order]
-
-    if len(act_names):
-        series, s_names, s_values = "activations", act_names, act_values
+    block_names = tuple(b.name for b in boundary.blocks(x))
+    block_values = np.asarray(block_values, np.float64)
+    if len(block_names) >= 2:
+        series, s_names, s_values = "activations", block_names, block_values
+        regs = regions(s_names, s_values, thresholds)
+        overall = _overall(regs)
     else:
         keep = [j for j, mm in enumerate(matrix_members) if mm]
         series = "parameters"
         s_names = tuple(group_names[j] for j in keep)
         s_values = group_weight[keep]
-
-    regs = regions(s_names, s_values, thresholds)
-    overall = _overall(regs)
+        regs, overall = (), "inconclusive"
     if not np.all(np.isfinite(grad_norms)):
         overall = "non-finite"
-    rate = growth_rate(s_values)
+    rate = growth_rate(s_values) if series == "activations" else math.nan
 
-    micro = np.asarray(flow.microbatch_global_norms, np.float64)
+    micro = np.asarray(g_micro, np.float64)
     observed, early_spike, warmup_steps = micro, None, None
     if norm_history is not None:
         observed, early_spike, warmup_steps = _history_stats(norm_history)
     finite = observed[np.isfinite(observed)]
-    clip = float(np.percentile(finite, thresholds.clip_percentile)) if finite.size else math.nan
+    clip = math.nan
+    if finite.size and overall not in ("exploding", "non-finite"):
+        clip = float(np.percentile(finite, thresholds.clip_percentile))
 
+    kinds = boundary.norm_kinds(x) if boundary.kind != "function" else ()
+    found_norm = kinds[0] if kinds else norm
+    found_residual = (
+        bool(passes) if boundary.kind != "function" and len(block_names) >= 2 else residual
+    )
     spectra = _spectra(layers, layer_names, x, max_jacobian_size)
     step_probe = None
     if lr is not None:
+
+        def objective(p, e, xb, yb):
+            return loss(boundary.apply(p, xb, e), yb)
+
         step_probe = _step_probe(
-            objective, adapter.params, pert0, x, y, gp, lr, optimizer, probe_halvings, thresholds
+            objective, boundary.params, probes, x, y, gp, lr, optimizer, probe_halvings, thresholds
         )
-    depth = len(s_names) or None
+    act = activation_name(activation)
     context = {
-        "activation": activation,
+        "activation": act,
         "sigma_w": sigma_w,
         "sigma_b": sigma_b,
-        "norm": norm,
-        "residual": residual,
+        "norm": found_norm,
+        "norms_found": list(kinds),
+        "residual": found_residual,
+        "blocks": len(block_names),
     }
     suggestions = suggest(
         overall,
         growth_per_layer=rate,
         clip_threshold=clip,
         thresholds=thresholds,
-        activation=activation,
+        activation=act,
         sigma_w=sigma_w,
         sigma_b=sigma_b,
-        norm=norm,
-        residual=residual,
-        depth=depth,
-        series=series,
+        norm=found_norm,
+        residual=found_residual,
+        depth=len(block_names) or None,
         early_spike=early_spike,
         warmup_steps=warmup_steps,
         step_probe=step_probe,
     )
     return Report(
-        kind=adapter.kind,
-        loss=float(flow.loss),
+        kind=boundary.kind,
+        loss=float(value),
         leaf_names=leaf_names,
         leaf_grad_norms=grad_norms[p_order],
         leaf_param_norms=param_norms[p_order],
@@ -1136,8 +1128,8 @@ def diagnose(
         group_grad_norms=group_grad,
         group_weight_grad_norms=group_weight,
         group_param_norms=group_param,
-        activation_names=act_names,
-        activation_grad_norms=act_values,
+        activation_names=block_names,
+        activation_grad_norms=block_values,
         series=series,
         series_names=tuple(s_names),
         series_values=np.asarray(s_values, np.float64),
@@ -1301,11 +1293,11 @@ def diagnose_net(
             for i in range(cfg.depth)
         ]
     context = {
-        "activation": cfg.activation if isinstance(cfg.activation, str) else None,
+        "activation": cfg.activation,
         "sigma_w": float(cfg.sigma_w) * (math.sqrt(2.0) if cfg.init == "he" else 1.0),
         "sigma_b": float(cfg.sigma_b),
         "norm": cfg.norm,
-        "residual": cfg.residual,
+        "residual": cfg.residual is not None,
     }
     context.update({k: kwargs.pop(k) for k in list(context) if k in kwargs})
     return diagnose(
@@ -1329,6 +1321,7 @@ _VERDICT_COLORS = {
     "vanishing": "#0072B2",
     "exploding": "#D55E00",
     "non-finite": "#000000",
+    "inconclusive": "#999999",
 }
 
 
