@@ -365,12 +365,10 @@ def sweep(
     n_seed, n_scale = len(grid.seed_ids), len(grid.sigma_w)
     limit = min(cost.memory_limit_bytes(d) for d in device_list)
     _check_network_fits(net, limit)
-    root = jax.random.key(key)
-    seed_keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(grid.seed_ids))
-    key_data = np.asarray(jax.random.key_data(seed_keys))
     dtype = net.dtype
     one = jnp.ones((1, 1), dtype)
-    out_shape = jax.eval_shape(_probe_outputs(net, probe), key_data[:1], one, one)
+    a_key = jax.random.key_data(jax.random.split(jax.random.key(0), 1))
+    out_shape = jax.eval_shape(_probe_outputs(net, probe), a_key, one, one)
     names = leaf_names(out_shape)
     leaves_shape = jax.tree.leaves(out_shape)
     point_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves_shape)
@@ -381,6 +379,9 @@ def sweep(
         unit="the sweep",
     )
     probe_label = probe_name or getattr(probe.per_network, "__qualname__", "probe")
+    root = jax.random.key(key)
+    seed_keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(grid.seed_ids))
+    key_data = np.asarray(jax.random.key_data(seed_keys))
 
     model = _memory_model(net, probe, str(dtype))
     tile = _tile_scales(model, n_scale, _devices.is_cpu(device_list))

@@ -125,6 +125,38 @@ def test_cpu_tiles_keep_their_largest_array_under_the_allocator_threshold():
     n_tiles = -(-40 // tile)
     assert n_tiles * tile - 40 < n_tiles
     assert _tile_scales(model, 3, cpu=True) == 3
+    # On an accelerator the CPU allocator's rule does not apply: larger tiles.
+    assert _tile_scales(model, 40, cpu=False) > tile
+
+
+def test_default_budget_comes_from_the_device():
+    from gradjax.sweep import _budget_bytes
+
+    class FakeGpu:
+        platform = "gpu"
+
+        def memory_stats(self):
+            return {"bytes_limit": 80 * 2**30}
+
+    assert _budget_bytes(None, [FakeGpu()]) == 40 * 2**30  # half of what it reports
+    assert _budget_bytes(None, jax.devices()[:1]) == 1024 * 2**20  # a CPU reports nothing
+    assert _budget_bytes(64.0, [FakeGpu()]) == 64 * 2**20  # the user's budget wins
+
+
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path):
+    huge = gj.build(gj.NetConfig(depth=32, width=1_000_000))
+    # 32 float32 10^6 x 10^6 weight matrices (input is width-sized too), twice (base and
+    # scaled): 2.56e14 bytes = 238418.8 GiB.
+    with pytest.raises(
+        gj.GradjaxInputError, match=r"one network needs 238418\.8 GiB for one chunk; the limit is"
+    ):
+        gj.sweep(huge, gj.probes.gradient_probe(huge), seeds=1, out_dir=tmp_path / "a")
+    # 10^7 seeds x 1000 grid points x 16 bytes of results: 1.6e11 bytes.
+    with pytest.raises(gj.GradjaxInputError, match=r"seeds=10000000 x 1000 .* needs 149\.0 GiB"):
+        gj.sweep(
+            NET, _probe, seeds=10_000_000, sigma_w=np.linspace(0.1, 3, 1000), out_dir=tmp_path / "b"
+        )
+    assert not list(tmp_path.iterdir())
 
 
 def test_second_sweep_does_not_recompile():
