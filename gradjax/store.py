@@ -191,6 +191,7 @@ class ChunkStore:
         self.manifest: dict[str, Any] | None = None
         self.lock = DirectoryLock(self.directory, timeout_s=lock_timeout_s)
         self._files: dict[tuple[int, int, int, int], Path] = {}
+        self._loaded: dict[tuple[int, int, int, int], list[np.ndarray]] = {}
 
     # ------------------------------------------------------------------ opening
 
@@ -320,16 +321,33 @@ class ChunkStore:
             self.manifest = self._new_manifest(layout)
             self._write_manifest()
 
-    def finished(self, ranges: list[tuple[int, int, int, int]]) -> list[bool]:
-        """Which of ``ranges`` have a chunk file (checked when loaded)."""
+    def finished(self, ranges, names, buffers) -> list[bool]:
+        """Which of ``ranges`` have a chunk that passes every check; failing files are deleted.
+
+        The writer decides (reading and checking every chunk once) and every process follows
+        its verdict, so all processes compute the same chunks.
+
+        Args:
+          ranges: the chunks' ``(s0, s1, p0, p1)`` bounds.
+          names: the result's leaf names.
+          buffers: arrays shaped ``(seeds, points, ...)`` with each leaf's trailing shape and
+            dtype.
+        """
         files = {}
+        for path in (self.directory / CHUNKS).glob("*.npz"):
+            parsed = _parse_name(path.name)
+            if parsed is not None:
+                files[parsed[0]] = path
+        self._files, self._loaded = files, {}
         if self.writer:
-            for path in (self.directory / CHUNKS).glob("*.npz"):
-                parsed = _parse_name(path.name)
-                if parsed is not None:
-                    files[parsed[0]] = path
-        self._files = files
-        mask = np.array([b in files for b in ranges], dtype=bool)
+            for bounds in ranges:
+                if tuple(bounds) in files:
+                    leaves = self._load_checked(tuple(bounds), names, buffers)
+                    if leaves is None:
+                        _remove(files[tuple(bounds)])
+                    else:
+                        self._loaded[tuple(bounds)] = leaves
+        mask = np.array([tuple(b) in self._loaded for b in ranges], dtype=bool)
         import jax
 
         if jax.process_count() > 1:
@@ -356,24 +374,43 @@ class ChunkStore:
             return None
         return arrays
 
-    def load(self, bounds, names, buffers) -> list[np.ndarray] | None:
-        """A finished chunk's leaves, or ``None`` (recompute) when the file fails a check."""
+    def _load_checked(self, bounds, names, buffers) -> list[np.ndarray] | None:
+        """A chunk file's leaves if it passes every check (hash, fingerprint, shapes), or None."""
         s0, s1, p0, p1 = bounds
-        path = self._files.get(tuple(bounds))
+        path = self._files.get(bounds)
         parsed = _parse_name(path.name) if path is not None else None
         arrays = self._read_checked(path, parsed[1]) if parsed else None
-        if arrays is not None:
-            leaves = [arrays.get(name) for name in names]
-            if all(
-                leaf is not None
-                and leaf.shape == (s1 - s0, p1 - p0, *buf.shape[2:])
-                and leaf.dtype == buf.dtype
-                for leaf, buf in zip(leaves, buffers, strict=True)
-            ):
-                return leaves
-        if path is not None and self.writer:
-            _remove(path)
+        if arrays is None:
+            return None
+        leaves = [arrays.get(name) for name in names]
+        if all(
+            leaf is not None
+            and leaf.shape == (s1 - s0, p1 - p0, *buf.shape[2:])
+            and leaf.dtype == buf.dtype
+            for leaf, buf in zip(leaves, buffers, strict=True)
+        ):
+            return leaves
         return None
+
+    def load(self, bounds, names, buffers) -> list[np.ndarray]:
+        """The leaves of a chunk that :meth:`finished` reported finished.
+
+        Raises:
+          GradjaxInputError: on a process other than the writer, when it cannot read a chunk
+            the writer could (``out_dir`` must be on a filesystem every host shares).
+        """
+        bounds = tuple(bounds)
+        leaves = self._loaded.pop(bounds, None)
+        if leaves is None:
+            leaves = self._load_checked(bounds, names, buffers)
+        if leaves is None:
+            raise invalid(
+                "out_dir",
+                str(self.directory),
+                f"a directory every process reads alike (chunk {chunk_stem(bounds)} is "
+                "readable on process 0 only; use a filesystem all hosts share)",
+            )
+        return leaves
 
     def save(self, bounds, names, leaves) -> None:
         """Writes a finished chunk atomically, named by the SHA-256 of its bytes."""

@@ -417,7 +417,9 @@ def sweep(
             for s0 in range(0, n_seed, seed_chunk)
             for p0 in range(0, n_scale, scale_chunk)
         ]
-        done = store.finished(ranges) if store is not None else [False] * len(ranges)
+        done = (
+            store.finished(ranges, names, buffers) if store is not None else [False] * len(ranges)
+        )
         # gradjax's BLAS thread rule (gradjax.threads) holds until every chunk is on the host.
         with (
             threads.batched_lapack(),
