@@ -10,10 +10,12 @@ import numpy as np
 
 from gradjax.activations import ActivationLike, get_activation
 from gradjax.errors import check_choice, check_int, check_real, invalid
+from gradjax.optim import OPTIMIZERS
 
 INIT_KINDS = ("gaussian", "normal", "orthogonal", "glorot", "he", "lecun", "critical")
 NORM_KINDS = (None, "batch", "layer")
 RESIDUAL_KINDS = (None, "plain", "scaled", "skipinit")
+RESIDUAL_BLOCKS = ("pre", "post", "act_branch")
 DTYPES = ("float32", "float64")
 
 
@@ -21,15 +23,26 @@ DTYPES = ("float32", "float64")
 class NetConfig:
     """A deep fully connected network, the object of every gradjax experiment.
 
-    Block ``l`` maps ``a_{l-1}`` to ``a_l``::
+    Without ``residual``, block ``l`` maps ``a_{l-1}`` to ``a_l``::
 
         z_l = W_l a_{l-1} + b_l        (pre-activation)
         u_l = Norm(z_l)                (BatchNorm / LayerNorm, if ``norm``; else u_l = z_l)
-        a_l = phi(u_l)                 (no residual)
-        a_l = a_{l-1} + g * phi(u_l)   (residual; g = 1, alpha, or a learnable gain from 0)
+        a_l = phi(u_l)
 
-    The first block maps ``in_dim -> width`` and is never residual; blocks 2..depth are
-    ``width -> width``; a linear readout maps ``width -> out_dim``.
+    With ``residual``, blocks 2..depth add a branch ``F`` with gain ``g`` (1, alpha, or a
+    learnable gain from 0) to their input, in the form ``residual_block`` names:
+
+        pre          a_l = a_{l-1} + g F(a_{l-1}),       F = W phi(Norm(a)) + b
+        post         a_l = phi(a_{l-1} + g F(a_{l-1})),  F = Norm(W a + b)
+        act_branch   a_l = a_{l-1} + g phi(Norm(W a + b))
+
+    ``pre`` is the pre-activation block of He et al. (2016b), whose branch ends in a linear
+    map; its stack starts with a linear stem ``a_1 = W_1 x + b_1``. ``post`` is the original
+    ResNet block (ReLU after the addition) that the source article writes down. With
+    ``branch_layers=2`` the branch has two weight layers: ``W2 phi(Norm(W phi(Norm(a)) + b))
+    + b2`` (pre) and ``Norm(W2 phi(Norm(W a + b)) + b2)`` (post). The first block maps
+    ``in_dim -> width`` and is never residual; blocks 2..depth are ``width -> width``; a
+    linear readout maps ``width -> out_dim``.
 
     Attributes:
       depth: number of blocks (>= 1).
@@ -49,6 +62,9 @@ class NetConfig:
       residual: ``None``, ``"plain"`` (x + F(x)), ``"scaled"`` (x + alpha F(x)) or
         ``"skipinit"`` (x + g F(x), learnable g initialised at 0; ReZero/SkipInit).
       residual_alpha: alpha of ``"scaled"`` blocks; defaults to 1/sqrt(depth).
+      residual_block: ``"pre"``, ``"post"`` or ``"act_branch"`` (see above); only with
+        ``residual``.
+      branch_layers: weight layers per residual branch, 1 or 2 (2 for ``pre``/``post``).
       dtype: ``"float32"`` or ``"float64"`` (needs ``jax_enable_x64``).
     """
 
@@ -65,6 +81,8 @@ class NetConfig:
     norm_eps: float = 1e-5
     residual: str | None = None
     residual_alpha: float | None = None
+    residual_block: str = "pre"
+    branch_layers: int = 1
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -88,6 +106,20 @@ class NetConfig:
                 raise invalid(
                     "residual_alpha", self.residual_alpha, "None unless residual='scaled'"
                 )
+        check_choice("residual_block", self.residual_block, RESIDUAL_BLOCKS)
+        if self.residual is None and self.residual_block != "pre":
+            raise invalid(
+                "residual_block", self.residual_block, "'pre' (the default) unless residual is set"
+            )
+        check_int("branch_layers", self.branch_layers, minimum=1, maximum=2)
+        if self.branch_layers == 2 and (
+            self.residual is None or self.residual_block == "act_branch"
+        ):
+            raise invalid(
+                "branch_layers",
+                self.branch_layers,
+                "1 unless residual is set and residual_block is 'pre' or 'post'",
+            )
         check_choice("dtype", self.dtype, DTYPES)
 
     @property
@@ -153,7 +185,6 @@ def as_grid(field: str, values: float | Sequence[float] | np.ndarray) -> np.ndar
     return arr
 
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
 LOSS_NAMES = ("xent", "mse")
 
 

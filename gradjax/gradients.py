@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradjax import layout
 from gradjax.errors import invalid
 from gradjax.models import Net, Params
+from gradjax.numerics import safe_norm
 from gradjax.results import pytree_dataclass
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -81,7 +83,8 @@ class GradientNorms:
 
     Attributes:
       loss: the loss value.
-      weights: ``||dL/dW_l||`` for blocks 1..depth, ``(depth,)``.
+      weights: ``||dL/dW_l||`` for blocks 1..depth, ``(depth,)`` (a two-layer branch's
+        first weight layer ``W``).
       biases: ``||dL/db_l||``, ``(depth,)``.
       activations: ``||dL/da_l||`` over the whole batch, ``(depth,)``.
       readout: ``||dL/dW_out||``.
@@ -132,15 +135,12 @@ def layer_gradients(
 def gradient_norms(grads: LayerGradients) -> GradientNorms:
     """Reduces :class:`LayerGradients` to per-layer Frobenius norms."""
     g = grads.params
-    norm_rest = lambda a: jnp.sqrt(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=-1))
-    weights = jnp.concatenate([jnp.linalg.norm(g["input"]["W"])[None], norm_rest(g["hidden"]["W"])])
-    biases = jnp.concatenate([jnp.linalg.norm(g["input"]["b"])[None], norm_rest(g["hidden"]["b"])])
     return GradientNorms(
         loss=grads.loss,
-        weights=weights,
-        biases=biases,
-        activations=norm_rest(grads.activations),
-        readout=jnp.linalg.norm(g["readout"]["W"]),
+        weights=layout.layer_norms(g, "W"),
+        biases=layout.layer_norms(g, "b"),
+        activations=safe_norm(grads.activations, axis=tuple(range(1, grads.activations.ndim))),
+        readout=safe_norm(layout.readout_weight(g)),
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gradjax import layout
 from gradjax.activations import derivative
 from gradjax.errors import GradjaxInputError, invalid
 from gradjax.gradients import LossFn, get_loss
@@ -88,12 +89,14 @@ def layer_jacobians(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
     if jnp.ndim(x) != 1:
         raise invalid("x.shape", jnp.shape(x), f"({net.cfg.input_dim},), one example")
     trace = net.forward(params, x)
-    first = jacobian(lambda a: _block_output(net, params["input"], a, False), jnp.asarray(x))
+    first = jacobian(
+        lambda a: _block_output(net, layout.input_layer(params), a, False), jnp.asarray(x)
+    )
 
     def one(layer, a_prev):
         return jacobian(lambda a: _block_output(net, layer, a, True), a_prev)
 
-    hidden = jax.vmap(one)(params["hidden"], trace.act[:-1])
+    hidden = jax.vmap(one)(layout.hidden_layers(params), trace.act[:-1])
     return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
 
 
@@ -124,8 +127,10 @@ def batch_layer_jacobians(net: Net, params: Params, x: jax.Array) -> LayerJacobi
         j = jacobian(lambda a: _block_output(net, layer, a, residual), a_prev)
         return j.reshape(batch * j.shape[1], batch * j.shape[3])
 
-    first = flat_jac(params["input"], x, False)
-    hidden = jax.vmap(lambda layer, a: flat_jac(layer, a, True))(params["hidden"], trace.act[:-1])
+    first = flat_jac(layout.input_layer(params), x, False)
+    hidden = jax.vmap(lambda layer, a: flat_jac(layer, a, True))(
+        layout.hidden_layers(params), trace.act[:-1]
+    )
     return LayerJacobians(first=first, hidden=hidden, batch_coupled=True)
 
 
@@ -165,9 +170,15 @@ def io_jacobian(net: Net, params: Params, x: jax.Array, *, to: str = "last_hidde
 
 @functools.partial(jax.jit, static_argnames=("net",))
 def expected_factors(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
-    """The article's closed form of each chain-rule factor, ``J_l = diag(phi'(z_l)) W_l``.
+    """The closed form of each chain-rule factor; the article's ``J_l = diag(phi'(z_l)) W_l``.
 
-    With a residual branch of gain g the factor is ``I + g diag(phi'(z_l)) W_l``.
+    Residual blocks of gain g (``J_F`` the branch's Jacobian, ``D(v) = diag(phi'(v))``):
+
+    * ``act_branch``: ``I + g D(z_l) W_l``;
+    * ``pre``: ``I + g J_F`` with ``J_F = W_l D(a_{l-1})``, or ``W2_l D(z_l) W_l D(a_{l-1})``
+      with two layers; the linear stem's factor is ``W_1``;
+    * ``post``: ``D(y_l) (I + g J_F)`` with ``y_l = a_{l-1} + g F(a_{l-1})``, ``J_F = W_l`` or
+      ``W2_l D(z_l) W_l``.
 
     Args:
       net: a network without normalisation.
@@ -178,25 +189,60 @@ def expected_factors(net: Net, params: Params, x: jax.Array) -> LayerJacobians:
       A :class:`LayerJacobians` built from the formula, for comparison with
       :func:`layer_jacobians`.
     """
-    if net.cfg.norm is not None:
-        raise invalid("norm", net.cfg.norm, "None: the closed form diag(phi'(z)) W has no norm")
+    cfg = net.cfg
+    if cfg.norm is not None:
+        raise invalid("norm", cfg.norm, "None: the closed-form factors hold without a norm")
     trace = net.forward(params, x)
-    dphi = derivative(net.activation)(trace.preact)
-    first = dphi[0][:, None] * _weight(params["input"])
-    hidden = dphi[1:, :, None] * _weight(params["hidden"])
-    if net.cfg.residual is not None:
-        gain = params["hidden"]["gain"] if net.cfg.residual == "skipinit" else net.cfg.alpha
-        gain = jnp.broadcast_to(jnp.asarray(gain, hidden.dtype), hidden.shape[:1])
-        eye = jnp.eye(net.cfg.width, dtype=hidden.dtype)
-        hidden = eye + gain[:, None, None] * hidden
+    dphi = derivative(net.activation)
+    first_layer, hidden_layers = layout.input_layer(params), layout.hidden_layers(params)
+    if net.linear_stem:
+        first = _weight(first_layer)
+    else:
+        first = dphi(trace.preact[0])[:, None] * _weight(first_layer)
+    eye = jnp.eye(cfg.width, dtype=first.dtype)
+    if cfg.residual is None or cfg.residual_block == "act_branch":
+        hidden = dphi(trace.preact[1:])[:, :, None] * _weight(hidden_layers)
+        if cfg.residual is not None:
+            gain = jnp.broadcast_to(
+                jnp.asarray(net.branch_gain(hidden_layers), hidden.dtype), hidden.shape[:1]
+            )
+            hidden = eye + gain[:, None, None] * hidden
+        return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
+
+    def one(layer, a_prev, z):
+        # z is the branch's first weight layer output (no norm here, so u = z).
+        jf = _weight(layer)
+        if cfg.residual_block == "pre":
+            jf = jf * dphi(a_prev)[None, :]
+        if net.two_layer_branch:
+            jf = (_weight(layer, "W2") * dphi(z)[None, :]) @ jf
+        factor = eye + net.branch_gain(layer) * jf
+        if cfg.residual_block == "post":
+            factor = dphi(a_prev + net.branch(layer, a_prev)[2])[:, None] * factor
+        return factor
+
+    hidden = jax.vmap(one)(hidden_layers, trace.act[:-1], trace.preact[1:])
     return LayerJacobians(first=first, hidden=hidden, batch_coupled=False)
 
 
-def _weight(group: dict[str, jax.Array]) -> jax.Array:
+def _check_closed_form(net: Net) -> None:
+    """The article's factor ``diag(phi'(z)) W`` is the Jacobian of ``phi(W a + b)`` blocks only."""
+    if net.cfg.norm is not None:
+        raise invalid("norm", net.cfg.norm, "None: the closed form diag(phi'(z)) W has no norm")
+    if net.cfg.residual is not None and net.cfg.residual_block != "act_branch":
+        raise invalid(
+            "residual_block",
+            net.cfg.residual_block,
+            "'act_branch' (x + g phi(W x + b)) or no residual: the closed form diag(phi'(z)) W "
+            "is the factor of a phi(W a + b) branch",
+        )
+
+
+def _weight(group: dict[str, jax.Array], leaf: str = "W") -> jax.Array:
     """A block group's effective weights, lazy scales folded in (one fused product)."""
     if "w_scale" not in group:
-        return group["W"]
-    return group["W"] * group["w_scale"][..., None, None]
+        return group[leaf]
+    return group[leaf] * group["w_scale"][..., None, None]
 
 
 @functools.partial(jax.jit, static_argnames=("net", "loss"))
@@ -224,7 +270,7 @@ def chain_rule_activation_gradients(
     trace = net.forward(params, x)
     jac = layer_jacobians(net, params, x)
     g_out = jax.grad(lambda o: loss_fn(o[None], y[None]))(trace.output)
-    delta_last = params["readout"]["W"].T @ g_out
+    delta_last = layout.readout_weight(params).T @ g_out
     # Each step emits dL/da_l and carries dL/da_{l-1} = dL/da_l J_l; the last carry is dL/da_1.
     delta_first, deltas = jax.lax.scan(lambda d, j: (d @ j, d), delta_last, jac.hidden[::-1])
     return jnp.concatenate([delta_first[None], deltas[::-1]], axis=0)
@@ -255,7 +301,8 @@ def chain_rule_weight_gradients(
     ``dL/dW_l = (dL/da_l * phi'(z_l)) a_{l-1}^T`` (residual blocks scale the branch by g).
 
     Args:
-      net: a network without normalisation.
+      net: a network without normalisation whose blocks are ``phi(W a + b)`` (plain or
+        ``act_branch`` residual).
       params: its parameters.
       x: one input, ``(input_dim,)``.
       y: its target.
@@ -269,7 +316,8 @@ def chain_rule_weight_gradients(
     trace = net.forward(params, x)
     factors = expected_factors(net, params, x)
     dphi = derivative(net.activation)(trace.preact)
-    w_out = params["readout"]["W"]
+    _check_closed_form(net)
+    w_out = layout.readout_weight(params)
     g_out = jax.grad(lambda o: loss_fn(o[None], y[None]))(trace.output)
     delta_last = w_out.T @ g_out
 
@@ -281,7 +329,7 @@ def chain_rule_weight_gradients(
     deltas = deltas[::-1]  # dL/da_l for blocks 2..depth
     gain = 1.0
     if net.cfg.residual is not None:
-        gain = params["hidden"]["gain"] if net.cfg.residual == "skipinit" else net.cfg.alpha
+        gain = net.branch_gain(layout.hidden_layers(params))
         gain = jnp.broadcast_to(jnp.asarray(gain, deltas.dtype), deltas.shape[:1])[:, None]
     local = deltas * dphi[1:] * gain
     return local[:, :, None] * trace.act[:-1][:, None, :]
@@ -294,7 +342,8 @@ def chain_rule_check(
     """Checks claims C1 and C2 exactly at one input.
 
     Args:
-      net: a network without normalisation.
+      net: a network without normalisation whose blocks are ``phi(W a + b)``, plain or as
+        ``act_branch`` residual branches (the article's factor ``diag(phi'(z)) W``).
       params: its parameters.
       x: one input, ``(input_dim,)``.
       y: its target, ``(out_dim,)`` for ``mse``.
@@ -304,6 +353,7 @@ def chain_rule_check(
       A :class:`ChainRuleCheck` of relative errors (float round-off when the claims hold).
     """
     Net.require_materialized(params, "chain_rule_check")
+    _check_closed_form(net)
     rel = lambda a, b: jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30)
     jac = layer_jacobians(net, params, x)
     formula = expected_factors(net, params, x)
@@ -312,7 +362,9 @@ def chain_rule_check(
     factor_error = jnp.maximum(rel(formula.first, jac.first), jnp.max(factor_errors, initial=0.0))
     by_hand = chain_rule_weight_gradients(net, params, x, y, loss=loss)
     loss_fn = get_loss(loss)
-    auto = jax.grad(lambda p: loss_fn(net.apply(p, x)[None], y[None]))(params)["hidden"]["W"]
+    auto = layout.hidden_weights(
+        jax.grad(lambda p: loss_fn(net.apply(p, x)[None], y[None]))(params)
+    )
     grad_error = jnp.max(jax.vmap(rel)(by_hand, auto), initial=0.0)
     return ChainRuleCheck(
         product_error=rel(chain_product(jac), direct),

@@ -1,21 +1,14 @@
 """gradjax's networks: pure ``init``/``apply`` over plain parameter pytrees.
 
-Parameters are a dict with three groups::
+The parameter layout (three groups, the hidden blocks stacked on a leading axis) belongs to
+:mod:`gradjax.layout`; this module builds and runs networks through its accessors. Stacking
+the hidden blocks lets ``lax.scan`` run a depth-1000 network with one compiled block, and
+lets per-layer diagnostics ``vmap`` over the layer axis.
 
-    {"input":   {"W": (N, D), "b": (N,), ...},          # block 1, never residual
-     "hidden":  {"W": (L-1, N, N), "b": (L-1, N), ...}, # blocks 2..L, stacked
-     "readout": {"W": (O, N), "b": (O,)}}
-
-plus ``"gamma"``/``"beta"`` (norm scale and shift) and ``"gain"`` (SkipInit) where the config
-asks for them. Stacking the hidden blocks lets ``lax.scan`` run a depth-1000 network with one
-compiled block, and lets per-layer diagnostics ``vmap`` over the layer axis.
-
-Why plain pytrees and not Flax modules at the core: every diagnostic differentiates one block
-at a time with respect to its input, scales weights under ``vmap`` for common random numbers,
-and scans over depth; pure functions over arrays make all three direct. Flax NNX is the
-boundary to Flax code: :meth:`Net.to_nnx` wraps parameters in an ``nnx.Module`` that a Flax
-training loop (or :func:`gradjax.diagnose`) can use, and :func:`from_nnx` takes them back.
-This is the only module that imports Flax for gradjax's own networks.
+Why plain pytrees at the core: every diagnostic differentiates one block at a time with
+respect to its input, scales weights under ``vmap`` for common random numbers, and scans over
+depth; pure functions over arrays make all three direct. Flax code gets the same networks as
+Flax NNX modules (:func:`flax_module`, :meth:`Net.to_nnx`), which run this pure path.
 """
 
 from __future__ import annotations
@@ -26,13 +19,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gradjax import layout
 from gradjax.activations import get_activation
 from gradjax.config import NetConfig
 from gradjax.errors import GradjaxInputError, check_key, invalid
 from gradjax.initializers import base_weight, scheme_factor
 from gradjax.results import pytree_dataclass
 
-Params = dict[str, dict[str, jax.Array]]
+Params = layout.Params
 
 
 @pytree_dataclass
@@ -41,8 +35,9 @@ class ForwardTrace:
 
     Attributes:
       output: readout output, ``(..., out_dim)``.
-      preact: ``z_l = W_l a_{l-1} + b_l`` for every block, ``(depth, ..., width)``.
-      normed: the activation's input ``u_l`` (``z_l`` after the norm; ``z_l`` without one).
+      preact: the output ``z_l`` of each block's first weight layer, ``(depth, ..., width)``:
+        ``W_l a_{l-1} + b_l``, or ``W_l phi(Norm(a_{l-1})) + b_l`` in a pre-activation block.
+      normed: ``u_l``, ``z_l`` after the norm that follows it (``z_l`` where none does).
       act: block outputs ``a_l``, ``(depth, ..., width)``.
     """
 
@@ -89,6 +84,21 @@ class Net:
 
     # ------------------------------------------------------------------ parameters
 
+    @property
+    def linear_stem(self) -> bool:
+        """Whether block 0 is linear (``W x + b``): the stem of pre-activation residual stacks.
+
+        A pre-activation stack adds zero-mean branch outputs to its stream, so a linear stem
+        keeps every block input symmetric about 0 (the stream of He et al. 2016b, whose
+        first convolution feeds the first block directly).
+        """
+        return self.cfg.residual is not None and self.cfg.residual_block == "pre"
+
+    @property
+    def two_layer_branch(self) -> bool:
+        """Whether each residual branch has two weight layers (``W2``, ``b2`` leaves)."""
+        return self.cfg.residual is not None and self.cfg.branch_layers == 2
+
     def init_base(self, key: jax.Array) -> Params:
         """Draws unit-scale parameters: the random part of :meth:`init`.
 
@@ -113,24 +123,29 @@ class Net:
         w_in = draw(k_in, n, d)
         w_hidden = jax.vmap(lambda k: draw(k, n, n, w_in))(hidden_keys)
         w_out = draw(k_out, cfg.out_dim, n, w_hidden)
-        params: Params = {
-            "input": {"W": w_in, "b": jax.random.normal(kb_in, (n,), self.dtype)},
-            "hidden": {
-                "W": w_hidden.reshape(cfg.depth - 1, n, n),
-                "b": jax.random.normal(kb_hid, (cfg.depth - 1, n), self.dtype),
-            },
-            "readout": {
-                "W": w_out,
-                "b": jax.random.normal(kb_out, (cfg.out_dim,), self.dtype),
-            },
+        hidden = {
+            "W": w_hidden.reshape(cfg.depth - 1, n, n),
+            "b": jax.random.normal(kb_hid, (cfg.depth - 1, n), self.dtype),
         }
+        if self.two_layer_branch:
+            # Keys folded from the root leave the one-layer draws unchanged.
+            k_w2, k_b2 = jax.random.split(jax.random.fold_in(key, 2), 2)
+            w2 = jax.vmap(lambda k: draw(k, n, n, w_out))(jax.random.split(k_w2, cfg.depth - 1))
+            hidden["W2"] = w2.reshape(cfg.depth - 1, n, n)
+            hidden["b2"] = jax.random.normal(k_b2, (cfg.depth - 1, n), self.dtype)
+        first = {"W": w_in, "b": jax.random.normal(kb_in, (n,), self.dtype)}
         if cfg.norm is not None and cfg.norm_affine:
-            for group, lead in (("input", ()), ("hidden", (cfg.depth - 1,))):
-                params[group]["gamma"] = jnp.ones((*lead, n), self.dtype)
-                params[group]["beta"] = jnp.zeros((*lead, n), self.dtype)
+            ones = lambda *lead: jnp.ones((*lead, n), self.dtype)
+            zeros = lambda *lead: jnp.zeros((*lead, n), self.dtype)
+            if not self.linear_stem:
+                first.update(gamma=ones(), beta=zeros())
+            hidden.update(gamma=ones(cfg.depth - 1), beta=zeros(cfg.depth - 1))
+            if self.two_layer_branch:
+                hidden.update(gamma2=ones(cfg.depth - 1), beta2=zeros(cfg.depth - 1))
         if cfg.residual == "skipinit":
-            params["hidden"]["gain"] = jnp.zeros((cfg.depth - 1,), self.dtype)
-        return params
+            hidden[layout.GAIN] = jnp.zeros((cfg.depth - 1,), self.dtype)
+        readout = {"W": w_out, "b": jax.random.normal(kb_out, (cfg.out_dim,), self.dtype)}
+        return layout.make_params(input=first, hidden=hidden, readout=readout)
 
     def scale(
         self,
@@ -147,44 +162,44 @@ class Net:
           sigma_w: weight scale (may be traced, e.g. a vmapped sweep axis); default the
             config's.
           sigma_b: bias standard deviation (may be traced); default the config's.
-          lazy: keep ``W`` and ``b`` unscaled and add the scales as leaves ``w_scale`` and
-            ``b_scale`` (per block; stacked for the hidden group), which :meth:`block`
-            applies to the block's output instead of its weights. Under ``vmap`` over the
-            scales the weights then stay shared: a grid of scales costs one matrix-matrix
-            product per layer instead of one rescaled weight copy per grid point. Lazy
-            parameters are for forward passes and derivatives with respect to activations;
-            :meth:`materialize` turns them into ordinary ones.
+          lazy: keep the weights and biases unscaled and add the scales as leaves
+            ``w_scale`` and ``b_scale`` (per block; stacked for the hidden group), which
+            :meth:`block` applies to each weight layer's output instead of its weights. Under
+            ``vmap`` over the scales the weights then stay shared: a grid of scales costs one
+            matrix-matrix product per layer instead of one rescaled weight copy per grid
+            point. Lazy parameters are for forward passes and derivatives with respect to
+            activations; :meth:`materialize` turns them into ordinary ones.
 
         Returns:
-          Parameters with ``W <- sigma_w * scheme_factor * W`` and ``b <- sigma_b * b`` (or
-          the lazy form).
+          Parameters with ``W <- sigma_w * scheme_factor * W`` and ``b <- sigma_b * b`` (the
+          same for a two-layer branch's ``W2``, ``b2``), or the lazy form.
         """
         cfg = self.cfg
         sw = cfg.sigma_w if sigma_w is None else sigma_w
         sb = cfg.sigma_b if sigma_b is None else sigma_b
-        fans = {
-            "input": (cfg.input_dim, cfg.width),
-            "hidden": (cfg.width, cfg.width),
-            "readout": (cfg.width, cfg.out_dim),
-        }
-        out: Params = {}
-        for group, leaves in base.items():
+        fans = layout.group_fans(input_dim=cfg.input_dim, width=cfg.width, out_dim=cfg.out_dim)
+
+        def one(group: str, leaves: layout.Layer) -> layout.Layer:
             fan_in, fan_out = fans[group]
             factor = scheme_factor(
                 cfg.init, fan_in, fan_out, activation=cfg.activation, sigma_b=cfg.sigma_b
             )
-            out[group] = dict(leaves)
+            out = dict(leaves)
             w_scale = jnp.asarray(sw * factor, self.dtype)
             b_scale = jnp.asarray(sb, self.dtype)
             if lazy:
                 # One scale per block, so lax.scan and layer_params slice them like W.
                 lead = leaves["W"].shape[:-2]
-                out[group]["w_scale"] = jnp.broadcast_to(w_scale, lead)
-                out[group]["b_scale"] = jnp.broadcast_to(b_scale, lead)
-            else:
-                out[group]["W"] = leaves["W"] * w_scale
-                out[group]["b"] = leaves["b"] * b_scale
-        return out
+                out["w_scale"] = jnp.broadcast_to(w_scale, lead)
+                out["b_scale"] = jnp.broadcast_to(b_scale, lead)
+                return out
+            for w, b in _WEIGHT_LAYERS:
+                if w in leaves:
+                    out[w] = leaves[w] * w_scale
+                    out[b] = leaves[b] * b_scale
+            return out
+
+        return layout.map_groups(one, base)
 
     @staticmethod
     def is_lazy(params: Params) -> bool:
@@ -193,7 +208,7 @@ class Net:
 
     @staticmethod
     def materialize(params: Params) -> Params:
-        """Folds lazy scales into ``W`` and ``b``; ordinary parameters come back unchanged.
+        """Folds lazy scales into the weights and biases; ordinary parameters come back as is.
 
         Args:
           params: parameters, lazy or not.
@@ -201,14 +216,18 @@ class Net:
         Returns:
           Ordinary parameters (no ``w_scale``/``b_scale`` leaves).
         """
-        out: Params = {}
-        for group, leaves in params.items():
+
+        def one(group: str, leaves: layout.Layer) -> layout.Layer:
             leaves = dict(leaves)
             if "w_scale" in leaves:
-                leaves["W"] = leaves["W"] * leaves.pop("w_scale")[..., None, None]
-                leaves["b"] = leaves["b"] * leaves.pop("b_scale")[..., None]
-            out[group] = leaves
-        return out
+                w_scale, b_scale = leaves.pop("w_scale"), leaves.pop("b_scale")
+                for w, b in _WEIGHT_LAYERS:
+                    if w in leaves:
+                        leaves[w] = leaves[w] * w_scale[..., None, None]
+                        leaves[b] = leaves[b] * b_scale[..., None]
+            return leaves
+
+        return layout.map_groups(one, params)
 
     @staticmethod
     def require_materialized(params: Params, where: str) -> None:
@@ -236,6 +255,51 @@ class Net:
 
     # ------------------------------------------------------------------ blocks
 
+    def branch_gain(self, layer: dict[str, jax.Array]) -> jax.Array | float:
+        """The gain ``g`` of a residual block's branch (SkipInit's learnable one, or alpha)."""
+        if self.cfg.residual == "skipinit":
+            return layer[layout.GAIN]
+        return self.cfg.alpha
+
+    def branch(
+        self, layer: dict[str, jax.Array], a: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The residual branch of a hidden block: ``(z, u, g F(a))``.
+
+        ``g F(a)`` is what the block adds to its skip: ``a_l = a_{l-1} + g F`` (``pre``,
+        ``act_branch``) or ``a_l = phi(a_{l-1} + g F)`` (``post``). The branch ``F`` is
+
+        * ``pre``: ``W phi(Norm(a)) + b``; two layers ``W2 phi(Norm2(W phi(Norm(a)) + b)) + b2``
+          (full pre-activation, He et al. 2016b; it ends in a linear map);
+        * ``post``: ``Norm(W a + b)``; two layers ``Norm2(W2 phi(Norm(W a + b)) + b2)`` (the
+          original ResNet's conv-BN-ReLU-conv-BN);
+        * ``act_branch``: ``phi(Norm(W a + b))`` (ends in the activation).
+
+        Args:
+          layer: one hidden block's parameters.
+          a: the block input, ``(width,)`` or ``(batch, width)``.
+
+        Returns:
+          The branch's first weight-layer output ``z``, ``z`` after the norm that follows it
+          (``u``), and ``g F(a)``.
+        """
+        cfg = self.cfg
+        kind, two, phi = cfg.residual_block, self.two_layer_branch, self.activation
+        if kind == "pre":
+            z = _affine(layer, phi(self._normalise(a, layer)))
+            u = self._normalise(z, layer, "2") if two else z
+            f = _affine(layer, phi(u), "W2", "b2") if two else z
+        else:
+            z = _affine(layer, a)
+            u = self._normalise(z, layer)
+            if kind == "act_branch":
+                f = phi(u)
+            elif two:
+                f = self._normalise(_affine(layer, phi(u), "W2", "b2"), layer, "2")
+            else:
+                f = u
+        return z, u, self.branch_gain(layer) * f
+
     def block(
         self,
         layer: dict[str, jax.Array],
@@ -246,25 +310,29 @@ class Net:
         """One block: ``a_{l-1} -> (z_l, u_l, a_l)``.
 
         Args:
-          layer: one block's parameters (``W`` of shape (out, in), ``b``, optional norm and
-            gain leaves).
+          layer: one block's parameters (``W`` of shape (out, in), ``b``, optional norm,
+            second-layer and gain leaves).
           a: the block input, ``(in,)`` or ``(batch, in)``. BatchNorm needs the batch form:
             its statistics are those of this batch (train mode), so examples are coupled.
-          residual: whether this block adds its input (the input block never does).
+          residual: whether this is a hidden block of the stack (the input block is never
+            residual; in a pre-activation stack it is the linear stem).
 
         Returns:
-          ``(z, u, a_next)``: pre-activation, normalised pre-activation, block output.
+          ``(z, u, a_next)``: first weight layer's output, that after its norm, block output.
         """
         cfg = self.cfg
-        z = _affine(layer, a)
-        u = self._normalise(z, layer)
-        h = self.activation(u)
+        if not residual and self.linear_stem:
+            z = _affine(layer, a)
+            return z, z, z
         if not residual or cfg.residual is None:
-            return z, u, h
-        gain = layer["gain"] if cfg.residual == "skipinit" else cfg.alpha
-        return z, u, a + gain * h
+            z = _affine(layer, a)
+            u = self._normalise(z, layer)
+            return z, u, self.activation(u)
+        z, u, gf = self.branch(layer, a)
+        y = a + gf
+        return z, u, self.activation(y) if cfg.residual_block == "post" else y
 
-    def _normalise(self, z: jax.Array, layer: dict[str, jax.Array]) -> jax.Array:
+    def _normalise(self, z: jax.Array, layer: dict[str, jax.Array], suffix: str = "") -> jax.Array:
         cfg = self.cfg
         if cfg.norm is None:
             return z
@@ -276,7 +344,7 @@ class Net:
             var = jnp.var(z, axis=-1, keepdims=True)
         u = (z - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
         if cfg.norm_affine:
-            u = u * layer["gamma"] + layer["beta"]
+            u = u * layer["gamma" + suffix] + layer["beta" + suffix]
         return u
 
     def layer_params(self, params: Params, index: int) -> dict[str, jax.Array]:
@@ -289,13 +357,7 @@ class Net:
         Returns:
           That block's parameter dict, as :meth:`block` takes it.
         """
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise invalid("index", index, f"an int in [0, {self.cfg.depth})")
-        if not 0 <= index < self.cfg.depth:
-            raise invalid("index", index, f"an int in [0, {self.cfg.depth})")
-        if index == 0:
-            return params["input"]
-        return jax.tree.map(lambda leaf: leaf[index - 1], params["hidden"])
+        return layout.layer(params, index)
 
     # ------------------------------------------------------------------ forward
 
@@ -345,7 +407,7 @@ class Net:
             raise invalid(
                 "perturbations.shape", perturbations.shape, str((cfg.depth, *lead, cfg.width))
             )
-        z0, u0, a0 = self.block(params["input"], x, residual=False)
+        z0, u0, a0 = self.block(layout.input_layer(params), x, residual=False)
         a0 = a0 + perturbations[0]
 
         def step(a, layer_and_eps):
@@ -354,8 +416,9 @@ class Net:
             a_next = a_next + eps
             return a_next, (z, u, a_next)
 
-        a_last, (zs, us, acts) = jax.lax.scan(step, a0, (params["hidden"], perturbations[1:]))
-        out = _affine(params["readout"], a_last)
+        hidden = (layout.hidden_layers(params), perturbations[1:])
+        a_last, (zs, us, acts) = jax.lax.scan(step, a0, hidden)
+        out = _affine(layout.readout_layer(params), a_last)
         stack = lambda first, rest: jnp.concatenate([first[None], rest], axis=0)
         return ForwardTrace(
             output=out, preact=stack(z0, zs), normed=stack(u0, us), act=stack(a0, acts)
@@ -368,28 +431,35 @@ class Net:
     # ------------------------------------------------------------------ Flax boundary
 
     def to_nnx(self, params: Params) -> Any:
-        """Wraps parameters in a Flax NNX module whose ``__call__`` is :meth:`apply`.
+        """Wraps parameters in a Flax NNX module (see :func:`flax_module`).
 
         Args:
-          params: the network's parameters.
+          params: the network's parameters (ordinary, not lazy).
 
         Returns:
-          An ``nnx.Module``; ``nnx.split`` / ``nnx.state`` / ``nnx.Optimizer`` work on it.
+          An ``nnx.Module`` whose ``nnx.Param`` leaves are ``params``, mirrored by group and
+          leaf name (``module.hidden.W`` is the stacked hidden weights); its ``__call__`` is
+          :meth:`apply`.
         """
+        Net.require_materialized(params, "Net.to_nnx")
         return _nnx_module_class()(self, params)
 
 
-def _affine(layer: dict[str, jax.Array], a: jax.Array) -> jax.Array:
+# (weight, bias) leaf pairs of one block, in the order the block applies them.
+_WEIGHT_LAYERS = (("W", "b"), ("W2", "b2"))
+
+
+def _affine(layer: dict[str, jax.Array], a: jax.Array, w: str = "W", b: str = "b") -> jax.Array:
     """``W a + b``, with lazy scales applied to the product (see :meth:`Net.scale`)."""
     # a @ W^T as one contraction of a's last axis with W's input axis: no explicit transpose
     # of W, which XLA would otherwise materialise (a full weight copy) in the transposed
     # products of VJPs inside loops such as Lanczos.
-    product = jax.lax.dot_general(a, layer["W"], (((a.ndim - 1,), (1,)), ((), ())))
+    product = jax.lax.dot_general(a, layer[w], (((a.ndim - 1,), (1,)), ((), ())))
     if "w_scale" not in layer:
-        return product + layer["b"]
+        return product + layer[b]
     # Scaling the product, not W, keeps W unbatched under a vmap over the scales, so the
     # product of a batch of activations with the shared W is one matrix-matrix product.
-    return product * layer["w_scale"] + layer["b"] * layer["b_scale"]
+    return product * layer["w_scale"] + layer[b] * layer["b_scale"]
 
 
 def build(cfg: NetConfig) -> Net:
@@ -404,12 +474,48 @@ def build(cfg: NetConfig) -> Net:
     return Net(cfg)
 
 
+def flax_module(cfg: NetConfig, key: jax.Array) -> Any:
+    """gradjax's network of a config as a Flax NNX module, with freshly drawn parameters.
+
+    The module holds the parameters as ``nnx.Param`` leaves grouped as in
+    :mod:`gradjax.layout` (``module.input``, ``module.hidden`` with the blocks stacked on
+    axis 0, ``module.readout``) and runs the same pure forward pass as :class:`Net`, so
+    ``nnx.split``/``nnx.merge``, ``nnx.grad`` and ``nnx.Optimizer`` work on it and give the
+    numbers of the pure path. NNX, not Linen: it is what Flax recommends for new code, and
+    its ``nnx.Param`` leaves let a model boundary read the parameters by layer without
+    knowing gradjax.
+
+    Args:
+      cfg: a :class:`~gradjax.config.NetConfig`.
+      key: PRNG key (the same key gives the parameters of ``build(cfg).init(key)``).
+
+    Returns:
+      An ``nnx.Module``; ``module(x)`` is ``build(cfg).apply(params, x)``.
+
+    Example:
+      >>> import jax, gradjax as gj
+      >>> from gradjax.models import flax_module
+      >>> model = flax_module(gj.NetConfig(depth=4, width=8), jax.random.key(0))
+      >>> model(jax.numpy.ones((2, 8))).shape
+      (2, 1)
+    """
+    net = build(cfg)
+    return net.to_nnx(net.init(key))
+
+
 def from_nnx(module: Any) -> Params:
-    """The gradjax parameter pytree held by a module made with :meth:`Net.to_nnx`."""
-    return {
-        group: {leaf: getattr(module, f"{group}_{leaf}")[...] for leaf in leaves}
-        for group, leaves in module.layout.items()
-    }
+    """The gradjax parameter pytree held by a module from :func:`flax_module`/:meth:`Net.to_nnx`.
+
+    Args:
+      module: the NNX module.
+
+    Returns:
+      The parameters (current values of its ``nnx.Param`` leaves).
+    """
+    return layout.map_groups(
+        lambda group, names: {name: getattr(module, group)[name][...] for name in names},
+        module.leaf_names,
+    )
 
 
 _NNX_CLASS: Callable[..., Any] | None = None
@@ -426,10 +532,12 @@ def _nnx_module_class() -> Callable[..., Any]:
 
             def __init__(self, net: Net, params: Params):
                 self.net = nnx.static(net) if hasattr(nnx, "static") else net
-                self.layout = {group: tuple(leaves) for group, leaves in params.items()}
+                self.leaf_names = nnx.static(
+                    {group: tuple(leaves) for group, leaves in params.items()}
+                )
                 for group, leaves in params.items():
-                    for leaf, value in leaves.items():
-                        setattr(self, f"{group}_{leaf}", nnx.Param(value))
+                    values = {name: nnx.Param(value) for name, value in leaves.items()}
+                    setattr(self, group, nnx.Dict(values))
 
             def __call__(self, x: jax.Array) -> jax.Array:
                 return self.net.apply(from_nnx(self), x)

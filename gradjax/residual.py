@@ -1,35 +1,42 @@
 """Residual stacks: the identity path of the gradient and the forward variance against depth.
 
-Claim C12 of the article: residual blocks ``a_l = a_{l-1} + g F_l(a_{l-1})`` pass the gradient
-straight to shallow layers. Backward, ``dL/da_{l-1} = dL/da_l (I + g dF_l/da_{l-1})``, and
-telescoping over the blocks above ``l`` gives the exact decomposition::
+Claim C12 of the article: residual blocks pass the gradient straight to shallow layers. The
+article writes the block as ``y = x + F(x)``, ``x' = ReLU(y)`` (the original ResNet, here
+``residual_block="post"``) and then uses ``x_L = x_l + sum_k F(x_k)``, which holds only when
+nothing follows the addition: the pre-activation block ``a_l = a_{l-1} + g F(a_{l-1})`` whose
+branch ends in a linear map (``"pre"``, He et al. 2016b). For it, telescoping the backward
+pass ``dL/da_{l-1} = dL/da_l (I + g dF_l/da_{l-1})`` gives the exact decomposition::
 
-    dL/da_l = dL/da_L  +  sum_{k > l} g_k dL/da_k dF_k/da_{k-1}
+    dL/da_l = dL/da_L  +  sum_{k > l} g dL/da_k dF_k/da_{k-1}
               (identity path)   (branch paths)
 
-so the top gradient reaches every layer undiminished through the skips
-(:func:`identity_path`). The price is paid forward: each block adds the branch's variance, so
-an unscaled stack's signal grows with depth. The mean-field recursion for the per-unit second
-moment ``q_l = E[a_l^2]`` and mean ``m_l = E[a_l]`` (wide layers, zero-mean weights, so the
-branch is independent of the unit it is added to)::
+(:func:`identity_path`, :func:`branch_path_sum`). In a ``post`` block the activation after
+the addition multiplies every path by its derivative mask, so the same formula misses the
+true gradient; :class:`IdentityPath` records by how much.
 
-    q_l = q_{l-1} + 2 g m_{l-1} E[phi(u_l)] + g^2 E[phi(u_l)^2],   m_l = m_{l-1} + g E[phi(u_l)]
+The price is paid forward: every block adds the branch's variance. Mean-field recursions for
+the per-unit second moment ``q_l = E[a_l^2]`` and mean ``m_l = E[a_l]`` (wide layers,
+zero-mean weights, so a branch is independent of the unit it is added to), with
+``E_s[f] = E[f(s t)]``, ``t ~ N(0, 1)``:
 
-with ``u_l ~ N(0, sigma_w^2 q_{l-1} + sigma_b^2)`` without a norm and ``u_l ~ N(0, 1)`` with
-BatchNorm/LayerNorm (the norm pins the branch input). Closed forms follow:
+* ``pre``: the stream stays a zero-mean Gaussian (linear stem, branches ending in a zero-mean
+  linear map): ``q_l = q_{l-1} + g^2 v_F`` with ``v_F = sigma_w^2 E_s[phi^2] + sigma_b^2``,
+  ``s = sqrt(q_{l-1})`` (1 behind a norm), applied once per weight layer. ReLU at He init
+  (``sigma_w^2 = 2``, ``sigma_b = 0``) gives ``v_F = q`` and exactly 2x per block unscaled;
+  with a norm in the branch, ``q`` grows linearly instead.
+* ``post``: ``a_l = phi(a_{l-1} + g sqrt(v_F) t)``, where ``a_{l-1}`` is not Gaussian (ReLU
+  outputs are >= 0), so the recursion carries the unit's whole law, as weighted atoms
+  propagated through a Gauss-Hermite rule and merged back into equal-mass bins each block.
+* ``act_branch`` (``a_{l-1} + g phi(Norm(W a + b))``): ``q_l = q_{l-1} + 2 g m_{l-1} E_s[phi]
+  + g^2 E_s[phi^2]``, ``m_l = m_{l-1} + g E_s[phi]``, ``s^2 = sigma_w^2 q_{l-1} +
+  sigma_b^2``: the branch's mean adds up, so ReLU grows faster than ``pre``.
 
-* linear, no norm: ``q_l = (1 + g^2 sigma_w^2) q_{l-1} + g^2 sigma_b^2``, exponential growth
-  (:func:`linear_residual_variance`); ReLU: the factor is ``1 + g^2 sigma_w^2 / 2`` plus the
-  mean term;
-* with a norm: ``q_l`` grows *linearly* in depth, by ``g^2 E[phi(g)^2]`` (+ the mean term) per
-  block;
-* ``g = alpha = 1/sqrt(L)`` keeps the total growth bounded (``e^{sigma_w^2}`` for linear);
-  SkipInit's ``g = 0`` makes the stack the identity at initialisation.
-
-The gradient gets the matching factor per block, ``E||dL/da_{l-1}||^2 = E||dL/da_l||^2
-(1 + g^2 chi_F)`` with the branch's ``chi_F = sigma_w^2 E[phi'(u)^2]`` (no norm) or
-``E[phi'(g)^2] / Var_l`` (norm; ``Var_l`` the variance the norm divides by), from gradient
-independence; :func:`residual_theory` returns both profiles.
+Backward, from gradient independence, ``E||dL/da_{l-1}||^2 = E||dL/da_l||^2 r_l`` with
+``r_l = 1 + g^2 chi_F`` (``pre``, ``act_branch``) or ``E[phi'(y_l)^2] (1 + g^2 chi_F)``
+(``post``), where ``chi_F`` is the branch's mean squared Jacobian factor: ``sigma_w^2
+E_s[phi'^2]`` per weight layer, divided by the variance a norm divides by.
+:func:`residual_theory` returns both profiles; ``g = 1/sqrt(L)`` keeps the total growth
+bounded and SkipInit's ``g = 0`` makes the stack the identity at initialisation.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradjax import layout
 from gradjax.activations import derivative, get_activation
 from gradjax.config import RESIDUAL_KINDS, NetConfig
 from gradjax.errors import check_choice, check_int, check_real, invalid
@@ -50,6 +58,11 @@ from gradjax.normalization import gaussian_expectation
 from gradjax.results import pytree_dataclass, static_field
 
 # ---------------------------------------------------------------- theory
+
+# The law of a post-activation stream unit: atoms merged into this many equal-mass bins per
+# block, each spread by a Gauss-Hermite rule of this order (moments to ~1e-4 relative).
+_POST_ATOMS = 4096
+_POST_NODES = 32
 
 
 @pytree_dataclass
@@ -62,6 +75,7 @@ class ResidualTheory:
       grad_ratio: ``E||dL/da_l||^2 / E||dL/da_L||^2`` for blocks 1..depth (1 at the top).
       gain: the branch gain ``g`` used (0 for SkipInit at initialisation).
       norm: the norm kind (``None``, ``"batch"``, ``"layer"``).
+      block: the residual block (``"pre"``, ``"post"`` or ``"act_branch"``).
     """
 
     second_moment: jax.Array
@@ -69,6 +83,7 @@ class ResidualTheory:
     grad_ratio: jax.Array
     gain: float = static_field()
     norm: str | None = static_field()
+    block: str = static_field(default="pre")
 
 
 def _branch_gain(cfg: NetConfig) -> float:
@@ -81,9 +96,9 @@ def residual_theory(cfg: NetConfig, *, input_second_moment: float = 1.0) -> Resi
     """Mean-field forward second moment and gradient profile of a residual config.
 
     Args:
-      cfg: a config with ``residual`` set (``plain``, ``scaled`` or ``skipinit``); its
-        ``init`` must be ``gaussian`` or ``orthogonal`` (the same second moments) so that
-        ``sigma_w`` is the weight scale.
+      cfg: a config with ``residual`` set (``plain``, ``scaled`` or ``skipinit``), any
+        ``residual_block`` and ``branch_layers``; its ``init`` must be ``gaussian`` or
+        ``orthogonal`` (the same second moments) so that ``sigma_w`` is the weight scale.
       input_second_moment: ``E[x_i^2]`` of the input (1 for ``x ~ N(0, I)``).
 
     Returns:
@@ -92,9 +107,10 @@ def residual_theory(cfg: NetConfig, *, input_second_moment: float = 1.0) -> Resi
 
     Example:
       >>> import gradjax as gj
-      >>> cfg = gj.NetConfig(depth=20, width=256, activation="linear", residual="plain")
-      >>> round(float(gj.residual_theory(cfg).second_moment[-1]))  # 2^19 for sigma_w = 1
-      524288
+      >>> cfg = gj.NetConfig(depth=11, width=256, activation="relu", sigma_w=2**0.5,
+      ...                    residual="plain")  # pre-activation, He init: 2x per block
+      >>> round(float(gj.residual.residual_theory(cfg).second_moment[-1] / 2))  # q_1 = 2
+      1024
     """
     if not isinstance(cfg, NetConfig):
         raise invalid("cfg", cfg, "a gradjax.NetConfig")
@@ -103,19 +119,133 @@ def residual_theory(cfg: NetConfig, *, input_second_moment: float = 1.0) -> Resi
     check_real("input_second_moment", input_second_moment, minimum=0.0)
     phi = get_activation(cfg.activation).fn
     dphi = derivative(cfg.activation)
-    gauss = lambda f, s: gaussian_expectation(lambda t: f(s * t))  # E[f(s g)], g ~ N(0, 1)
     sw2, sb2 = float(cfg.sigma_w) ** 2, float(cfg.sigma_b) ** 2
     g = _branch_gain(cfg)
+    normed = cfg.norm is not None
+    dtype = jnp.result_type(float)
+    gauss = lambda f, s: gaussian_expectation(lambda t: f(s * t), dtype=dtype)
+
+    def layer(v_in):
+        # One weight layer behind phi(Norm(.)) of an input of variance v_in: the variance of
+        # its output and its mean squared Jacobian factor.
+        s = jnp.ones_like(v_in) if normed else jnp.sqrt(v_in)
+        v_out = sw2 * gauss(lambda t: phi(t) ** 2, s) + sb2
+        chi = sw2 * gauss(lambda t: dphi(t) ** 2, s)
+        return v_out, chi / v_in if normed else chi
+
+    q_in = jnp.asarray(input_second_moment, dtype)
+    v_stem = sw2 * q_in + sb2
+    kind, two = cfg.residual_block, cfg.branch_layers == 2
+    if kind == "post":
+        q_all, m_all, grad_ratio = _post_recursion(cfg, phi, dphi, v_stem, g, two, sw2, sb2)
+    else:
+        if kind == "pre":
+            q_all, m_all, factors = _pre_recursion(cfg, layer, v_stem, g, two)
+        else:
+            q_all, m_all, factors = _act_branch_recursion(cfg, phi, dphi, gauss, v_stem, g)
+        # dL/da_{l-1} = dL/da_l (I + g J_l): block l's factor multiplies every layer below.
+        ones = jnp.ones((1,), factors.dtype)
+        grad_ratio = jnp.concatenate([jnp.cumprod(factors[::-1])[::-1], ones])
+    return ResidualTheory(
+        second_moment=q_all, mean=m_all, grad_ratio=grad_ratio, gain=g, norm=cfg.norm, block=kind
+    )
+
+
+def _pre_recursion(cfg, layer, v_stem, g, two):
+    def step(q, _):
+        v_f, chi = layer(q)
+        if two:
+            v_f, chi2 = layer(v_f)
+            chi = chi * chi2
+        q_next = q + g**2 * v_f
+        return q_next, (q_next, 1.0 + g**2 * chi)
+
+    _, (qs, factors) = jax.lax.scan(step, v_stem, None, length=cfg.depth - 1)
+    q_all = jnp.concatenate([v_stem[None], qs])
+    return q_all, jnp.zeros_like(q_all), factors
+
+
+def _post_recursion(cfg, phi, dphi, v_stem, g, two, sw2, sb2):
+    normed = cfg.norm is not None
+    nodes, weights = np.polynomial.hermite_e.hermegauss(_POST_NODES)
+    nodes = jnp.asarray(nodes, v_stem.dtype)
+    weights = jnp.asarray(weights / weights.sum(), v_stem.dtype)
+
+    def merge(values, masses):
+        # Equal-mass bins of the sorted atoms, each replaced by its mean: keeps the mean
+        # exactly and the law to within one bin; the atoms come out sorted.
+        order = jnp.argsort(values)
+        values, masses = values[order], masses[order]
+        mid = jnp.cumsum(masses) - masses / 2
+        bins = jnp.clip(jnp.floor(mid * _POST_ATOMS).astype(jnp.int32), 0, _POST_ATOMS - 1)
+        mass = jax.ops.segment_sum(masses, bins, _POST_ATOMS)
+        total = jax.ops.segment_sum(masses * values, bins, _POST_ATOMS)
+        return jnp.where(mass > 0, total / jnp.where(mass > 0, mass, 1.0), 0.0), mass
+
+    def branch_var(q):
+        # Var F and chi_F of Norm(W a + b) (one layer) or Norm2(W2 phi(Norm(W a + b)) + b2).
+        v1 = sw2 * q + sb2
+        v_f, chi = (jnp.ones_like(v1), sw2 / v1) if normed else (v1, sw2 * jnp.ones_like(v1))
+        if two:
+            s = jnp.ones_like(v1) if normed else jnp.sqrt(v1)
+            e2 = jnp.sum(weights * phi(s * nodes) ** 2)
+            d2 = jnp.sum(weights * dphi(s * nodes) ** 2)
+            v2 = sw2 * e2 + sb2
+            chi = chi * sw2 * d2 * (1.0 / v2 if normed else 1.0)
+            v_f = jnp.ones_like(v2) if normed else v2
+        return v_f, chi
+
+    def spread(atoms, mass, v_f):
+        # y = a + g sqrt(v_f) t for every atom a and Gauss-Hermite node t: (K, nodes).
+        y = atoms[:, None] + g * jnp.sqrt(v_f) * nodes[None, :]
+        return y, mass[:, None] * weights[None, :]
+
+    def forward(carry, _):
+        atoms, mass = carry
+        v_f, chi = branch_var(jnp.sum(mass * atoms**2))
+        y, w = spread(atoms, mass, v_f)
+        new = merge(phi(y).reshape(-1), w.reshape(-1))
+        return new, (new, v_f, chi)
+
+    # Block 1: phi(Norm(W x + b)) of a Gaussian pre-activation.
+    s0 = 1.0 if normed else jnp.sqrt(v_stem)
+    first = merge(phi(s0 * nodes), weights)
+    _, (laws, v_fs, chis) = jax.lax.scan(forward, first, None, length=cfg.depth - 1)
+    atoms = jnp.concatenate([first[0][None], laws[0]])
+    masses = jnp.concatenate([first[1][None], laws[1]])
+
+    # Backward: h_l(x) = E[(dL/da_l)_i^2 | a_{l,i} = x] / E||dL/da_L||^2 * N on each block's
+    # atoms. The identity path keeps a unit's own gradient through phi'(y) of that unit, so
+    # consecutive masks of one unit are correlated (a unit that is on tends to stay on); the
+    # branch path spreads E[(eps J_F)_i^2] = chi_F E[eps^2] evenly over the units.
+    def backward(h_above, inputs):
+        atoms_below, mass_below, atoms_above, v_f, chi = inputs
+        y, w = spread(atoms_below, mass_below, v_f)
+        eps2 = dphi(y) ** 2 * jnp.interp(phi(y), atoms_above, h_above)
+        own = jnp.sum(weights[None, :] * eps2, axis=1)
+        h = own + g**2 * chi * jnp.sum(w * eps2)
+        return h, jnp.sum(mass_below * h)
+
+    top = jnp.ones_like(atoms[-1])
+    rev = (atoms[:-1][::-1], masses[:-1][::-1], atoms[1:][::-1], v_fs[::-1], chis[::-1])
+    _, ratios = jax.lax.scan(backward, top, rev)
+    grad_ratio = jnp.concatenate([ratios[::-1], jnp.ones((1,), top.dtype)])
+    q_all = jnp.sum(masses * atoms**2, axis=1)
+    m_all = jnp.sum(masses * atoms, axis=1)
+    return q_all, m_all, grad_ratio
+
+
+def _act_branch_recursion(cfg, phi, dphi, gauss, v_stem, g):
+    sw2, sb2 = float(cfg.sigma_w) ** 2, float(cfg.sigma_b) ** 2
     normed = cfg.norm is not None
 
     def branch(q):
         # Standard deviation of the branch's activation input u_l.
         s = jnp.ones_like(q) if normed else jnp.sqrt(sw2 * q + sb2)
-        e1, e2 = gauss(phi, s), gauss(lambda t: phi(t) ** 2, s)
-        return s, e1, e2
+        return s, gauss(phi, s), gauss(lambda t: phi(t) ** 2, s)
 
-    s1, e1, e2 = branch(jnp.asarray(input_second_moment, jnp.result_type(float)))
-    q1, m1 = e2, e1  # block 1 is never residual
+    s1 = jnp.ones_like(v_stem) if normed else jnp.sqrt(v_stem)
+    q1, m1 = gauss(lambda t: phi(t) ** 2, s1), gauss(phi, s1)  # block 1 is never residual
 
     def step(carry, _):
         q, m = carry
@@ -134,13 +264,7 @@ def residual_theory(cfg: NetConfig, *, input_second_moment: float = 1.0) -> Resi
         return (q_next, m + g * b1), (q_next, m + g * b1, 1.0 + g**2 * chi)
 
     _, (qs, ms, factors) = jax.lax.scan(step, (q1, m1), None, length=cfg.depth - 1)
-    q_all = jnp.concatenate([q1[None], qs])
-    m_all = jnp.concatenate([m1[None], ms])
-    # dL/da_{l-1} = dL/da_l (I + g J_l): the factor of block l multiplies every layer below it.
-    grad_ratio = jnp.concatenate([jnp.cumprod(factors[::-1])[::-1], jnp.ones((1,), factors.dtype)])
-    return ResidualTheory(
-        second_moment=q_all, mean=m_all, grad_ratio=grad_ratio, gain=g, norm=cfg.norm
-    )
+    return jnp.concatenate([q1[None], qs]), jnp.concatenate([m1[None], ms]), factors
 
 
 def linear_residual_variance(
@@ -183,9 +307,12 @@ def linear_residual_variance(
 
 @pytree_dataclass
 class IdentityPath:
-    """The gradient at every block split into the identity path and the branch paths.
+    """The gradient at every block against the article's identity-path decomposition.
 
-    ``total_l = identity_l + branch_l`` exactly, as vectors; the fields hold their norms.
+    The decomposition is ``dL/da_l = dL/da_L + sum_{k>l} g dL/da_k dF_k/da_{k-1}`` (identity
+    path plus branch paths, the gradient of ``x_L = x_l + sum F``). It is exact for ``pre``
+    and ``act_branch`` blocks (nothing follows the addition) and misses the activation's
+    mask in ``post`` blocks; ``formula_error`` measures the miss.
 
     Attributes:
       total: ``||dL/da_l||`` over the whole batch, ``(depth,)``.
@@ -193,14 +320,34 @@ class IdentityPath:
         0 without a skip connection, ``(depth,)``.
       branch: ``||dL/da_l - identity term||``, ``(depth,)``.
       cosine: cosine between ``dL/da_l`` and ``dL/da_L``, ``(depth,)``.
+      formula_error: ``||identity + branch paths - dL/da_l|| / ||dL/da_l||`` with the branch
+        paths from per-block VJPs of the branches alone, ``(depth,)``; round-off where the
+        decomposition is exact (0 at the top block; 0 without a skip connection).
       residual: the config's residual kind.
+      block: the config's residual block.
     """
 
     total: jax.Array
     identity: jax.Array
     branch: jax.Array
     cosine: jax.Array
+    formula_error: jax.Array
     residual: str | None = static_field()
+    block: str = static_field(default="pre")
+
+
+def _branch_terms(net: Net, params: Params, acts: jax.Array, grads: jax.Array) -> jax.Array:
+    """``sum_{k>l} g dL/da_k dF_k/da_{k-1}`` for every block ``l``, ``(depth, ..., width)``."""
+
+    def one(layer, a_prev, delta):
+        # The VJP of the branch alone: what the article's x_L = x_l + sum F differentiates.
+        return jax.vjp(lambda a: net.branch(layer, a)[2], a_prev)[1](delta)[0]
+
+    terms = jax.vmap(one)(layout.hidden_layers(params), acts[:-1], grads[1:])
+    # Term of block k+1 sits at a_k; sum over every block strictly above l: a reversed
+    # cumulative sum, 0 at the top.
+    above = jnp.cumsum(terms[::-1], axis=0)[::-1]
+    return jnp.concatenate([above, jnp.zeros_like(grads[:1])], axis=0)
 
 
 def identity_path(
@@ -208,7 +355,8 @@ def identity_path(
 ) -> IdentityPath:
     """Splits ``dL/da_l`` into the identity-path term ``dL/da_L`` and the branch paths.
 
-    Exact (one ``jax.grad`` pass; BatchNorm's batch coupling is inside the branch term).
+    ``dL/da_l`` comes from one ``jax.grad`` pass; the branch paths from one VJP per branch
+    (BatchNorm's batch coupling is inside the branch term).
 
     Args:
       net: the network; a non-residual one has no identity path (its ``identity`` is 0).
@@ -223,12 +371,16 @@ def identity_path(
     grads = layer_gradients(net, params, x, y, loss=loss).activations  # (L, ..., N)
     flat = grads.reshape(grads.shape[0], -1)
     top = flat[-1]
-    if net.cfg.residual is None:
-        ident = jnp.zeros_like(flat).at[-1].set(top)
-    else:
-        ident = jnp.broadcast_to(top, flat.shape)
     norm = lambda v: jnp.sqrt(jnp.sum(v**2, axis=-1))
     total = norm(flat)
+    if net.cfg.residual is None:
+        ident = jnp.zeros_like(flat).at[-1].set(top)
+        error = jnp.zeros_like(total)
+    else:
+        ident = jnp.broadcast_to(top, flat.shape)
+        acts = net.forward(params, x).act
+        formula = ident + _branch_terms(net, params, acts, grads).reshape(flat.shape)
+        error = norm(formula - flat) / jnp.where(total > 0, total, 1.0)
     denom = total * norm(top)
     cosine = jnp.sum(flat * top, axis=-1) / jnp.where(denom > 0, denom, 1.0)
     return IdentityPath(
@@ -236,18 +388,21 @@ def identity_path(
         identity=norm(ident),
         branch=norm(flat - ident),
         cosine=cosine,
+        formula_error=error,
         residual=net.cfg.residual,
+        block=net.cfg.residual_block,
     )
 
 
 def branch_path_sum(
     net: Net, params: Params, x: jax.Array, y: jax.Array, *, loss: str | LossFn = "mse"
 ) -> jax.Array:
-    """The branch-path term ``sum_{k>l} g_k dL/da_k dF_k/da_{k-1}``, one VJP per block.
+    """The branch-path term ``sum_{k>l} g dL/da_k dF_k/da_{k-1}``, one VJP per block.
 
-    An independent computation of ``dL/da_l - dL/da_L`` (from per-block VJPs of the branches
-    alone, not from the network's backward pass), used to check the decomposition of
-    :func:`identity_path`.
+    An independent computation of ``dL/da_l - dL/da_L`` for ``pre`` and ``act_branch`` blocks
+    (from per-block VJPs of the branches alone, not from the network's backward pass), used
+    to check the decomposition of :func:`identity_path`; for ``post`` blocks it is the
+    article's formula, which misses the activation after each addition.
 
     Args:
       net: a residual network.
@@ -262,17 +417,7 @@ def branch_path_sum(
     if net.cfg.residual is None:
         raise invalid("net.cfg.residual", None, "'plain', 'scaled' or 'skipinit'")
     grads = layer_gradients(net, params, x, y, loss=loss).activations
-    acts = net.forward(params, x).act
-
-    def one(layer, a_prev, delta):
-        # The block output minus its skip is g * F(a_prev); its VJP is g dL/da_k dF/da.
-        branch = lambda a: net.block(layer, a, residual=True)[2] - a
-        return jax.vjp(branch, a_prev)[1](delta)[0]
-
-    terms = jax.vmap(one)(params["hidden"], acts[:-1], grads[1:])  # term of block k+1 at a_k
-    # Sum over every block strictly above l: a reversed cumulative sum, 0 at the top.
-    above = jnp.cumsum(terms[::-1], axis=0)[::-1]
-    return jnp.concatenate([above, jnp.zeros_like(grads[:1])], axis=0)
+    return _branch_terms(net, params, net.forward(params, x).act, grads)
 
 
 @pytree_dataclass
@@ -297,7 +442,7 @@ def _profile_one(net: Net, batch: int, loss: str | LossFn, key: jax.Array, gain=
     params = net.init(kp)
     if gain is not None:
         # SkipInit's learnable gain set to a value: x + g F(x) for any g with one compile.
-        params["hidden"]["gain"] = jnp.full_like(params["hidden"]["gain"], gain)
+        params = layout.with_residual_gain(params, gain)
     x = jax.random.normal(kx, (batch, net.cfg.input_dim), net.dtype)
     y = jax.random.normal(ky, (batch, net.cfg.out_dim), net.dtype)
     loss_fn = get_loss(loss)

@@ -22,15 +22,15 @@ CLOSED_FORM_DERIVATIVES = {
 @pytest.mark.parametrize("name", sorted(CLOSED_FORM_DERIVATIVES))
 def test_derivative_matches_closed_form(name):
     x = np.linspace(-4, 4, 81) + 0.013  # avoid the kink of relu at 0
-    got = gj.derivative(name)(jnp.asarray(x, jnp.float32))
+    got = gj.activations.derivative(name)(jnp.asarray(x, jnp.float32))
     np.testing.assert_allclose(got, CLOSED_FORM_DERIVATIVES[name](x), rtol=2e-5, atol=2e-6)
 
 
 def test_derivative_maxima_of_the_article():
     # The article: sigmoid' <= 0.25 and tanh' <= 1, both attained at 0.
     x = jnp.linspace(-6.0, 6.0, 12001)
-    assert float(jnp.max(gj.derivative("sigmoid")(x))) == pytest.approx(0.25, abs=1e-7)
-    assert float(jnp.max(gj.derivative("tanh")(x))) == pytest.approx(1.0, abs=1e-7)
+    assert float(jnp.max(gj.activations.derivative("sigmoid")(x))) == pytest.approx(0.25, abs=1e-7)
+    assert float(jnp.max(gj.activations.derivative("tanh")(x))) == pytest.approx(1.0, abs=1e-7)
 
 
 def test_article_tanh_formula_has_a_typo():
@@ -39,7 +39,7 @@ def test_article_tanh_formula_has_a_typo():
     x = np.linspace(-2, 2, 9)
     typo = (np.exp(x) - np.exp(-x)) / (np.exp(x) - np.exp(-x) + 1e-300)
     fixed = (np.exp(x) - np.exp(-x)) / (np.exp(x) + np.exp(-x))
-    np.testing.assert_allclose(fixed, gj.ACTIVATIONS["tanh"](jnp.asarray(x)), rtol=1e-6)
+    np.testing.assert_allclose(fixed, gj.activations.ACTIVATIONS["tanh"](jnp.asarray(x)), rtol=1e-6)
     assert not np.allclose(typo[x != 0], fixed[x != 0])
 
 
@@ -55,7 +55,9 @@ def test_every_table_entry_is_elementwise_and_jittable():
 def test_user_callable_is_accepted():
     act = gj.get_activation(jnp.sin)
     assert act.name == "sin"
-    np.testing.assert_allclose(gj.derivative(jnp.sin)(jnp.array([0.3])), np.cos(0.3), rtol=1e-6)
+    np.testing.assert_allclose(
+        gj.activations.derivative(jnp.sin)(jnp.array([0.3])), np.cos(0.3), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("bad", ["foo", 3, None])

@@ -22,6 +22,15 @@ import gradjax as gj
         ({"residual": "scaled", "residual_alpha": -0.5}, "residual_alpha=-0.5"),
         ({"residual_alpha": 0.5}, "residual_alpha=0.5"),
         ({"dtype": "float16"}, "dtype='float16'"),
+        ({"residual": "plain", "residual_block": "v2"}, "residual_block='v2'"),
+        ({"residual_block": "post"}, "residual_block='post'"),
+        ({"residual": "plain", "branch_layers": 3}, "branch_layers=3"),
+        ({"residual": "plain", "branch_layers": True}, "branch_layers=True"),
+        ({"branch_layers": 2}, "branch_layers=2"),
+        (
+            {"residual": "plain", "residual_block": "act_branch", "branch_layers": 2},
+            "branch_layers=2",
+        ),
     ],
 )
 def test_bad_config_raises_one_clear_line(changes, field):
@@ -48,10 +57,10 @@ def test_scaled_residual_alpha_defaults_to_inverse_sqrt_depth():
     "text, expected", [("0.5:2.5:5", [0.5, 1.0, 1.5, 2.0, 2.5]), ("1,2,4", [1, 2, 4]), ("3", [3])]
 )
 def test_parse_range(text, expected):
-    np.testing.assert_allclose(gj.parse_range("--sigma-w", text), expected)
+    np.testing.assert_allclose(gj.config.parse_range("--sigma-w", text), expected)
 
 
 @pytest.mark.parametrize("text", ["1:2", "a:b:3", "1:2:0", "", "1,nan", "1:2:3:4"])
 def test_parse_range_rejects_malformed(text):
     with pytest.raises(gj.GradjaxInputError, match="--sigma-w="):
-        gj.parse_range("--sigma-w", text)
+        gj.config.parse_range("--sigma-w", text)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
+from gradjax import layout
 
 
 def test_grad_matches_central_differences_float64(x64):
@@ -55,7 +56,7 @@ def test_norms_are_frobenius_norms_of_the_gradients(getkey):
     full = gj.layer_gradients(net, params, x, y)
     norms = gj.layer_gradient_norms(net, params, x, y)
     np.testing.assert_allclose(
-        norms.weights[2], np.linalg.norm(full.params["hidden"]["W"][1]), rtol=1e-6
+        norms.weights[2], np.linalg.norm(layout.layer_weight(full.params, 2)), rtol=1e-6
     )
     np.testing.assert_allclose(norms.activations[0], np.linalg.norm(full.activations[0]), rtol=1e-6)
 

@@ -6,31 +6,71 @@ import numpy as np
 import pytest
 
 import gradjax as gj
+from gradjax import layout
+from gradjax.activations import get_activation
+from gradjax.models import flax_module
 
 
-def _reference_forward(params, x, act, *, residual_gain=0.0):
-    """The network written out as a plain Python loop, independent of lax.scan."""
-    a = act(x @ params["input"]["W"].T + params["input"]["b"])
-    for l in range(params["hidden"]["W"].shape[0]):
-        h = act(a @ params["hidden"]["W"][l].T + params["hidden"]["b"][l])
-        a = a + residual_gain * h if residual_gain else h
-    return a @ params["readout"]["W"].T + params["readout"]["b"]
+def _reference_forward(cfg, params, x):
+    """The network written out as a plain Python loop, independent of lax.scan and Net.block."""
+    act = get_activation(cfg.activation).fn
+
+    def norm(z, p, suffix=""):
+        if cfg.norm is None:
+            return z
+        mu, var = z.mean(-1, keepdims=True), z.var(-1, keepdims=True)
+        return (z - mu) / jnp.sqrt(var + cfg.norm_eps) * p["gamma" + suffix] + p["beta" + suffix]
+
+    lin = lambda p, a, w="W", b="b": a @ p[w].T + p[b]
+    p0, two = layout.layer(params, 0), cfg.branch_layers == 2
+    if cfg.residual is not None and cfg.residual_block == "pre":
+        a = lin(p0, x)  # the linear stem of a pre-activation stack
+    else:
+        a = act(norm(lin(p0, x), p0))
+    for l in range(1, cfg.depth):
+        p = layout.layer(params, l)
+        g = p["gain"] if cfg.residual == "skipinit" else cfg.alpha
+        if cfg.residual is None:
+            a = act(norm(lin(p, a), p))
+        elif cfg.residual_block == "pre":
+            h = lin(p, act(norm(a, p)))
+            h = lin(p, act(norm(h, p, "2")), "W2", "b2") if two else h
+            a = a + g * h
+        elif cfg.residual_block == "post":
+            h = norm(lin(p, a), p)
+            h = norm(lin(p, act(h), "W2", "b2"), p, "2") if two else h
+            a = act(a + g * h)
+        else:
+            a = a + g * act(norm(lin(p, a), p))
+    return lin(layout.readout_layer(params), a)
 
 
-@pytest.mark.parametrize("residual", [None, "plain", "scaled"])
-def test_forward_matches_a_python_loop(getkey, residual):
-    cfg = gj.NetConfig(depth=5, width=12, in_dim=7, out_dim=3, sigma_b=0.3, residual=residual)
+CONFIGS = [
+    {},
+    {"residual": "plain"},
+    {"residual": "scaled", "branch_layers": 2, "norm": "layer"},
+    {"residual": "plain", "residual_block": "post", "activation": "relu"},
+    {"residual": "skipinit", "residual_block": "post", "branch_layers": 2, "norm": "layer"},
+    {"residual": "scaled", "residual_block": "act_branch"},
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=str)
+def test_forward_matches_a_python_loop(getkey, kw):
+    cfg = gj.NetConfig(depth=5, width=12, in_dim=7, out_dim=3, sigma_b=0.3, **kw)
     net = gj.build(cfg)
     params = net.init(getkey())
+    if cfg.residual == "skipinit":
+        params = layout.with_residual_gain(params, 0.7)  # a non-zero gain exercises the branch
     x = jax.random.normal(getkey(), (4, 7))
-    expected = _reference_forward(params, x, jnp.tanh, residual_gain=cfg.alpha)
-    np.testing.assert_allclose(net.apply(params, x), expected, rtol=2e-5, atol=2e-6)
+    expected = _reference_forward(cfg, params, x)
+    np.testing.assert_allclose(net.apply(params, x), expected, rtol=2e-5, atol=2e-5)
 
 
 def test_shapes_and_single_example(getkey):
     net = gj.build(gj.NetConfig(depth=3, width=8, in_dim=5, out_dim=2))
     params = net.init(getkey())
-    assert params["hidden"]["W"].shape == (2, 8, 8)
+    assert layout.hidden_weights(params).shape == (2, 8, 8)
     x = jax.random.normal(getkey(), (6, 5))
     trace = net.forward(params, x)
     assert trace.preact.shape == (3, 6, 8) and trace.output.shape == (6, 2)
@@ -42,31 +82,34 @@ def test_scale_is_linear_in_sigma_with_common_random_numbers(getkey):
     base = net.init_base(getkey())
     p1 = net.scale(base, sigma_w=1.0, sigma_b=0.5)
     p3 = net.scale(base, sigma_w=3.0, sigma_b=1.5)
-    np.testing.assert_allclose(p3["hidden"]["W"], 3 * p1["hidden"]["W"], rtol=1e-6)
-    np.testing.assert_allclose(p3["input"]["b"], 3 * p1["input"]["b"], rtol=1e-6)
+    np.testing.assert_allclose(layout.hidden_weights(p3), 3 * layout.hidden_weights(p1), rtol=1e-6)
+    np.testing.assert_allclose(
+        layout.layer_weight(p3, 0, "b"), 3 * layout.layer_weight(p1, 0, "b"), rtol=1e-6
+    )
     # He: the variance of W is sigma_w^2 * 2 / fan_in.
     big = gj.build(gj.NetConfig(depth=2, width=512, init="he")).init(getkey())
-    assert float(jnp.var(big["hidden"]["W"])) == pytest.approx(2 / 512, rel=0.03)
+    assert float(jnp.var(layout.hidden_weights(big))) == pytest.approx(2 / 512, rel=0.03)
 
 
-@pytest.mark.parametrize("norm", [None, "layer"])
-def test_lazy_scales_match_the_python_loop_and_materialize(getkey, norm):
-    cfg = gj.NetConfig(depth=5, width=12, in_dim=7, out_dim=3, init="he", norm=norm)
+@pytest.mark.parametrize(
+    "kw", [{}, {"norm": "layer"}, {"residual": "plain", "branch_layers": 2}], ids=str
+)
+def test_lazy_scales_match_the_python_loop_and_materialize(getkey, kw):
+    cfg = gj.NetConfig(depth=5, width=12, in_dim=7, out_dim=3, init="he", **kw)
     net = gj.build(cfg)
     base = net.init_base(getkey())
     lazy = net.scale(base, sigma_w=1.7, sigma_b=0.4, lazy=True)
     eager = net.scale(base, sigma_w=1.7, sigma_b=0.4)
     assert net.is_lazy(lazy) and not net.is_lazy(eager)
-    assert lazy["hidden"]["W"] is base["hidden"]["W"]  # the weights themselves are untouched
+    # The weights themselves are untouched.
+    assert layout.hidden_weights(lazy) is layout.hidden_weights(base)
     x = jax.random.normal(getkey(), (4, 7))
     np.testing.assert_allclose(net.apply(lazy, x), net.apply(eager, x), rtol=2e-5, atol=2e-6)
-    if norm is None:
-        reference = _reference_forward(eager, x, jnp.tanh)
-        np.testing.assert_allclose(net.apply(lazy, x), reference, rtol=2e-5, atol=2e-6)
+    reference = _reference_forward(cfg, eager, x)
+    np.testing.assert_allclose(net.apply(lazy, x), reference, rtol=2e-5, atol=2e-5)
     folded = net.materialize(lazy)
-    for group in ("input", "hidden", "readout"):
-        np.testing.assert_allclose(folded[group]["W"], eager[group]["W"], rtol=1e-6)
-        np.testing.assert_allclose(folded[group]["b"], eager[group]["b"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(eager), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
     assert not net.is_lazy(folded)
 
 
@@ -121,20 +164,31 @@ def test_bad_input_shape_is_named(getkey):
         net.apply(net.init(getkey()), jnp.ones((2, 4)))
 
 
-def test_nnx_round_trip(getkey):
+@pytest.mark.parametrize("kw", CONFIGS, ids=str)
+def test_flax_module_matches_the_pure_path(getkey, kw):
     from flax import nnx
 
-    net = gj.build(gj.NetConfig(depth=3, width=8, norm="layer", residual="skipinit"))
-    params = net.init(getkey())
-    module = net.to_nnx(params)
-    x = jax.random.normal(getkey(), (2, 8))
-    np.testing.assert_allclose(module(x), net.apply(params, x), rtol=1e-6)
-    graphdef, state = nnx.split(module)
-    back = gj.from_nnx(nnx.merge(graphdef, state))
+    cfg = gj.NetConfig(depth=4, width=8, sigma_b=0.2, **kw)
+    key = getkey()
+    net, module = gj.build(cfg), flax_module(cfg, key)
+    params = net.init(key)
+    if cfg.residual == "skipinit":
+        params = layout.with_residual_gain(params, 0.5)
+        module = net.to_nnx(params)
+    x = jax.random.normal(getkey(), (3, 8))
+    np.testing.assert_allclose(module(x), net.apply(params, x), rtol=1e-6, atol=1e-6)
+    # Gradients: nnx.grad through the module against jax.grad of the pure function.
+    grads = nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(module)
+    pure = jax.grad(lambda p: jnp.sum(jnp.sin(net.apply(p, x))))(params)
+    got = gj.from_nnx(nnx.merge(nnx.graphdef(module), grads))
+    assert jax.tree.structure(got) == jax.tree.structure(pure)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(pure), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Round trip through nnx.split/merge, and NNX sees every leaf as a parameter.
+    back = gj.from_nnx(nnx.merge(*nnx.split(module)))
     assert jax.tree.all(jax.tree.map(jnp.array_equal, back, params))
-    # NNX sees every leaf as a trainable parameter.
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
-    assert n_params == sum(x.size for x in jax.tree.leaves(params))
+    n_params = sum(v.size for v in jax.tree.leaves(nnx.state(module, nnx.Param)))
+    assert n_params == sum(v.size for v in jax.tree.leaves(params))
 
 
 def test_float64_needs_x64():
