@@ -20,15 +20,13 @@ products), the matrix-free constant being smaller.
 
 Limits: the matrix-free products read every weight matrix once per Lanczos step, so once
 the weights leave the last-level cache the wall time is bound by memory bandwidth and its
-slope in width exceeds the operation count's 2; LAPACK's SVD runs on OpenBLAS, whose
-threads spin and slow down by orders of magnitude on a machine shared with other jobs (run
-with ``OPENBLAS_NUM_THREADS=1`` there; the setting is recorded in the JSON).
+slope in width exceeds the operation count's 2. Both methods are timed under gradjax's thread
+rule for its batched LAPACK work (:mod:`gradjax.threads`), as ``gradjax figures`` runs them.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax
@@ -36,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradjax as gj
+from gradjax import threads
 from gradjax.benchmarks import harness
+from gradjax.fitting import log_slope
 from gradjax.matrix_free import layer_spectrum_estimates
 
 NAME = "cost_curves"
@@ -171,7 +171,9 @@ def measure(method: str, *, width: int, depth: int, cfg: dict[str, Any]) -> dict
             result = program(result)
         return result
 
-    timing = harness.time_fn(run, repeats=cfg["repeats"], budget_s=cfg["budget_s"])
+    timing = harness.time_fn(
+        lambda: threads.run_batched(run), repeats=cfg["repeats"], budget_s=cfg["budget_s"]
+    )
     mean_sq, sigma_max = (np.asarray(v) for v in run())
     return {
         "time": timing,
@@ -196,10 +198,7 @@ def fit_exponent(sizes: Any, values: Any, *, last: int | None = None) -> float:
     sizes, values = np.asarray(sizes, float), np.asarray(values, float)
     if last is not None:
         sizes, values = sizes[-last:], values[-last:]
-    ok = np.isfinite(values) & (values > 0)
-    if ok.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(sizes[ok]), np.log(values[ok]), 1)[0])
+    return float(log_slope(sizes, values, log_x=True))
 
 
 def cost_curves(cfg: dict[str, Any], progress=None) -> dict[str, Any]:
@@ -326,9 +325,6 @@ def run(quick: bool = False) -> dict:
         },
         extra={
             "memory_bytes": memory,
-            # LAPACK (NumPy's and jaxlib's) runs on OpenBLAS, whose spinning threads make SVD
-            # timings 10-500x slower on a machine shared with other jobs; record the setting.
-            "env": {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")},
         },
     )
 
