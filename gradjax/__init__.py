@@ -10,8 +10,8 @@ else lives in a namespace, one per module: ``gj.theory``, ``gj.gaussian``, ``gj.
 ``gj.matrix_free``, ``gj.isometry``, ``gj.lyapunov``, ``gj.normalization``, ``gj.residual``,
 ``gj.hessian``, ``gj.jacobians``, ``gj.gradients``, ``gj.signal``, ``gj.probes``,
 ``gj.optim``, ``gj.initializers``, ``gj.activations``, ``gj.config``, ``gj.layout``,
-``gj.boundary``, ``gj.data``, ``gj.io``, ``gj.store``, ``gj.devices``, ``gj.cost``,
-``gj.threads``, ``gj.errors``, ``gj.plotting``.
+``gj.boundary``, ``gj.data``, ``gj.io``, ``gj.store``, ``gj.devices``, ``gj.distributed``,
+``gj.cost``, ``gj.threads``, ``gj.errors``, ``gj.plotting``.
 
 One rule for names: a module named after its entry point is reached through that entry
 point, so ``gj.sweep``, ``gj.train``, ``gj.diagnose`` and ``gj.monitor`` are functions (their
@@ -28,6 +28,7 @@ from gradjax import config as config
 from gradjax import cost as cost
 from gradjax import data as data
 from gradjax import devices as devices
+from gradjax import distributed as distributed
 from gradjax import errors as errors
 from gradjax import gaussian as gaussian
 from gradjax import gradients as gradients
