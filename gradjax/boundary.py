@@ -133,20 +133,21 @@ class Boundary:
         """Zero probes (``jax.ShapeDtypeStruct`` trees made arrays) for the block sites."""
         shapes = self._discovered(x)[1]
         names = dict.fromkeys(b.site for b in self.blocks(x))
-        return {n: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[n]) for n in names}
+        # NumPy zeros: no program for XLA to compile per shape.
+        return {n: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes[n]) for n in names}
 
-    def block_norms(self, probe_grads: Mapping[str, Any], x: Any) -> jax.Array:
-        """``||dL/da_l||`` per block from the gradients of the probes, ``(blocks,)``."""
-        from gradjax.numerics import safe_norm
+    def block_norms(self, probe_grads: Mapping[str, Any], x: Any) -> np.ndarray:
+        """``||dL/da_l||`` per block from the gradients of the probes, ``(blocks,)``.
 
-        out = []
-        for b in self.blocks(x):
-            leaves = [jnp.asarray(v) for v in jax.tree_util.tree_leaves(probe_grads[b.site])]
-            if b.layer is not None:
-                leaves = [v[b.layer] for v in leaves]
-            flat = jnp.concatenate([jnp.ravel(v) for v in leaves]) if leaves else jnp.zeros(0)
-            out.append(safe_norm(flat))
-        return jnp.stack(out) if out else jnp.zeros((0,))
+        On the host in float64: no overflow for huge float32 gradients, and no reductions
+        for XLA to compile into the measuring program.
+        """
+        return _host_norms(
+            [
+                [v if b.layer is None else v[b.layer] for v in _leaves64(probe_grads[b.site])]
+                for b in self.blocks(x)
+            ]
+        )
 
     def norm_kinds(self, x: Any) -> tuple[str, ...]:
         """The normalisation layers found among the submodules: ``"batch"``, ``"layer"``,
@@ -169,9 +170,11 @@ class Boundary:
 def choose_blocks(sites: list[Site]) -> list[Block]:
     """The block outputs among the sites: the largest set of repeated siblings.
 
-    Among the direct children of every parent path, the class that repeats most (a scanned
-    stack counts its layers) and owns parameters is the block; ties go to the parent nearest
-    the root. Without any repetition, the top-level submodules are the blocks.
+    Among the direct children of every parent path, a class repeated at least twice (a
+    scanned stack counts its layers) is a candidate; repeated modules that hold submodules
+    (blocks) come before repeated single layers, then those owning parameters, then the
+    most repeats, then the parent nearest the root. Without any repetition the top-level
+    submodules are the blocks.
 
     Args:
       sites: the sites in execution order.
@@ -183,15 +186,27 @@ def choose_blocks(sites: list[Site]) -> list[Block]:
     for s in sites:
         parts = tuple(s.name.split("/"))
         by_parent.setdefault(parts[:-1], []).append(s)
-    best: tuple[tuple[float, int], tuple[str, ...], str] | None = None
+    names = [s.name for s in sites]
+
+    def composite(site: Site) -> bool:  # holds submodules of its own (a block, not a layer)
+        return any(n.startswith(site.name + "/") for n in names)
+
+    best: tuple[tuple[bool, bool, int, int], tuple[str, ...], str] | None = None
     for parent, children in by_parent.items():
         for cls in dict.fromkeys(c.cls for c in children):
             members = [c for c in children if c.cls == cls]
             count = sum(c.layers or 1 for c in members)
             if count < 2:
                 continue
-            owns = all(c.has_params for c in members)
-            score = (count - (0 if owns else 0.5), -len(parent))
+            # Repeated composite modules (Transformer or residual blocks) before repeated
+            # single layers (an attention's projections); then the most repeats, then the
+            # parent nearest the root.
+            score = (
+                all(composite(c) for c in members),
+                all(c.has_params for c in members),
+                count,
+                -len(parent),
+            )
             if best is None or score > best[0]:
                 best = (score, parent, cls)
     if best is None:
@@ -209,6 +224,18 @@ def choose_blocks(sites: list[Site]) -> list[Block]:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _leaves64(tree: Any) -> list[np.ndarray]:
+    return [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(tree)]
+
+
+def _host_norms(groups: list[list[np.ndarray]]) -> np.ndarray:
+    """Euclidean norm of each group of arrays, in float64 on the host."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(
+            [math.sqrt(sum(float(np.sum(np.square(v))) for v in g)) for g in groups], np.float64
+        )
 
 
 def _shapes_key(tree: Any) -> Hashable:
@@ -514,10 +541,8 @@ def _function(fn: Callable[..., Any], params: Any, perturbations: Any) -> Bounda
             return {"perturbations": _resize(template, x)}
 
         def block_norms(grads, x):
-            from gradjax.numerics import safe_norm
-
-            leaves = jax.tree_util.tree_leaves(grads["perturbations"])
-            return jnp.stack([safe_norm(leaves[blk.layer]) for blk in blocks(x)])
+            leaves = _leaves64(grads["perturbations"])
+            return _host_norms([[leaves[blk.layer]] for blk in blocks(x)])
 
         b.blocks = blocks  # type: ignore[method-assign]
         b.zero_probes = zero_probes  # type: ignore[method-assign]
@@ -551,10 +576,8 @@ def _resize(template: Any, x: Any) -> Any:
     first = jax.tree_util.tree_leaves(template)
     full = int(np.shape(first[0])[0]) if first and np.ndim(first[0]) else None
     if size is None or size == full:
-        return jax.tree.map(jnp.zeros_like, template)
-    return jax.tree.map(
-        lambda v: jnp.zeros((size, *np.shape(v)[1:]), jnp.asarray(v).dtype), template
-    )
+        return jax.tree.map(lambda v: np.zeros(np.shape(v), np.asarray(v).dtype), template)
+    return jax.tree.map(lambda v: np.zeros((size, *np.shape(v)[1:]), np.asarray(v).dtype), template)
 
 
 # ---------------------------------------------------------------------------- entry point

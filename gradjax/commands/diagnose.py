@@ -1,10 +1,16 @@
-"""``gradjax diagnose``: gradient-flow report for a gradjax net or one of the example models.
+"""``gradjax diagnose``: gradient-flow report for your model, a gradjax net or an example.
 
-Either describe a gradjax MLP (``--activation``, ``--depth``, ``--width``, ``--sigma-w``,
-``--sigma-b``, ``--init``, ``--norm``, ``--residual``), diagnosed on Gaussian inputs with
-Gaussian targets, or name an example model of the source tree's ``examples/`` directory
-(``--example cnn_digits | transformer_postln | transformer_preln``). Writes ``report.txt``,
-``report.json`` and ``report.png`` (+ PDF) into ``--out`` and prints the text report.
+Three sources of a model:
+
+* ``--model package.module:factory``: your own Flax (Linen or NNX) model or pure function;
+  the factory takes no arguments and returns ``(model, params or None, (inputs, targets))``
+  (see the zoo in ``examples/``, e.g. ``--model examples.transformer_preln:make``);
+* a gradjax MLP (``--activation``, ``--depth``, ``--width``, ``--sigma-w``, ``--sigma-b``,
+  ``--init``, ``--norm``, ``--residual``), diagnosed on Gaussian inputs and targets;
+* ``--example cnn_digits | transformer_postln | transformer_preln``: a script of ``examples/``.
+
+Writes ``report.txt``, ``report.json`` and ``report.png`` (+ PDF) into ``--out`` and prints
+the text report.
 """
 
 from __future__ import annotations
@@ -46,38 +52,65 @@ MLP_DEFAULTS = {
 
 
 def add_parser(sub) -> None:
+    from gradjax.activations import ACTIVATIONS
+    from gradjax.config import INIT_KINDS
+
     p = sub.add_parser(
         "diagnose",
-        help="gradient-flow report (verdict per region, suggestions) for a net or an example",
-        description="Diagnoses gradient flow: per-layer gradient norms, growth rate per layer, "
-        "verdicts (vanishing < 0.1x, exploding > 10x the output layer's gradient), "
-        "Jacobian spectra, and suggested fixes. Writes report.txt/.json/.png to --out.",
+        help="gradient-flow report (verdict per region, suggestions) for your model or a net",
+        description="Diagnoses gradient flow: ||dL/da_l|| per block, growth rate per block, "
+        "verdicts (vanishing < 0.1x, exploding > 10x the output block's gradient), "
+        "and suggested fixes. Writes report.txt/.json/.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="your model: an importable module and a factory returning "
+        "(model, params or None, (inputs, targets)), e.g. examples.transformer_preln:make",
+    )
+    source.add_argument(
         "--example",
         default=None,
         choices=sorted(EXAMPLES),
-        help="diagnose an example model instead of a gradjax MLP",
+        help="diagnose an example script's model instead of a gradjax MLP",
     )
-    mlp = p.add_argument_group("gradjax MLP (not with --example)")
-    mlp.add_argument("--activation", default="tanh", help="activation name (default tanh)")
-    mlp.add_argument("--init", default="gaussian", help="weight init (default gaussian)")
-    mlp.add_argument("--depth", type=positive_int, default=MLP_DEFAULTS["depth"])
-    mlp.add_argument("--width", type=positive_int, default=MLP_DEFAULTS["width"])
+    p.add_argument(
+        "--loss",
+        default="mse",
+        choices=["mse", "xent"],
+        help="loss of --model's outputs and targets",
+    )
+    mlp = p.add_argument_group("gradjax MLP (not with --example; with --model only --activation)")
+    mlp.add_argument(
+        "--activation",
+        default="tanh",
+        choices=list(ACTIVATIONS),
+        help="activation (with --model: the model's, for init advice)",
+    )
+    mlp.add_argument("--init", default="gaussian", choices=list(INIT_KINDS), help="weight init")
+    mlp.add_argument("--depth", type=positive_int, default=MLP_DEFAULTS["depth"], help="blocks")
+    mlp.add_argument(
+        "--width", type=positive_int, default=MLP_DEFAULTS["width"], help="hidden width"
+    )
     mlp.add_argument(
         "--sigma-w",
         type=positive_real,
         default=MLP_DEFAULTS["sigma_w"],
-        help="weight scale (default 1)",
+        help="weight scale",
     )
     mlp.add_argument(
         "--sigma-b",
         type=nonnegative_real,
         default=MLP_DEFAULTS["sigma_b"],
-        help="bias std (default 0)",
+        help="bias std",
     )
-    mlp.add_argument("--norm", default=None, choices=["batch", "layer"])
-    mlp.add_argument("--residual", default=None, choices=["plain", "scaled", "skipinit"])
+    mlp.add_argument("--norm", default=None, choices=["batch", "layer"], help="normalisation")
+    mlp.add_argument(
+        "--residual", default=None, choices=["plain", "scaled", "skipinit"], help="residual kind"
+    )
     p.add_argument("--batch", type=positive_int, default=64, help="examples in the batch")
     p.add_argument("--seed", type=seed, default=0, help="PRNG seed in [0, 2**63 - 1]")
     p.add_argument(
@@ -90,7 +123,7 @@ def add_parser(sub) -> None:
         "--optimizer",
         default="adam",
         choices=["adam", "sgd"],
-        help="optimiser of the first-step probe (default adam)",
+        help="optimiser of the first-step probe",
     )
     p.add_argument("--out", type=out_dir, required=True, help="output directory")
     p.set_defaults(run=run)
@@ -101,7 +134,25 @@ def run(args: argparse.Namespace) -> int:
     from gradjax.errors import GradjaxInputError
 
     cfg = None
-    if args.example is not None:
+    if args.model is not None:
+        # The factory defines the model: MLP flags would be silently ignored, so they are
+        # refused (--activation is kept: it names the model's activation for the advice).
+        given = [
+            f
+            for f, default in MLP_DEFAULTS.items()
+            if f != "activation" and getattr(args, f) != default
+        ]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise GradjaxInputError(
+                f"{flag}={getattr(args, given[0])!r} is invalid: expected no MLP flag with "
+                f"--model (the factory defines its own model)"
+            )
+        from gradjax.boundary import load_factory
+
+        # Loaded before --out is created: a refused model leaves nothing behind.
+        loaded = load_factory(args.model)
+    elif args.example is not None:
         # An example is its own model: MLP flags would be silently ignored, so they are refused.
         given = [f for f, default in MLP_DEFAULTS.items() if getattr(args, f) != default]
         if given:
@@ -111,6 +162,15 @@ def run(args: argparse.Namespace) -> int:
                 f"--example={args.example!r} (the example defines its own model)"
             )
     else:
+        from gradjax.cost import check_fits, estimate_network_bytes, memory_limit_bytes
+
+        # A size that cannot fit is refused here, in one line, before XLA would abort.
+        check_fits(
+            f"--width={args.width} --depth={args.depth} --batch={args.batch}: one network",
+            estimate_network_bytes(args.width, args.depth, args.batch),
+            memory_limit_bytes(),
+            unit="one gradient pass",
+        )
         try:  # checked before --out is created, so a refusal leaves nothing behind
             cfg = NetConfig(
                 depth=args.depth,
@@ -132,7 +192,19 @@ def run(args: argparse.Namespace) -> int:
 
     from gradjax.diagnose import diagnose, diagnose_net
 
-    if args.example is not None:
+    if args.model is not None:
+        model, params, batch = loaded
+        activation = args.activation if args.activation != MLP_DEFAULTS["activation"] else None
+        report = diagnose(
+            model,
+            params,
+            batch,
+            args.loss,
+            activation=activation,
+            **(probe if args.lr is not None else {}),
+        )
+        title = f"{args.model}: {report.verdict}"
+    elif args.example is not None:
         problem = _example_problem(args.example, batch=args.batch, seed=args.seed)
         options = dict(problem.get("options", {}))
         if args.lr is not None:
