@@ -1,5 +1,11 @@
-"""The article's claims (``../shared/seed``: a Chinese article on vanishing and exploding
-gradients), digested into one line each, in the article's order."""
+"""The source article's claims, digested into one line each, in the article's order.
+
+The article is a Chinese-language explainer on vanishing and exploding gradients: it traces
+both to the chain rule (a product of per-layer factors, each an activation derivative times a
+weight), blames saturating activations and the weight scale, and recommends warm-up, gradient
+clipping, L1/L2 regularisation, ReLU-family activations, BatchNorm/LayerNorm, residual blocks
+and a sensible initialisation.
+"""
 
 CLAIMS: dict[str, str] = {
     "C1": "dLoss/dw_i is a product of per-layer chain-rule factors df_{i+1}/df_i.",
@@ -9,13 +15,15 @@ CLAIMS: dict[str, str] = {
     "exponentially in depth.",
     "C5": "Saturating activations (sigmoid, tanh) doom deep networks to vanishing gradients.",
     "C6": "Large initial weights cause exploding gradients at the start of training.",
-    "C7": "Warm-up removes the early oscillation of the loss.",
+    "C7": "Warm-up removes the early oscillation of the loss: training gets through the "
+    "large-gradient start without oscillating or blowing up.",
     "C8": "Gradient clipping prevents explosion.",
     "C9": "L1/L2 weight regularisation corrects weights blown up by exploding gradients.",
     "C10": "ReLU-family activations (derivative 1 for x > 0) fix vanishing gradients.",
     "C11": "BatchNorm/LayerNorm fix vanishing/exploding gradients; BatchNorm is invariant to "
     "the weight scale.",
-    "C12": "Residual blocks pass the gradient straight to shallow layers.",
+    "C12": "Residual blocks y = x + F(x), x' = ReLU(y) pass the gradient straight to shallow "
+    "layers, since x_L = x_l + sum_i F(x_i).",
     "C13": "A sensible initialisation fixes both vanishing and exploding gradients.",
 }
 
