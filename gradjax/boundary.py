@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradjax.errors import GradjaxInputError, invalid
+from gradjax.errors import invalid
 from gradjax.tree_paths import leaf_names, module_parts, natural_key
 
 # Name of the probe variable a Linen submodule gets in its own "params" scope.
@@ -688,31 +688,211 @@ def load_factory(spec: str) -> tuple[Any, Any, Any]:
 # ---------------------------------------------------------------------------- sweeps
 
 
-def _kernel_mask(params: Any) -> Any:
-    """True for the weights and kernels (two axes or more per layer) of a parameter tree."""
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What a sweep records about a user's model (its metadata and resume fingerprint).
+
+    Attributes:
+      model: the model's class (or function) name.
+      kind: ``"linen"``, ``"nnx"`` or ``"function"``.
+      blocks: number of blocks found.
+      inputs: the example input's shape.
+      sigma_w: the default weight scale (1: the model's own init).
+      sigma_b: the default bias scale (0: the model's own, zero, biases).
+    """
+
+    model: str
+    kind: str
+    blocks: int
+    inputs: str
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sweepable:
+    """A user's Flax model in the sweep engine's protocol (``init_base``, ``scale``).
+
+    ``init_base(key)`` draws the model's parameters for a seed: a Linen model through its own
+    ``init`` (the user's initialisers), an NNX model or a function by redrawing every kernel
+    as Gaussian noise with that kernel's own standard deviation (NNX has no pure ``init``
+    from a key). Every bias that sits beside a kernel gets a standard-normal base draw.
+    ``scale(base, sigma_w=s, sigma_b=b)`` multiplies each kernel by ``s`` and sets each such
+    bias to ``b`` times its draw: a seed's draws are shared along the scale axes (common
+    random numbers), and ``sigma_w = 1``, ``sigma_b = 0`` is the model as initialised.
+
+    Build one with :func:`sweepable`; it is hashable by identity, so the engine's compiled
+    tiles are reused for it.
+    """
+
+    boundary: Boundary
+    example: Any
+    cfg: ModelConfig
+    _linen_init: Callable[[Any], Any] | None
+
+    @property
+    def dtype(self) -> Any:
+        leaves = jax.tree_util.tree_leaves(self.boundary.params)
+        return jnp.result_type(*leaves) if leaves else jnp.float32
+
+    def init_base(self, key: jax.Array) -> dict[str, Any]:
+        """The base draw of one seed: ``{"params": ..., "bias_noise": ...}``."""
+        k_init, k_bias = jax.random.split(key)
+        if self._linen_init is not None:
+            params = self._linen_init(k_init)
+        else:
+            leaves, treedef = jax.tree_util.tree_flatten(self.boundary.params)
+            kernel = jax.tree_util.tree_leaves(_kernels(self.boundary.params))
+            keys = jax.random.split(k_init, len(leaves))
+            drawn = [
+                jax.random.normal(kk, jnp.shape(v), jnp.result_type(v)) * jnp.std(v) if is_k else v
+                for kk, v, is_k in zip(keys, leaves, kernel, strict=True)
+            ]
+            params = jax.tree_util.tree_unflatten(treedef, drawn)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        keys = jax.random.split(k_bias, len(leaves))
+        noise = [
+            jax.random.normal(kk, jnp.shape(v), jnp.result_type(v))
+            for kk, v in zip(keys, leaves, strict=True)
+        ]
+        return {"params": params, "bias_noise": jax.tree_util.tree_unflatten(treedef, noise)}
+
+    def scale(self, base: Any, *, sigma_w: Any, sigma_b: Any, lazy: bool = False) -> Any:
+        """The parameters at ``(sigma_w, sigma_b)`` from a seed's base draw."""
+        del lazy  # the parameters are always materialised
+        kernels = _kernels(self.boundary.params)
+        biases = _paired_biases(self.boundary.params)
+
+        def one(v, noise, is_kernel, is_bias):
+            if is_kernel:
+                return v * jnp.asarray(sigma_w, jnp.result_type(v))
+            if is_bias:
+                return noise * jnp.asarray(sigma_b, jnp.result_type(v))
+            return v
+
+        return jax.tree.map(one, base["params"], base["bias_noise"], kernels, biases)
+
+
+def _kernels(params: Any) -> Any:
+    """Bools over ``params``: the weights and kernels (two axes or more per layer)."""
     from gradjax.tree_paths import layer_slices
 
-    slices = layer_slices(params)
-    is_kernel = {}
-    for s in slices:
-        is_kernel[s.index] = is_kernel.get(s.index, False) or s.ndim >= 2
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    return jax.tree_util.tree_unflatten(treedef, [is_kernel[i] for i in range(len(leaves))])
+    flags = [False] * len(leaves)
+    for s in layer_slices(params):
+        flags[s.index] = flags[s.index] or s.ndim >= 2
+    return jax.tree_util.tree_unflatten(treedef, flags)
 
 
-def kernel_mask(params: Any) -> Any:
-    """A pytree of bools: which leaves are weights or kernels (scaled by ``sigma_w``)."""
-    return _kernel_mask(params)
+def _paired_biases(params: Any) -> Any:
+    """Bools over ``params``: each ``bias`` leaf whose module also holds a ``kernel``."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    parts = [module_parts(p) for p, _ in paths]
+    kernels = {q[:-1] for q in parts if q and q[-1] == "kernel"}
+    flags = [bool(q) and q[-1] == "bias" and q[:-1] in kernels for q in parts]
+    return jax.tree_util.tree_unflatten(treedef, flags)
+
+
+def sweepable(
+    model: Any,
+    params: Any,
+    example_input: Any,
+    **wrap_kwargs: Any,
+) -> Sweepable:
+    """A user's model ready for :func:`gradjax.sweep` over seeds x init scale.
+
+    Args:
+      model: a Linen module, an ``nnx.Module`` (``params`` ``None``) or a pure function.
+      params: the Linen variables or the function's parameters.
+      example_input: a batch of inputs (for a Linen ``init`` and the block discovery).
+      **wrap_kwargs: passed to :func:`wrap` (``apply_kwargs``, ``mutable``, ``rngs``).
+
+    Returns:
+      The :class:`Sweepable`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradjax as gj
+      >>> from flax import linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.tanh, nn.Dense(8), nn.tanh, nn.Dense(1)])
+      >>> x = jnp.ones((4, 3)); y = jnp.zeros((4, 1))
+      >>> net = gj.boundary.sweepable(model, model.init(jax.random.key(0), x), x)
+      >>> probe = gj.boundary.block_gradient_probe(net, (x, y), "mse")
+      >>> res = gj.sweep(net, probe, seeds=2, sigma_w=[0.5, 2.0])
+      >>> res.data["block_grad_norms"].shape
+      (2, 2, 2)
+    """
+    boundary = wrap(model, params, **wrap_kwargs)
+    linen_init = None
+    if boundary.kind == "linen":
+        module = boundary.module
+
+        def linen_init(key):
+            return module.init({"params": key, "dropout": key}, example_input)["params"]
+
+    name = getattr(model, "__name__", None) or type(model).__name__
+    shape = jax.tree.map(lambda v: list(np.shape(v)), example_input)
+    cfg = ModelConfig(
+        model=str(name),
+        kind=boundary.kind,
+        blocks=len(boundary.blocks(example_input)),
+        inputs=str(shape),
+    )
+    return Sweepable(boundary, example_input, cfg, linen_init)
+
+
+def block_gradient_probe(net: Sweepable, batch: tuple[Any, Any], loss_fn: Any) -> Any:
+    """A sweep probe: ``||dL/da_l||`` for every block of a :class:`Sweepable` model.
+
+    Args:
+      net: the model (see :func:`sweepable`).
+      batch: ``(inputs, targets)`` (the same inputs for every network of the sweep).
+      loss_fn: ``"mse"``, ``"xent"`` or ``loss(output, targets) -> scalar``.
+
+    Returns:
+      A :class:`gradjax.probes.Probe` whose results are ``{"loss": (), "block_grad_norms":
+      (blocks,)}``, blocks input side first; ``growth`` of the series (e.g.
+      :func:`gradjax.fitting.growth_per_layer`) locates the critical init (growth 1).
+    """
+    from gradjax.gradients import get_loss
+    from gradjax.numerics import safe_norm
+    from gradjax.probes import Probe
+
+    if not isinstance(net, Sweepable):
+        raise invalid("net", type(net).__name__, "a gradjax.boundary.Sweepable (sweepable(...))")
+    x, y = batch
+    loss = get_loss(loss_fn)
+    boundary = net.boundary
+    probes = boundary.zero_probes(x)
+    blocks = boundary.blocks(x)
+
+    def per_network(params, key):
+        del key  # deterministic: the batch is fixed
+
+        def objective(e):
+            return loss(boundary.apply(params, x, e), y)
+
+        value, ge = jax.value_and_grad(objective)(probes)
+        norms = []
+        for b in blocks:
+            leaves = jax.tree_util.tree_leaves(ge[b.site])
+            if b.layer is not None:
+                leaves = [v[b.layer] for v in leaves]
+            norms.append(safe_norm(jnp.concatenate([jnp.ravel(v) for v in leaves])))
+        return {"loss": value, "block_grad_norms": jnp.stack(norms)}
+
+    return Probe(per_network=per_network)
 
 
 __all__ = [
+    "PROBE",
     "Block",
     "Boundary",
-    "GradjaxInputError",
-    "PROBE",
+    "ModelConfig",
     "Site",
+    "Sweepable",
+    "block_gradient_probe",
     "choose_blocks",
-    "kernel_mask",
     "load_factory",
+    "sweepable",
     "wrap",
 ]

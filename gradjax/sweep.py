@@ -512,8 +512,17 @@ class _Grid:
 
 
 def _make_grid(net, seeds, sigma_w, sigma_b, memory_budget_mb) -> _Grid:
-    if not isinstance(getattr(net, "cfg", None), NetConfig):
-        raise invalid("net", net, "a gradjax Net (gradjax.build(NetConfig(...)))")
+    cfg = getattr(net, "cfg", None)
+    # A gradjax Net, or any model in the protocol (e.g. gradjax.boundary.sweepable(...)).
+    if not (
+        isinstance(cfg, NetConfig)
+        or (hasattr(net, "init_base") and hasattr(net, "scale") and hasattr(cfg, "sigma_w"))
+    ):
+        raise invalid(
+            "net",
+            type(net).__name__,
+            "a gradjax Net (gradjax.build(NetConfig(...))) or gradjax.boundary.sweepable(...)",
+        )
     allowed = "a count >= 1 or a non-empty list of integer seed ids >= 0"
     if isinstance(seeds, numbers.Integral) and not isinstance(seeds, (bool, np.bool_)):
         check_int("seeds", seeds, minimum=1)
@@ -569,17 +578,17 @@ def _max_points(line: _Linear, limit: int) -> int:
 def _tile_scales(model: _MemoryModel, n_scale: int, cpu: bool) -> int:
     """Grid points per tile, from the memory model, the grid size and the platform only.
 
-    As many points as keep a tile's peak memory under ``_TILE_BYTES`` and, on a CPU, its
-    largest array under ``_CPU_REUSED_BUFFER_BYTES``; then evened out over the tiles a seed's
-    grid needs, so the last tile carries little padding.
+    As many points as keep the memory a tile's points add (beyond its seed's own weights and
+    scratch, paid once per tile) under ``_TILE_BYTES`` and, on a CPU, its outputs under
+    ``_CPU_REUSED_BUFFER_BYTES``; then evened out over the tiles a seed's grid needs, so the
+    last tile carries little padding.
     """
-    most = _max_points(model.total, _TILE_BYTES)
+    limits = [(model.total.per_point, _TILE_BYTES)]
     if cpu:
-        most = min(
-            most,
-            _max_points(model.scratch, _CPU_REUSED_BUFFER_BYTES),
-            _max_points(model.largest_output, _CPU_REUSED_BUFFER_BYTES),
-        )
+        limits.append((model.largest_output.per_point, _CPU_REUSED_BUFFER_BYTES))
+    most = min(
+        (limit // per_point for per_point, limit in limits if per_point > 0), default=n_scale
+    )
     most = max(1, min(most, n_scale))
     return math.ceil(n_scale / math.ceil(n_scale / most))
 
