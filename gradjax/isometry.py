@@ -33,6 +33,7 @@ import numpy as np
 
 from gradjax.activations import ActivationLike, derivative, get_activation
 from gradjax.errors import GradjaxInputError, check_choice, check_int, check_real, invalid
+from gradjax.gaussian import gaussian_expectation
 from gradjax.jacobians import layer_jacobians
 from gradjax.lapack import after, singular_values
 from gradjax.models import Net, Params
@@ -41,16 +42,14 @@ from gradjax.results import pytree_dataclass, static_field
 WEIGHT_ENSEMBLES = ("gaussian", "orthogonal")
 # First coefficient of the S-transform of W W^T (Pennington et al. 2017, sec. 2.5).
 _S1 = {"gaussian": -1.0, "orthogonal": 0.0}
-_QUADRATURE_POINTS = 100  # even: no node on a kink at h = 0
 
 
-def _gauss_expectation(fn, q: jax.Array, points: int) -> jax.Array:
-    # E_{h ~ N(0, q)}[fn(h)] by probabilists' Gauss-Hermite quadrature (weight exp(-z^2/2)).
-    nodes, weights = np.polynomial.hermite_e.hermegauss(points)
-    weights = weights / math.sqrt(2.0 * math.pi)
+def _gauss_expectation(fn, q) -> jax.Array:
+    # E_{h ~ N(0, q)}[fn(h)], elementwise over the shape of q (gradjax.gaussian's one rule).
     q = jnp.asarray(q)
-    h = jnp.sqrt(q)[..., None] * jnp.asarray(nodes, q.dtype)
-    return jnp.sum(jnp.asarray(weights, q.dtype) * fn(h), axis=-1)
+    if not jnp.issubdtype(q.dtype, jnp.floating):
+        q = q.astype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    return jnp.vectorize(lambda v: gaussian_expectation(fn, v))(q)
 
 
 @pytree_dataclass
@@ -67,26 +66,24 @@ class DerivativeMoments:
 
 
 def derivative_moments(
-    activation: ActivationLike, *, q_star: float | jax.Array, points: int = _QUADRATURE_POINTS
+    activation: ActivationLike, *, q_star: float | jax.Array
 ) -> DerivativeMoments:
-    """``mu_1`` and ``mu_2`` of Pennington et al. (2017) by Gauss-Hermite quadrature.
+    """``mu_1`` and ``mu_2`` of Pennington et al. (2017) by :mod:`gradjax.gaussian`'s rule.
 
     Args:
       activation: a name from the activation table or a callable.
-      q_star: pre-activation variance at the fixed point (``> 0``; may be traced).
-      points: quadrature points. Smooth activations converge fast; for ReLU an even count
-        keeps the symmetric nodes off the kink at 0, so ``mu_1 = mu_2 = 1/2`` exactly.
+      q_star: pre-activation variance at the fixed point (``> 0``; may be traced). The rule is
+        split at the kink ``h = 0``, so ReLU's ``mu_1 = mu_2 = 1/2`` are exact.
 
     Returns:
       :class:`DerivativeMoments` (vectorised over the shape of ``q_star``).
     """
     if not isinstance(q_star, jax.Array):
         check_real("q_star", q_star, strictly_positive=True)
-    check_int("points", points, minimum=2)
     dphi = derivative(get_activation(activation))
     return DerivativeMoments(
-        mu1=_gauss_expectation(lambda h: dphi(h) ** 2, q_star, points),
-        mu2=_gauss_expectation(lambda h: dphi(h) ** 4, q_star, points),
+        mu1=_gauss_expectation(lambda h: dphi(h) ** 2, q_star),
+        mu2=_gauss_expectation(lambda h: dphi(h) ** 4, q_star),
     )
 
 
@@ -105,9 +102,7 @@ class CriticalPoint:
     sigma_b2: jax.Array
 
 
-def critical_point(
-    activation: ActivationLike, *, q_star: float, points: int = _QUADRATURE_POINTS
-) -> CriticalPoint:
+def critical_point(activation: ActivationLike, *, q_star: float) -> CriticalPoint:
     """The (sigma_w^2, sigma_b^2) whose fixed point is ``q*`` and whose chi_1 is 1.
 
     Pennington et al. (2017) walk the critical line by ``q*``: small ``q*`` keeps the
@@ -117,7 +112,6 @@ def critical_point(
     Args:
       activation: a name or callable.
       q_star: the fixed point (``> 0``).
-      points: quadrature points.
 
     Returns:
       A :class:`CriticalPoint`.
@@ -127,9 +121,9 @@ def critical_point(
     """
     check_real("q_star", q_star, strictly_positive=True)
     act = get_activation(activation)
-    mu1 = derivative_moments(act, q_star=q_star, points=points).mu1
+    mu1 = derivative_moments(act, q_star=q_star).mu1
     sw2 = 1.0 / mu1
-    sb2 = q_star - sw2 * _gauss_expectation(lambda h: act(h) ** 2, jnp.asarray(q_star), points)
+    sb2 = q_star - sw2 * _gauss_expectation(lambda h: act(h) ** 2, jnp.asarray(q_star))
     if float(sb2) < -1e-6 * q_star:
         raise invalid(
             "q_star",
@@ -200,13 +194,12 @@ def isometry_prediction(
     ensemble: str,
     depth: int | np.ndarray,
     sigma_w2: float | None = None,
-    points: int = _QUADRATURE_POINTS,
 ) -> IsometryPrediction:
     """Predicted mean and variance of the eigenvalues of ``J J^T`` after ``depth`` layers.
 
     Example:
       >>> import gradjax as gj
-      >>> p = gj.isometry_prediction("relu", q_star=1.0, ensemble="gaussian", depth=10,
+      >>> p = gj.isometry.isometry_prediction("relu", q_star=1.0, ensemble="gaussian", depth=10,
       ...                            sigma_w2=2.0)
       >>> round(float(p.variance), 3)  # ReLU at He init: 2 L, no dynamical isometry
       20.0
@@ -217,7 +210,6 @@ def isometry_prediction(
       ensemble: ``"gaussian"`` or ``"orthogonal"`` weights.
       depth: number of layers ``L`` (``>= 1``), an int or an array of ints.
       sigma_w2: weight variance; default the critical ``1 / mu_1`` (chi_1 = 1).
-      points: quadrature points.
 
     Returns:
       An :class:`IsometryPrediction` with the shape of ``depth``.
@@ -226,7 +218,7 @@ def isometry_prediction(
     depths = np.asarray(depth)
     if depths.dtype.kind not in "iu" or depths.size == 0 or np.any(depths < 1):
         raise invalid("depth", depth, "an integer >= 1 (or an array of them)")
-    m = derivative_moments(activation, q_star=q_star, points=points)
+    m = derivative_moments(activation, q_star=q_star)
     if sigma_w2 is None:
         sw2 = 1.0 / m.mu1
     else:

@@ -53,50 +53,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradjax import layout
 from gradjax.activations import ActivationLike, activation_names, derivative, get_activation
 from gradjax.errors import GradjaxInputError, check_int, check_real, invalid
+from gradjax.fitting import log_slope
+from gradjax.gaussian import gaussian_expectation
 from gradjax.gradients import LossFn, get_loss, layer_gradient_norms, layer_gradients
 from gradjax.jacobians import jacobian
 from gradjax.models import Net, Params
 from gradjax.results import pytree_dataclass, static_field
-
-# ---------------------------------------------------------------- Gaussian expectations
-
-
-@functools.lru_cache(maxsize=8)
-def _gauss_nodes(order: int, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-    # Gauss-Legendre on [-cutoff, 0] and [0, cutoff] times the normal density. Splitting at 0
-    # keeps the rule exact-order for the kinked activations of the table (ReLU, leaky ReLU,
-    # ELU, SELU all kink at 0), where plain Gauss-Hermite converges only algebraically.
-    x, w = np.polynomial.legendre.leggauss(order)
-    half = 0.5 * cutoff
-    xs = np.concatenate([half * x - half, half * x + half])
-    ws = np.concatenate([half * w, half * w]) * np.exp(-0.5 * xs**2) / np.sqrt(2.0 * np.pi)
-    return xs, ws
-
-
-def gaussian_expectation(
-    fn: Callable[[jax.Array], jax.Array],
-    *,
-    order: int = 128,
-    cutoff: float = 12.0,
-    dtype: jnp.dtype | None = None,
-) -> jax.Array:
-    """``E[fn(g)]`` for ``g ~ N(0, 1)`` by Gauss-Legendre quadrature split at 0.
-
-    Args:
-      fn: an elementwise function.
-      order: nodes per half line.
-      cutoff: the integration range ``[-cutoff, cutoff]`` (the tail beyond 12 is < 1e-32).
-      dtype: dtype of the nodes; default JAX's default float.
-
-    Returns:
-      The expectation, a scalar.
-    """
-    xs, ws = _gauss_nodes(order, cutoff)
-    dtype = jnp.result_type(float) if dtype is None else dtype
-    return jnp.sum(jnp.asarray(ws, dtype) * fn(jnp.asarray(xs, dtype)))
-
 
 # ---------------------------------------------------------------- mean-field rates
 
@@ -133,7 +98,7 @@ def bn_gradient_rate(
 
     Example:
       >>> import gradjax as gj
-      >>> float(gj.bn_gradient_rate("relu"))  # pi / (pi - 1)
+      >>> float(gj.normalization.bn_gradient_rate("relu"))  # pi / (pi - 1)
       1.467...
     """
     phi, dphi = _check_activation(activation)
@@ -339,16 +304,15 @@ def scale_block(net: Net, params: Params, *, layer: int, c: float | jax.Array) -
     Returns:
       New parameters; the others are shared, not copied.
     """
-    net.layer_params(params, layer)  # validates the index
-    cc = jnp.asarray(c, net.dtype)
-    out = {group: dict(leaves) for group, leaves in params.items()}
-    if layer == 0:
-        out["input"]["W"] = params["input"]["W"] * cc
-        out["input"]["b"] = params["input"]["b"] * cc
-    else:
-        out["hidden"]["W"] = params["hidden"]["W"].at[layer - 1].multiply(cc)
-        out["hidden"]["b"] = params["hidden"]["b"].at[layer - 1].multiply(cc)
-    return out
+    _check_layer(net, layer)
+    return layout.scale_layer(params, layer, jnp.asarray(c, net.dtype), ("W", "b"))
+
+
+def _check_layer(net: Net, layer: int) -> None:
+    # From the configuration, so a bad index fails before any parameter is read.
+    depth = net.cfg.depth
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < depth:
+        raise invalid("layer", layer, f"a block index in [0, {depth})")
 
 
 def scale_invariance(
@@ -384,7 +348,7 @@ def scale_invariance(
         check_real("c", c, strictly_positive=True)
     if jnp.ndim(x) != 2:
         raise invalid("x.shape", jnp.shape(x), f"(batch, {net.cfg.input_dim})")
-    net.layer_params(params, layer)  # validates the index
+    _check_layer(net, layer)
     get_loss(loss)
     net.check_input(x)
     return _scale_invariance_fn(net, layer, loss)(params, x, y, jnp.asarray(c, net.dtype))
@@ -407,9 +371,7 @@ def _scale_invariance_fn(net: Net, layer: int, loss: str | LossFn) -> Callable:
         rel = lambda new, old: jnp.linalg.norm(new - old) / jnp.linalg.norm(old)
         g0 = layer_gradients(net, params, x, y, loss=loss)
         g1 = layer_gradients(net, scaled, x, y, loss=loss)
-        pick = lambda g: (
-            g.params["input"]["W"] if layer == 0 else g.params["hidden"]["W"][layer - 1]
-        )
+        pick = lambda g: layout.layer_weight(g.params, layer)
         w0, w1 = pick(g0), pick(g1)
         return ScaleInvariance(
             c=c,
@@ -462,18 +424,25 @@ def fit_layer_growth(
     Returns:
       A :class:`GrowthFit`.
     """
-    norms = jnp.asarray(norms)
+    norms = np.asarray(norms, np.float64)
     depth = norms.shape[-1]
     first = depth // 5 if first is None else first
     last = depth - depth // 5 if last is None else last
     check_int("first", first, minimum=0, maximum=depth - 2)
     check_int("last", last, minimum=first + 2, maximum=depth)
-    logs = jnp.log(norms**2).reshape(-1, depth).mean(axis=0)[first:last]
-    layers = jnp.arange(first, last, dtype=logs.dtype)
-    lc = layers - jnp.mean(layers)
-    slope = jnp.sum(lc * (logs - jnp.mean(logs))) / jnp.sum(lc**2)
-    intercept = jnp.mean(logs) - slope * jnp.mean(layers)
-    return GrowthFit(rate=jnp.exp(-slope), slope=slope, intercept=intercept, first=first, last=last)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(norms**2).reshape(-1, depth).mean(axis=0)[first:last]
+    layers = np.arange(first, last, dtype=np.float64)
+    # A seed that blew up (inf/NaN/0 norms) makes the fit NaN rather than dropping layers.
+    slope = log_slope(layers, np.exp(logs)) if np.all(np.isfinite(logs)) else np.nan
+    intercept = np.mean(logs) - slope * np.mean(layers)
+    return GrowthFit(
+        rate=jnp.asarray(np.exp(-slope)),
+        slope=jnp.asarray(slope),
+        intercept=jnp.asarray(intercept),
+        first=first,
+        last=last,
+    )
 
 
 @pytree_dataclass
@@ -538,8 +507,8 @@ def norm_gradient_growth(
     Example:
       >>> import jax, gradjax as gj
       >>> net = gj.build(gj.NetConfig(depth=50, width=128, activation="relu", norm="batch"))
-      >>> m = gj.norm_gradient_growth(net, jax.random.key(0), batch=64)
-      >>> theory = gj.bn_gradient_rate("relu", batch_size=64)  # about 1.50
+      >>> m = gj.normalization.norm_gradient_growth(net, jax.random.key(0), batch=64)
+      >>> theory = gj.normalization.bn_gradient_rate("relu", batch_size=64)  # about 1.50
       >>> bool(abs(m.fit.rate / theory - 1) < 0.05)
       True
     """

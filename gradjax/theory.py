@@ -1,4 +1,4 @@
-"""Mean-field theory of signal and gradient propagation, by Hermite quadrature in JAX.
+"""Mean-field theory of signal and gradient propagation, by Gaussian quadrature in JAX.
 
 Conventions are those of Poole et al. (2016) and Schoenholz et al. (2017): a network of width
 N -> infinity with ``W_ij ~ N(0, sigma_w^2 / N)`` and ``b_i ~ N(0, sigma_b^2)``; pre-activations
@@ -13,17 +13,18 @@ N -> infinity with ``W_ij ~ N(0, sigma_w^2 / N)`` and ``b_i ~ N(0, sigma_b^2)``;
   ``chi_c = sigma_w^2 E[phi'(u_1) phi'(u_2)]`` at c*, and ``xi_grad = -1 / ln chi_1``
   (negative when gradients grow: they e-fold every ``|xi_grad|`` layers).
 
-Gaussian expectations use Hermite-weighted rules: one-dimensional ones the equally spaced
-Hermite rule of :func:`normal_rule` (Gauss-Hermite nodes are too sparse near 0 to resolve
-``phi'(sqrt(q) z)`` at the large q* of saturating activations near their critical point),
-two-dimensional ones (the correlation map) a tensor Gauss-Hermite rule (:func:`gauss_hermite`).
+Gaussian expectations use the one rule of :mod:`gradjax.gaussian` (graded Gauss-Legendre
+panels split at 0, exact to round-off for kinked activations and from q = 0 to q ~ 1e10).
 
 The critical line ``chi_1 = 1`` separates the ordered phase (gradients vanish) from the chaotic
 one (gradients explode). Everything here is a pure JAX function of ``(sigma_w2, sigma_b2)`` that
 ``jit`` and ``vmap`` accept (the activation is static), float64 when ``jax_enable_x64`` is on.
 Fixed points are found by iteration accelerated with safeguarded Newton steps; each result says
-whether it converged, after how many iterations and with what residual, so a fixed point that
-does not exist (ReLU with ``sigma_w^2 > 2``: q grows without bound) is reported as such.
+whether it converged, after how many iterations and with what residual, and why not
+(:data:`STATUSES`): a fixed point that does not exist (ReLU with ``sigma_w^2 > 2``, GELU past
+the saddle-node of its length map: q grows without bound) is reported as ``q* = inf`` with
+status ``"diverges"``, and the critical line holds only true crossings of ``chi_1 = 1``: a jump
+of chi_1 across 1 (where q* starts to diverge) is reported as a jump.
 """
 
 from __future__ import annotations
@@ -35,24 +36,27 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpy.polynomial.hermite_e import hermegauss
 
 from gradjax.activations import Activation, ActivationLike, derivative, get_activation
 from gradjax.errors import GradjaxInputError, check_int, check_real, invalid
+from gradjax.gaussian import gaussian_expectation, pair_expectation
 from gradjax.results import pytree_dataclass
 
-DEFAULT_ORDER = 2048
-"""Nodes of the one-dimensional rule (even: symmetric, no node at the kink z = 0, so ReLU-type
-activations are integrated exactly by symmetry)."""
-
-DEFAULT_ORDER_2D = 64
-"""Gauss-Hermite nodes per dimension for the two-dimensional expectations of the c-map."""
-
-Z_MAX = 10.0
-"""Half-width of the one-dimensional rule in z (the normal mass beyond is below 1e-22)."""
-
 Q_CAP = 1e30
-"""The q iteration stops, unconverged, once q passes this (no finite fixed point)."""
+"""The q iteration stops once q passes this: the fixed point diverges."""
+
+Q_LIMIT = 1e16
+"""chi_1 and the slopes of a diverging q* are their limits q -> inf, evaluated here (where
+the quadrature is still exact); divergence is also certified by the length map staying
+above the identity from where the iteration stopped up to this q."""
+
+STATUSES = ("converged", "diverges", "no_convergence", "unstable")
+"""Names of :attr:`FixedPoint.status` codes: ``converged`` to a stable fixed point;
+``diverges`` (no finite fixed point is reached: q grows without bound, reported as inf);
+``no_convergence`` (the iteration limit was hit); ``unstable`` (stopped at a fixed point
+whose slope exceeds 1, where rounding decides whether a signal stays or leaves)."""
+
+CONVERGED, DIVERGES, NO_CONVERGENCE, UNSTABLE = range(4)
 
 _Q_FLOOR = 1e-30  # q below this is evaluated as the q -> 0+ limit (see _mean_field_point)
 
@@ -60,106 +64,8 @@ SIGMA_W2_RANGE = (1e-2, 1e4)
 """The sigma_w^2 range searched for the critical point (log-spaced scan, then bisection)."""
 
 
-# --------------------------------------------------------------------------- quadrature
-
-
-@functools.lru_cache(maxsize=16)
-def normal_rule(order: int = DEFAULT_ORDER) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights for ``E[f(z)]``, ``z ~ N(0, 1)``: Gauss-Hermite in the form that
-    stays accurate when ``f(z) = g(sqrt(q) z)`` is sharp.
-
-    Gauss-Hermite nodes of order n are about ``pi / sqrt(2 n)`` apart near 0, so they cannot
-    resolve ``phi'(sqrt(q) z)^2`` once ``sqrt(q)`` is large: sigmoid's critical point sits at
-    q* ~ 47, where 128 Gauss-Hermite nodes put the critical sigma_w^2 at 106.7 instead of 103.
-    This rule is the equally spaced (midpoint) Hermite rule on ``[-Z_MAX, Z_MAX]``, weights
-    ``exp(-z^2/2)`` normalised to sum to 1: for an integrand analytic in a strip of half-width
-    d its error falls as ``exp(-2 pi d / h)`` (h the spacing), so 2048 nodes stay at float64
-    round-off up to q ~ 1e3 for tanh/sigmoid/erf, and kinks at 0 fall on a cell boundary.
-
-    Args:
-      order: number of nodes, an even integer >= 2.
-
-    Returns:
-      ``(nodes, weights)`` as float64 NumPy arrays; the weights sum to 1.
-    """
-    check_int("order", order, minimum=2, maximum=1_000_000)
-    if order % 2:
-        raise invalid("order", order, "an even integer >= 2 (no node at the kink z=0)")
-    h = 2.0 * Z_MAX / order
-    nodes = -Z_MAX + h * (np.arange(order) + 0.5)
-    weights = np.exp(-0.5 * nodes**2)
-    return nodes, weights / weights.sum()
-
-
-@functools.lru_cache(maxsize=16)
-def gauss_hermite(order: int = DEFAULT_ORDER) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights for ``E[f(z)]``, ``z ~ N(0, 1)`` (probabilists' Gauss-Hermite).
-
-    Args:
-      order: number of nodes, an even integer >= 2.
-
-    Returns:
-      ``(nodes, weights)`` as float64 NumPy arrays; the weights sum to 1.
-    """
-    check_int("order", order, minimum=2, maximum=400)
-    if order % 2:
-        raise invalid("order", order, "an even integer in [2, 400] (no node at the kink z=0)")
-    nodes, weights = hermegauss(order)
-    return nodes, weights / weights.sum()
-
-
 def _float_dtype() -> jnp.dtype:
     return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-
-
-def _rule(order: int, dtype) -> tuple[jax.Array, jax.Array]:
-    nodes, weights = normal_rule(order)
-    return jnp.asarray(nodes, dtype), jnp.asarray(weights, dtype)
-
-
-def _rule_2d(order: int, dtype) -> tuple[jax.Array, jax.Array]:
-    nodes, weights = gauss_hermite(order)
-    return jnp.asarray(nodes, dtype), jnp.asarray(weights, dtype)
-
-
-def gaussian_expectation(
-    f: Callable[[jax.Array], jax.Array], q: jax.Array, *, order: int = DEFAULT_ORDER
-) -> jax.Array:
-    """``E[f(sqrt(q) z)]`` for ``z ~ N(0, 1)``, by the quadrature of :func:`normal_rule`.
-
-    Args:
-      f: an elementwise function.
-      q: the variance (a scalar; ``vmap`` for grids).
-      order: number of nodes (even).
-
-    Returns:
-      The expectation, a scalar of ``q``'s dtype.
-
-    Example:
-      >>> import jax.numpy as jnp, gradjax as gj
-      >>> float(gj.theory.gaussian_expectation(lambda u: u**2, jnp.float32(2.0)))  # doctest: +SKIP
-      2.0
-    """
-    q = jnp.asarray(q)
-    if not jnp.issubdtype(q.dtype, jnp.floating):
-        q = q.astype(_float_dtype())
-    nodes, weights = _rule(order, q.dtype)
-    return jnp.sum(weights * f(jnp.sqrt(q) * nodes))
-
-
-def _pair_expectation(
-    f: Callable[[jax.Array, jax.Array], jax.Array], q: jax.Array, c: jax.Array, order: int
-) -> jax.Array:
-    """``E[f(u_1, u_2)]`` with ``u_1, u_2 ~ N(0, q)`` of correlation c (tensor Gauss-Hermite)."""
-    nodes, weights = _rule_2d(order, q.dtype)
-    z1, z2 = nodes[:, None], nodes[None, :]
-    w = weights[:, None] * weights[None, :]
-    s = jnp.sqrt(q)
-    # sqrt(1 - c^2) written so c = 1 gives 0 exactly (and a finite derivative is never needed:
-    # the slope of the map comes from Price's theorem, below).
-    u1 = s * z1
-    u2 = s * (c * z1 + jnp.sqrt(jnp.maximum(1.0 - c * c, 0.0)) * z2)
-    return jnp.sum(w * f(u1, u2))
 
 
 # --------------------------------------------------------------------------- activations
@@ -233,13 +139,13 @@ def _as_float(x, dtype) -> jax.Array:
     return jnp.asarray(x, dtype)
 
 
+def _as_q(q) -> jax.Array:
+    q = jnp.asarray(q)
+    return q if jnp.issubdtype(q.dtype, jnp.floating) else q.astype(_float_dtype())
+
+
 def q_map(
-    q: jax.Array,
-    *,
-    activation: ActivationLike,
-    sigma_w2: jax.Array,
-    sigma_b2: jax.Array,
-    order: int = DEFAULT_ORDER,
+    q: jax.Array, *, activation: ActivationLike, sigma_w2: jax.Array, sigma_b2: jax.Array
 ) -> jax.Array:
     """The length map ``q -> sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2``.
 
@@ -248,47 +154,38 @@ def q_map(
       activation: a name or an elementwise callable.
       sigma_w2: weight variance sigma_w^2 (times 1/N per entry).
       sigma_b2: bias variance.
-      order: nodes of the 1-D rule (see :func:`normal_rule`).
 
     Returns:
       The next layer's variance.
     """
     act = _checked(activation)
-    q = jnp.asarray(q)
-    dtype = q.dtype if jnp.issubdtype(q.dtype, jnp.floating) else _float_dtype()
-    q = q.astype(dtype)
-    second = gaussian_expectation(lambda u: act.fn(u) ** 2, q, order=order)
-    return _as_float(sigma_w2, dtype) * second + _as_float(sigma_b2, dtype)
+    q = _as_q(q)
+    second = gaussian_expectation(lambda u: act.fn(u) ** 2, q)
+    return _as_float(sigma_w2, q.dtype) * second + _as_float(sigma_b2, q.dtype)
 
 
-def _q_slope(act: Activation, q, sigma_w2, order: int):
+def _q_slope(act: Activation, q, sigma_w2):
     # Price's theorem: d/dq E[g(u)] = E[g''(u)] / 2 for u ~ N(0, q); with g = phi^2 this is
     # E[phi'^2 + phi phi''], finite at q = 0 (where d/dq of sqrt(q) is not).
     d1, d2 = derivative(act), _second_derivative(act)
-    e = gaussian_expectation(lambda u: d1(u) ** 2 + act.fn(u) * d2(u), q, order=order)
-    return sigma_w2 * e
+    return sigma_w2 * gaussian_expectation(lambda u: d1(u) ** 2 + act.fn(u) * d2(u), q)
 
 
-def gradient_factor(
-    q: jax.Array, *, activation: ActivationLike, sigma_w2: jax.Array, order: int = DEFAULT_ORDER
-) -> jax.Array:
+def gradient_factor(q: jax.Array, *, activation: ActivationLike, sigma_w2: jax.Array) -> jax.Array:
     """``sigma_w^2 E[phi'(sqrt(q) z)^2]``: chi_1 when evaluated at ``q = q*``.
 
     Args:
       q: pre-activation variance.
       activation: a name or an elementwise callable.
       sigma_w2: weight variance.
-      order: nodes of the 1-D rule (see :func:`normal_rule`).
 
     Returns:
       The mean squared singular value of a layer Jacobian at variance q.
     """
     act = _checked(activation)
-    q = jnp.asarray(q)
+    q = _as_q(q)
     d1 = derivative(act)
-    return jnp.asarray(sigma_w2, q.dtype) * gaussian_expectation(
-        lambda u: d1(u) ** 2, q, order=order
-    )
+    return _as_float(sigma_w2, q.dtype) * gaussian_expectation(lambda u: d1(u) ** 2, q)
 
 
 def c_map(
@@ -298,7 +195,6 @@ def c_map(
     q: jax.Array,
     sigma_w2: jax.Array,
     sigma_b2: jax.Array,
-    order: int = DEFAULT_ORDER_2D,
 ) -> jax.Array:
     """The correlation map at variance q (normally q*).
 
@@ -308,7 +204,6 @@ def c_map(
       q: the (common) pre-activation variance.
       sigma_w2: weight variance.
       sigma_b2: bias variance.
-      order: Gauss-Hermite nodes per dimension.
 
     Returns:
       ``(sigma_w^2 E[phi(u_1) phi(u_2)] + sigma_b^2) / q_2``, where ``q_2`` is the same
@@ -316,20 +211,19 @@ def c_map(
       own value keeps ``c = 1`` an exact fixed point, whatever the rule's error at large q.
     """
     act = _checked(activation)
-    q = jnp.asarray(q)
+    q = _as_q(q)
     c = jnp.asarray(c, q.dtype)
-    sw2, sb2 = jnp.asarray(sigma_w2, q.dtype), jnp.asarray(sigma_b2, q.dtype)
-    prod = lambda a, b: act.fn(a) * act.fn(b)
-    cross = sw2 * _pair_expectation(prod, q, c, order) + sb2
-    same = sw2 * _pair_expectation(prod, q, jnp.ones_like(c), order) + sb2
+    sw2, sb2 = _as_float(sigma_w2, q.dtype), _as_float(sigma_b2, q.dtype)
+    cross = sw2 * pair_expectation(act.fn, None, q, c) + sb2
+    same = sw2 * pair_expectation(act.fn, None, q, jnp.ones_like(c)) + sb2
     return cross / same
 
 
-def _c_slope(act: Activation, q, c, sigma_w2, order: int):
+def _c_slope(act: Activation, q, c, sigma_w2):
     # Price's theorem again: d/dc E[phi(u1) phi(u2)] = q E[phi'(u1) phi'(u2)], so the slope of
     # the normalised map is sigma_w^2 E[phi'(u1) phi'(u2)] (= chi_1 at c = 1).
     d1 = derivative(act)
-    return sigma_w2 * _pair_expectation(lambda a, b: d1(a) * d1(b), q, c, order)
+    return sigma_w2 * pair_expectation(d1, None, q, c)
 
 
 # --------------------------------------------------------------------------- fixed points
@@ -340,16 +234,24 @@ class FixedPoint:
     """A fixed point found by (Newton-accelerated) iteration, with its convergence record.
 
     Attributes:
-      value: where the iteration stopped (the fixed point when ``converged``).
+      value: the fixed point; ``inf`` when it diverges; where the iteration stopped otherwise.
       converged: whether ``|map(value) - value| <= atol + rtol |value|``.
       iterations: iterations used.
-      residual: ``map(value) - value`` where it stopped.
+      residual: ``map(x) - x`` where the iteration stopped.
+      status: an index into :data:`STATUSES` (``"converged"``, ``"diverges"``,
+        ``"no_convergence"``, ``"unstable"``); :func:`status_name` spells it.
     """
 
     value: jax.Array
     converged: jax.Array
     iterations: jax.Array
     residual: jax.Array
+    status: jax.Array
+
+
+def status_name(status: int | jax.Array) -> str:
+    """The name in :data:`STATUSES` of a concrete status code (e.g. ``FixedPoint.status``)."""
+    return STATUSES[int(np.asarray(status))]
 
 
 def _tolerances(dtype) -> tuple[float, float]:
@@ -367,14 +269,17 @@ def _solve_fixed_point(
     upper: float,
     cap: float,
     max_iter: int,
+    certify_divergence: bool = False,
 ) -> FixedPoint:
     """Finds a stable fixed point of ``fmap`` on ``[lower, upper]``.
 
     Each step is a Newton step on ``fmap(x) - x`` when the map's slope is below 1 (so Newton
     heads for a stable fixed point, not an unstable one) and the step lowers the residual;
     otherwise a plain iteration ``x <- fmap(x)``, which converges to the stable fixed point
-    the network itself reaches layer after layer. Stops unconverged at ``max_iter`` or once
-    ``x >= cap`` (divergence).
+    the network itself reaches layer after layer. Stops at ``max_iter`` or once ``x >= cap``
+    (divergence). With ``certify_divergence``, an iteration that stopped while still rising
+    is classed as diverging when the map stays above the identity from there to
+    :data:`Q_LIMIT` (no fixed point is left to reach).
     """
     rtol, atol = _tolerances(x0.dtype)
 
@@ -411,7 +316,27 @@ def _solve_fixed_point(
 
     x0 = jnp.clip(x0, lower, upper)
     x, r, it = jax.lax.while_loop(cond, body, (x0, resid(x0), jnp.zeros((), jnp.int32)))
-    return FixedPoint(value=x, converged=done(x, r) & jnp.isfinite(x), iterations=it, residual=r)
+    finite = jnp.isfinite(x)
+    converged = done(x, r) & finite
+    # A fixed point with slope above 1 repels: the iteration only stays there because it
+    # started on it to rounding accuracy (float32 and float64 then part ways).
+    unstable = converged & (slope(jnp.where(finite, x, x0)) > 1.0 + 1e-4)
+    diverges = ~converged & (~finite | (x >= cap))
+    if certify_divergence:
+        grid = jnp.exp(
+            jnp.linspace(0.0, 1.0, 48, dtype=x.dtype)
+            * (math.log(Q_LIMIT) - jnp.log(jnp.clip(x, 1.0, Q_LIMIT)))
+            + jnp.log(jnp.clip(x, 1.0, Q_LIMIT))
+        )
+        above = jnp.all(jax.vmap(resid)(grid) > 0)
+        diverges = diverges | (~converged & finite & (r > 0) & above)
+    status = jnp.where(
+        diverges,
+        DIVERGES,
+        jnp.where(unstable, UNSTABLE, jnp.where(converged, CONVERGED, NO_CONVERGENCE)),
+    ).astype(jnp.int32)
+    value = jnp.where(diverges, jnp.inf, x)
+    return FixedPoint(value=value, converged=converged, iterations=it, residual=r, status=status)
 
 
 def q_fixed_point(
@@ -421,7 +346,6 @@ def q_fixed_point(
     *,
     q0: float = 1.0,
     max_iter: int = 500,
-    order: int = DEFAULT_ORDER,
 ) -> FixedPoint:
     """The fixed point q* of the length map, reached from ``q0`` as a deep network reaches it.
 
@@ -430,18 +354,20 @@ def q_fixed_point(
       sigma_w2: weight variance (may be traced).
       sigma_b2: bias variance (may be traced).
       q0: the starting variance (an input of unit variance per coordinate gives about
-        ``sigma_w^2 + sigma_b^2`` after one layer; any q0 > 0 reaches the same stable point).
+        ``sigma_w^2 + sigma_b^2`` after one layer). Where the length map has an unstable
+        fixed point (GELU near its saddle-node) the stable point reached depends on the side
+        of it that q0 is on, as a network's does on its input's length.
       max_iter: iteration limit.
-      order: nodes of the 1-D rule (see :func:`normal_rule`).
 
     Returns:
-      A :class:`FixedPoint`; ``converged`` is False where none exists (e.g. ReLU with
-      ``sigma_w^2 > 2``, where q grows past :data:`Q_CAP`) or the limit was hit.
+      A :class:`FixedPoint`. Where no finite fixed point is reached (ReLU with
+      ``sigma_w^2 > 2``; GELU at ``sigma_b^2 = 0.05`` above ``sigma_w^2 ~ 2.234``) its value
+      is ``inf`` and its status ``"diverges"``.
     """
     act = _checked(activation)
     sw2, sb2 = _pair(sigma_w2, sigma_b2)
-    fmap = lambda q: q_map(q, activation=act, sigma_w2=sw2, sigma_b2=sb2, order=order)
-    slope = lambda q: _q_slope(act, q, sw2, order)
+    fmap = lambda q: q_map(q, activation=act, sigma_w2=sw2, sigma_b2=sb2)
+    slope = lambda q: _q_slope(act, q, sw2)
     return _solve_fixed_point(
         fmap,
         slope,
@@ -450,6 +376,7 @@ def q_fixed_point(
         upper=math.inf,
         cap=Q_CAP,
         max_iter=max_iter,
+        certify_divergence=True,
     )
 
 
@@ -482,8 +409,10 @@ class MeanField:
     Attributes:
       sigma_w2: weight variance.
       sigma_b2: bias variance.
-      q_star: fixed point of the length map (where the iteration stopped if not converged).
-      chi1: ``sigma_w^2 E[phi'(sqrt(q*) z)^2]``, the per-layer gradient factor.
+      q_star: fixed point of the length map: ``inf`` where it diverges (``q_status``), where
+        the iteration stopped if it did not converge.
+      chi1: ``sigma_w^2 E[phi'(sqrt(q*) z)^2]``, the per-layer gradient factor (its limit
+        ``q -> inf`` where q* diverges: the factor of a signal that grows without bound).
       q_slope: ``dq^{l+1}/dq^l`` at q* (its log gives xi_q).
       c_star: stable fixed point of the correlation map (NaN when q* = 0: signals vanish and
         correlations are undefined).
@@ -493,6 +422,7 @@ class MeanField:
       xi_grad: ``-1 / ln chi_1``: positive when gradients vanish, negative when they explode,
         ``inf`` when ``chi_1 = 1``.
       q_converged: whether q* converged; ``q_iterations``, ``q_residual``: its record.
+      q_status: why it stopped, an index into :data:`STATUSES` (see :func:`status_name`).
       c_converged: whether c* converged; ``c_iterations``, ``c_residual``: its record.
     """
 
@@ -509,35 +439,49 @@ class MeanField:
     q_converged: jax.Array
     q_iterations: jax.Array
     q_residual: jax.Array
+    q_status: jax.Array
     c_converged: jax.Array
     c_iterations: jax.Array
     c_residual: jax.Array
 
 
+def _marginal(slope: jax.Array) -> jax.Array:
+    # Within a few ulps of 1: the rule's weights sum to 1 only to rounding, so an exactly
+    # marginal map (linear at sigma_w^2 = 1) lands there, and a depth scale of 1/eps layers
+    # is infinite at working precision.
+    return jnp.abs(slope - 1.0) <= 4.0 * jnp.finfo(slope.dtype).eps
+
+
 def _depth_scale(slope: jax.Array) -> jax.Array:
     # -1/ln(slope) for a contracting map; infinite at (or numerically past) marginality.
-    safe = jnp.where((slope > 0) & (slope < 1), slope, 0.5)
-    return jnp.where((slope > 0) & (slope < 1), -1.0 / jnp.log(safe), jnp.inf)
+    ok = (slope > 0) & (slope < 1) & ~_marginal(slope)
+    return jnp.where(ok, -1.0 / jnp.log(jnp.where(ok, slope, 0.5)), jnp.inf)
 
 
 def _gradient_depth_scale(chi1: jax.Array) -> jax.Array:
-    safe = jnp.where((chi1 > 0) & (chi1 != 1), chi1, 0.5)
+    marginal = _marginal(chi1)
+    safe = jnp.where((chi1 > 0) & ~marginal, chi1, 0.5)
     xi = -1.0 / jnp.log(safe)
-    return jnp.where(chi1 == 1, jnp.inf, jnp.where(chi1 > 0, xi, 0.0))
+    return jnp.where(marginal, jnp.inf, jnp.where(chi1 > 0, xi, 0.0))
 
 
-def _mean_field_point(act, sw2, sb2, order, order_2d, max_iter) -> MeanField:
-    qfp = q_fixed_point(act, sw2, sb2, max_iter=max_iter, order=order)
+def _q_eval(q: jax.Array) -> jax.Array:
+    # At q* = 0 (a dying signal) chi_1 and the slopes are limits q -> 0+: evaluating at a tiny
+    # positive q gives ReLU's 1/2 rather than relu'(0)^2 = 0. At q* = inf (diverging) they are
+    # limits q -> inf, taken at Q_LIMIT, where the quadrature is still exact.
+    return jnp.clip(q, _Q_FLOOR, Q_LIMIT)
+
+
+def _mean_field_point(act, sw2, sb2, max_iter) -> MeanField:
+    qfp = q_fixed_point(act, sw2, sb2, max_iter=max_iter)
     q = qfp.value
-    # At q* = 0 (a dying signal) chi_1 and the slope are limits q -> 0+: evaluating at a tiny
-    # positive q gives ReLU's 1/2 rather than relu'(0)^2 = 0.
-    q_eval = jnp.maximum(q, _Q_FLOOR)
-    chi1 = gradient_factor(q_eval, activation=act, sigma_w2=sw2, order=order)
-    q_slope = _q_slope(act, q_eval, sw2, order)
+    q_eval = _q_eval(q)
+    chi1 = gradient_factor(q_eval, activation=act, sigma_w2=sw2)
+    q_slope = _q_slope(act, q_eval, sw2)
     positive = q > 0
-    q_safe = jnp.where(positive, q, 1.0)
-    fmap = lambda c: c_map(c, activation=act, q=q_safe, sigma_w2=sw2, sigma_b2=sb2, order=order_2d)
-    slope = lambda c: _c_slope(act, q_safe, c, sw2, order_2d)
+    q_safe = jnp.where(positive, q_eval, 1.0)
+    fmap = lambda c: c_map(c, activation=act, q=q_safe, sigma_w2=sw2, sigma_b2=sb2)
+    slope = lambda c: _c_slope(act, q_safe, c, sw2)
     cfp = _solve_fixed_point(
         fmap,
         slope,
@@ -566,6 +510,7 @@ def _mean_field_point(act, sw2, sb2, order, order_2d, max_iter) -> MeanField:
         q_converged=qfp.converged,
         q_iterations=qfp.iterations,
         q_residual=qfp.residual,
+        q_status=qfp.status,
         c_converged=cfp.converged & positive,
         c_iterations=cfp.iterations,
         c_residual=cfp.residual,
@@ -573,8 +518,8 @@ def _mean_field_point(act, sw2, sb2, order, order_2d, max_iter) -> MeanField:
 
 
 @functools.lru_cache(maxsize=64)
-def _mean_field_fn(act: Activation, order: int, order_2d: int, max_iter: int, ndim: int):
-    fn = lambda sw2, sb2: _mean_field_point(act, sw2, sb2, order, order_2d, max_iter)
+def _mean_field_fn(act: Activation, max_iter: int, ndim: int):
+    fn = lambda sw2, sb2: _mean_field_point(act, sw2, sb2, max_iter)
     for _ in range(ndim):
         fn = jax.vmap(fn)
     return jax.jit(fn)
@@ -585,8 +530,6 @@ def mean_field(
     sigma_w2: float | jax.Array,
     sigma_b2: float | jax.Array,
     *,
-    order: int = DEFAULT_ORDER,
-    order_2d: int = DEFAULT_ORDER_2D,
     max_iter: int = 500,
 ) -> MeanField:
     """All mean-field predictions at ``(sigma_w^2, sigma_b^2)`` (broadcast, any shape).
@@ -598,8 +541,6 @@ def mean_field(
       activation: a name or an elementwise callable.
       sigma_w2: weight variance(s), finite and >= 0.
       sigma_b2: bias variance(s), finite and >= 0.
-      order: nodes of the 1-D rule (even; see :func:`normal_rule`).
-      order_2d: nodes per dimension for the correlation map (even).
       max_iter: fixed-point iteration limit.
 
     Returns:
@@ -607,7 +548,7 @@ def mean_field(
 
     Raises:
       GradjaxInputError: for a negative or non-finite variance, an unknown or
-        non-differentiable activation, or an odd quadrature order.
+        non-differentiable activation.
 
     Example:
       >>> import gradjax as gj
@@ -616,11 +557,10 @@ def mean_field(
       1.07...
     """
     act = _checked(activation)
-    normal_rule(order), gauss_hermite(order_2d)
     check_int("max_iter", max_iter, minimum=1)
     sw2, sb2 = _pair(sigma_w2, sigma_b2)
     sw2, sb2 = jnp.broadcast_arrays(sw2, sb2)
-    return _mean_field_fn(act, order, order_2d, max_iter, sw2.ndim)(sw2, sb2)
+    return _mean_field_fn(act, max_iter, sw2.ndim)(sw2, sb2)
 
 
 def mean_field_grid(
@@ -663,10 +603,17 @@ class CriticalLine:
 
     Attributes:
       sigma_b2: the bias variances.
-      sigma_w2: critical sigma_w^2 (NaN where there is none in the searched range).
+      sigma_w2: critical sigma_w^2, where chi_1 crosses 1 continuously (NaN where there is
+        no such crossing in the searched range).
       chi1_low: chi_1 at the low end of the searched sigma_w^2 range.
       chi1_high: chi_1 at the high end.
       found: whether a crossing was found.
+      jump: whether chi_1 instead jumps across 1 (q* diverges there: GELU at
+        ``sigma_b^2 = 0.05``); then ``jump_sigma_w2`` is where, and ``chi1_below`` /
+        ``chi1_above`` are chi_1 on its two sides.
+      jump_sigma_w2: the sigma_w^2 of the jump (NaN without one).
+      chi1_below: chi_1 just below the first upward passage of 1 (NaN without one).
+      chi1_above: chi_1 just above it.
     """
 
     sigma_b2: jax.Array
@@ -674,15 +621,23 @@ class CriticalLine:
     chi1_low: jax.Array
     chi1_high: jax.Array
     found: jax.Array
+    jump: jax.Array
+    jump_sigma_w2: jax.Array
+    chi1_below: jax.Array
+    chi1_above: jax.Array
+
+
+_JUMP_TOL = 1e-3
+"""chi_1 may differ by this much across the final bisection bracket (a few float32 ulps of
+sigma_w^2 wide) and still count as a continuous crossing; a jump is O(0.1)."""
 
 
 @functools.lru_cache(maxsize=64)
-def _critical_fn(act: Activation, lo: float, hi: float, scan: int, steps: int, order: int):
+def _critical_fn(act: Activation, lo: float, hi: float, scan: int, steps: int):
     def chi1_at(log_sw2, sb2):
         sw2 = jnp.exp(log_sw2)
-        q = q_fixed_point(act, sw2, sb2, order=order).value
-        q = jnp.maximum(q, _Q_FLOOR)  # the q -> 0+ limit, as in mean_field
-        return gradient_factor(q, activation=act, sigma_w2=sw2, order=order)
+        q = _q_eval(q_fixed_point(act, sw2, sb2).value)  # the limits, as in mean_field
+        return gradient_factor(q, activation=act, sigma_w2=sw2)
 
     def one(sb2):
         dtype = sb2.dtype
@@ -690,10 +645,10 @@ def _critical_fn(act: Activation, lo: float, hi: float, scan: int, steps: int, o
         chi = jax.vmap(lambda s: chi1_at(s, sb2))(logs)
         above = chi >= 1.0
         idx = jnp.argmax(above)
-        found = jnp.any(above) & (idx > 0)
+        passes = jnp.any(above) & (idx > 0)
         a, b = logs[jnp.maximum(idx - 1, 0)], logs[idx]
 
-        # Bisection on the first upward crossing: the smallest sigma_w^2 with chi_1 = 1, so a
+        # Bisection on the first upward passage: the smallest sigma_w^2 with chi_1 = 1, so a
         # non-monotone chi_1 still gives the edge of the ordered phase.
         def bisect(_, ab):
             a, b = ab
@@ -702,9 +657,23 @@ def _critical_fn(act: Activation, lo: float, hi: float, scan: int, steps: int, o
             return jnp.where(up, a, mid), jnp.where(up, mid, b)
 
         a, b = jax.lax.fori_loop(0, steps, bisect, (a, b))
-        crit = jnp.where(found, jnp.exp(0.5 * (a + b)), jnp.nan)
+        # A crossing is continuous; a passage where chi_1 leaps over 1 across a bracket of a
+        # few ulps is a jump (q* starts to diverge there), not a critical point.
+        below_chi, above_chi = chi1_at(a, sb2), chi1_at(b, sb2)
+        continuous = jnp.abs(above_chi - below_chi) <= _JUMP_TOL
+        found = passes & continuous
+        jump = passes & ~continuous
+        where = jnp.exp(0.5 * (a + b))
         return CriticalLine(
-            sigma_b2=sb2, sigma_w2=crit, chi1_low=chi[0], chi1_high=chi[-1], found=found
+            sigma_b2=sb2,
+            sigma_w2=jnp.where(found, where, jnp.nan),
+            chi1_low=chi[0],
+            chi1_high=chi[-1],
+            found=found,
+            jump=jump,
+            jump_sigma_w2=jnp.where(jump, where, jnp.nan),
+            chi1_below=jnp.where(passes, below_chi, jnp.nan),
+            chi1_above=jnp.where(passes, above_chi, jnp.nan),
         )
 
     return jax.jit(jax.vmap(one))
@@ -717,14 +686,16 @@ def critical_line(
     sigma_w2_min: float = SIGMA_W2_RANGE[0],
     sigma_w2_max: float = SIGMA_W2_RANGE[1],
     scan: int = 64,
-    order: int = DEFAULT_ORDER,
 ) -> CriticalLine:
     """The critical sigma_w^2 (chi_1 = 1) for each sigma_b^2, vectorised.
 
     A log-spaced scan of chi_1 over ``[sigma_w2_min, sigma_w2_max]`` brackets the first upward
-    crossing, then 48 bisection steps (in log sigma_w^2) pin it down. Saturating activations
-    with a small phi'(0) have their critical point at large sigma_w^2 (sigmoid: phi'(0) = 1/4,
-    so sigma_w^2 > 16), which the default range covers.
+    passage of 1, then 48 bisection steps (in log sigma_w^2) pin it down. It is a critical
+    point only if chi_1 is continuous there; where chi_1 jumps over 1 because q* starts to
+    diverge (GELU at ``sigma_b^2 = 0.05``, from 0.73 to 1.12 at ``sigma_w^2 = 2.234``) the
+    result says ``jump`` and gives where, and no critical point. Saturating activations with
+    a small phi'(0) have their critical point at large sigma_w^2 (sigmoid: phi'(0) = 1/4, so
+    sigma_w^2 > 16), which the default range covers.
 
     Args:
       activation: a name or an elementwise callable.
@@ -732,7 +703,6 @@ def critical_line(
       sigma_w2_min: low end of the search (> 0).
       sigma_w2_max: high end of the search.
       scan: scan points.
-      order: nodes of the 1-D rule (see :func:`normal_rule`).
 
     Returns:
       A :class:`CriticalLine` (NaN and ``found=False`` where no crossing is in range).
@@ -741,9 +711,8 @@ def critical_line(
     sb2 = _grid("sigma_b2", sigma_b2)
     lo, hi = _search_range(sigma_w2_min, sigma_w2_max)
     check_int("scan", scan, minimum=2)
-    normal_rule(order)
     with jax.ensure_compile_time_eval():
-        return _critical_fn(act, lo, hi, scan, 48, order)(jnp.asarray(sb2, _float_dtype()))
+        return _critical_fn(act, lo, hi, scan, 48)(jnp.asarray(sb2, _float_dtype()))
 
 
 def _search_range(lo, hi) -> tuple[float, float]:
@@ -777,11 +746,11 @@ def critical_sigma_w2(
 
     Raises:
       GradjaxInputError: for bad input, or when chi_1 does not cross 1 in the range (the
-        message gives chi_1 at both ends).
+        message says why: chi_1 at both ends, or the jump over 1 and where).
 
     Example:
       >>> import gradjax as gj
-      >>> round(gj.critical_sigma_w2("relu", 0.0), 4)
+      >>> round(gj.theory.critical_sigma_w2("relu", 0.0), 4)
       2.0
     """
     check_real("sigma_b2", sigma_b2, minimum=0.0)
@@ -790,20 +759,44 @@ def critical_sigma_w2(
     return _critical_cached(act, float(sigma_b2), lo, hi, jax.config.jax_enable_x64)
 
 
+def no_crossing_reason(line: CriticalLine, lo: float, hi: float, index: int = 0) -> str:
+    """Why ``line`` has no critical point at entry ``index``, in words (for messages).
+
+    Args:
+      line: a :class:`CriticalLine` (concrete values).
+      lo: low end of the searched sigma_w^2 range.
+      hi: high end.
+      index: the entry of ``line``.
+
+    Returns:
+      One sentence.
+    """
+    get = lambda name: float(np.asarray(getattr(line, name)).reshape(-1)[index])
+    low, high = get("chi1_low"), get("chi1_high")
+    if bool(np.asarray(line.jump).reshape(-1)[index]):
+        return (
+            f"chi_1 jumps from {get('chi1_below'):.4g} to {get('chi1_above'):.4g} at "
+            f"sigma_w2={get('jump_sigma_w2'):.6g}, where q* starts to diverge (from q0 = 1 no "
+            "finite fixed point is reached above it), without crossing 1"
+        )
+    if low >= 1:
+        return f"chi_1 is already >= 1 at sigma_w2={lo:g} (chi_1 = {low:.4g})"
+    return (
+        f"chi_1 stays below 1 up to sigma_w2={hi:g} (chi_1 = {low:.4g} at {lo:g}, "
+        f"{high:.4g} at {hi:g})"
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _critical_cached(act: Activation, sigma_b2: float, lo: float, hi: float, x64: bool) -> float:
     with jax.ensure_compile_time_eval():
         line = critical_line(act, [sigma_b2], sigma_w2_min=lo, sigma_w2_max=hi)
         found = bool(np.asarray(line.found)[0])
         value = float(np.asarray(line.sigma_w2)[0])
-        low, high = float(np.asarray(line.chi1_low)[0]), float(np.asarray(line.chi1_high)[0])
     if not found:
-        where = "already >= 1 at" if low >= 1 else "stays below 1 up to"
-        edge = lo if low >= 1 else hi
         raise GradjaxInputError(
             f"activation={act.name!r} has no critical sigma_w2 in [{lo:g}, {hi:g}] at "
-            f"sigma_b2={sigma_b2:g}: chi_1 is {where} sigma_w2={edge:g} (chi_1 = {low:.4g} at "
-            f"{lo:g}, {high:.4g} at {hi:g}); widen sigma_w2_min/sigma_w2_max"
+            f"sigma_b2={sigma_b2:g}: {no_crossing_reason(line, lo, hi)}"
         )
     return value
 

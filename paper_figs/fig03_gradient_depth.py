@@ -48,16 +48,15 @@ def _sigma_w2_values(activation: str, critical: float) -> list[float]:
 
 
 def _fit_chi1(norms: np.ndarray, skip: int) -> np.ndarray:
-    """exp(slope) of log ||dL/da_l||^2 vs l, from layer ``skip`` on; one value per row."""
-    depth = norms.shape[-1]
-    layers = np.arange(skip, depth, dtype=np.float64)
+    """Per-layer factor of ||dL/da_l||^2 towards the input, from layer ``skip`` on; per row."""
+    from gradjax.fitting import growth_per_layer
+
     tail = norms[..., skip:].astype(np.float64)
-    # A gradient that underflowed to 0 (or overflowed) has no slope to fit: NaN, not a number.
-    logs = 2.0 * np.log(np.where((tail > 0) & np.isfinite(tail), tail, np.nan))
-    centred = layers - layers.mean()
-    slope = ((logs - logs.mean(-1, keepdims=True)) * centred).sum(-1) / (centred**2).sum()
-    # Gradients grow towards the input when chi_1 > 1, i.e. decrease along l: chi_1 = e^-slope.
-    return np.exp(-slope)
+    # Gradients grow towards the input when chi_1 > 1; the factor of the squared norm is the
+    # square of the norm's. A gradient that underflowed to 0 (or overflowed) leaves no slope
+    # to fit: NaN, not a number from the remaining layers.
+    usable = np.all((tail > 0) & np.isfinite(tail), axis=-1)
+    return np.where(usable, growth_per_layer(tail, axis=-1) ** 2, np.nan)
 
 
 def _num(value: float) -> float | str:
