@@ -358,6 +358,12 @@ def _finite_or_str(v) -> float | str:
     return "nan" if math.isnan(v) else "inf"
 
 
+def _half_step(steps, values) -> str:
+    """The first step whose value is at most half the first one ("none" if never)."""
+    hit = [t for t, v in zip(steps, values, strict=True) if v <= values[0] / 2]
+    return str(hit[0]) if hit else "none"
+
+
 def _num(v) -> float:
     return float(v) if not isinstance(v, str) else float(v)
 
@@ -650,7 +656,9 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
                 f"{steps_sh[0]}/{steps_sh[len(steps_sh) // 2]}/{steps_sh[-1]}: "
                 f"{sh0[0]:.3g}/{sh0[len(sh0) // 2]:.3g}/{sh0[-1]:.3g} without warm-up, "
                 f"{shw[0]:.3g}/{shw[len(shw) // 2]:.3g}/{shw[-1]:.3g} with it "
-                f"(2/lr = {2 / n['sharpness_lr']:.3g})."
+                f"(2/lr = {2 / n['sharpness_lr']:.3g}); it first falls below half its initial "
+                f"value at step {_half_step(steps_sh, sh0)} without warm-up and at step "
+                f"{_half_step(steps_sh, shw)} with it."
             ),
             "numbers": sorted(set(cited)) + ["sharpness_w0_median", f"sharpness_w{w}_median"],
         }
@@ -676,7 +684,10 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
                 f"weight norm ends at {ratio['none']:.3f} of its initial value with no penalty, "
                 f"{ratio['l2']:.3f} with coupled L2, {ratio['adamw']:.3f} with decoupled decay "
                 f"(AdamW) and {ratio['l1']:.3f} with L1; test accuracy "
-                f"{acc['none']:.1%} / {acc['l2']:.1%} / {acc['adamw']:.1%} / {acc['l1']:.1%}."
+                f"{acc['none']:.1%} / {acc['l2']:.1%} / {acc['adamw']:.1%} / {acc['l1']:.1%}. "
+                "Adam normalises a coupled penalty's gradient, so where it dominates the weight "
+                "moves by about lr per step whatever lambda; the decoupled decay moves it by "
+                "lr * lambda * |w|."
             ),
             "numbers": [f"c9_{k}_weight_norm_final_over_initial_median" for k in ratio]
             + [f"c9_{k}_test_acc_median" for k in acc],
