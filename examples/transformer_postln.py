@@ -1,11 +1,13 @@
 """Zoo: a post-LN Transformer encoder (Flax NNX), 12 blocks.
 
-Verdict gradjax gives: **vanishing** towards the input, LayerNorm and residual blocks found.
-Why it is right: a post-LN block ends in ``LN(x + f(x))``; the sum has about twice the
-variance of ``x``, so each LayerNorm divides the backward signal by about ``sqrt(2)`` per
-sub-layer: ``||dL/da_l||`` shrinks geometrically from the output block to the first one
-(Xiong et al. 2020), the reason post-LN stacks need a warm-up. gradjax suggests the pre-LN
-placement or a warm-up (it finds the norms and the skips, so it does not suggest adding them).
+Verdict gradjax gives: **healthy** at init, LayerNorm and residual blocks found from the
+model. Why it is right: a post-LN block ends in ``LN(x + f(x))``; the LayerNorm divides the
+backward signal by the standard deviation of ``x + f(x)`` while the skip and the branch add
+theirs, and with unit-scale block outputs the two balance: ``||dL/da_l||`` stays within a
+factor of a few across the 12 blocks (measured growth per block near 1, like the pre-LN
+stack). Post-LN's known trouble (Xiong et al. 2020) is not in ``dL/da_l`` at init but in
+the first optimiser steps: ``gj.diagnose(..., lr=...)`` probes the first step, and
+``examples/prenorm_vs_postnorm_transformer.py`` shows the warm-up it calls for.
 
     gradjax diagnose --model examples.transformer_postln:make --out out
 """
