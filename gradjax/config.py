@@ -197,7 +197,8 @@ class TrainConfig:
     ``warmup_cosine_decay_schedule``; ``end_lr_fraction=1`` keeps it constant after warm-up).
 
     Attributes:
-      optimizer: ``"sgd"``, ``"momentum"`` (heavy ball) or ``"adam"``.
+      optimizer: one of :data:`gradjax.optim.OPTIMIZERS`: ``"sgd"``, ``"momentum"`` (heavy
+        ball), ``"adam"`` or ``"adamw"`` (Adam with decoupled weight decay).
       learning_rate: peak learning rate, > 0.
       steps: number of optimisation steps, >= 1.
       batch_size: examples per step, drawn with replacement-free shuffles per run; ``None``
@@ -206,7 +207,9 @@ class TrainConfig:
       end_lr_fraction: final learning rate as a fraction of the peak, in ``[0, 1]``.
       clip: maximum global gradient norm (``optax.clip_by_global_norm``), > 0; ``None`` for no
         clipping.
-      weight_decay: L2 penalty coefficient lambda (adds ``lambda * w`` to the gradient), >= 0.
+      weight_decay: L2 penalty coefficient lambda, >= 0: adds ``lambda * w`` to the gradient
+        (coupled L2), except with ``"adamw"``, where ``lambda * lr * w`` is subtracted after the
+        Adam step (decoupled decay, Loshchilov & Hutter).
       l1: L1 penalty coefficient lambda (adds ``lambda * sign(w)``), >= 0.
       momentum: momentum of ``"momentum"`` and Adam's ``b1``, in ``[0, 1)``.
       loss: ``"xent"`` (softmax cross-entropy on integer labels) or ``"mse"``.

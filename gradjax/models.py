@@ -177,7 +177,7 @@ class Net:
         cfg = self.cfg
         sw = cfg.sigma_w if sigma_w is None else sigma_w
         sb = cfg.sigma_b if sigma_b is None else sigma_b
-        fans = layout.group_fans(input_dim=cfg.input_dim, width=cfg.width, out_dim=cfg.out_dim)
+        fans = layout.group_fans(in_dim=cfg.input_dim, width=cfg.width, out_dim=cfg.out_dim)
 
         def one(group: str, leaves: layout.Layer) -> layout.Layer:
             fan_in, fan_out = fans[group]
@@ -437,8 +437,8 @@ class Net:
           params: the network's parameters (ordinary, not lazy).
 
         Returns:
-          An ``nnx.Module`` whose ``nnx.Param`` leaves are ``params``, mirrored by group and
-          leaf name (``module.hidden.W`` is the stacked hidden weights); its ``__call__`` is
+          An ``nnx.Module`` whose ``nnx.Param`` leaves are ``params``, one submodule per block
+          (``module.blocks[l].W``) and ``module.readout``; ``module(x)`` equals
           :meth:`apply`.
         """
         Net.require_materialized(params, "Net.to_nnx")
@@ -477,13 +477,14 @@ def build(cfg: NetConfig) -> Net:
 def flax_module(cfg: NetConfig, key: jax.Array) -> Any:
     """gradjax's network of a config as a Flax NNX module, with freshly drawn parameters.
 
-    The module holds the parameters as ``nnx.Param`` leaves grouped as in
-    :mod:`gradjax.layout` (``module.input``, ``module.hidden`` with the blocks stacked on
-    axis 0, ``module.readout``) and runs the same pure forward pass as :class:`Net`, so
-    ``nnx.split``/``nnx.merge``, ``nnx.grad`` and ``nnx.Optimizer`` work on it and give the
-    numbers of the pure path. NNX, not Linen: it is what Flax recommends for new code, and
-    its ``nnx.Param`` leaves let a model boundary read the parameters by layer without
-    knowing gradjax.
+    The module is a list of block submodules (``module.blocks[l].W`` and the block's other
+    leaves as ``nnx.Param``, block 0 the input block) and a readout (``module.readout``),
+    called in order; each block runs :meth:`Net.block`, so the numbers are those of the pure
+    path, and ``nnx.split``/``nnx.merge``, ``nnx.grad`` and ``nnx.Optimizer`` work on it. NNX, not
+    Linen: it is what Flax recommends for new code, and one submodule per block lets a model
+    boundary (:mod:`gradjax.boundary`) see every block's output without knowing gradjax. The
+    pure :class:`Net` stays the fast path (one ``lax.scan`` over the stacked blocks); the
+    module unrolls the blocks, so it is meant for Flax code and moderate depths.
 
     Args:
       cfg: a :class:`~gradjax.config.NetConfig`.
@@ -510,12 +511,11 @@ def from_nnx(module: Any) -> Params:
       module: the NNX module.
 
     Returns:
-      The parameters (current values of its ``nnx.Param`` leaves).
+      The parameters (current values of its ``nnx.Param`` leaves), hidden blocks stacked.
     """
-    return layout.map_groups(
-        lambda group, names: {name: getattr(module, group)[name][...] for name in names},
-        module.leaf_names,
-    )
+    blocks = [block.leaves() for block in module.blocks]
+    hidden = {name: jnp.stack([b[name] for b in blocks[1:]]) for name in blocks[-1]}
+    return layout.make_params(input=blocks[0], hidden=hidden, readout=module.readout.leaves())
 
 
 _NNX_CLASS: Callable[..., Any] | None = None
@@ -527,20 +527,51 @@ def _nnx_module_class() -> Callable[..., Any]:
     if _NNX_CLASS is None:
         from flax import nnx
 
+        class GradjaxLeaves(nnx.Module):
+            """One block's (or the readout's) leaves, each an ``nnx.Param`` attribute."""
+
+            def __init__(self, leaves: layout.Layer):
+                self.names = nnx.static(tuple(leaves))
+                for name, value in leaves.items():
+                    setattr(self, name, nnx.Param(value))
+
+            def leaves(self) -> layout.Layer:
+                return {name: getattr(self, name)[...] for name in self.names}
+
+        class GradjaxBlock(GradjaxLeaves):
+            """One block of a gradjax network, called on the previous block's output."""
+
+            def __init__(self, net: Net, leaves: layout.Layer, residual: bool):
+                super().__init__(leaves)
+                self.net = nnx.static(net)
+                self.residual = nnx.static(residual)
+
+            def __call__(self, a: jax.Array) -> jax.Array:
+                return self.net.block(self.leaves(), a, residual=self.residual)[2]
+
         class GradjaxNet(nnx.Module):
-            """A gradjax network as an NNX module; its leaves are ``nnx.Param``."""
+            """A gradjax network as an NNX module: a list of block modules and a readout.
+
+            Each block is its own submodule, called in order, so a model boundary sees every
+            block's output; the blocks run the pure :meth:`Net.block`.
+            """
 
             def __init__(self, net: Net, params: Params):
-                self.net = nnx.static(net) if hasattr(nnx, "static") else net
-                self.leaf_names = nnx.static(
-                    {group: tuple(leaves) for group, leaves in params.items()}
+                self.net = nnx.static(net)
+                self.blocks = nnx.List(
+                    [
+                        GradjaxBlock(net, layout.layer(params, i), i > 0)
+                        for i in range(layout.depth(params))
+                    ]
                 )
-                for group, leaves in params.items():
-                    values = {name: nnx.Param(value) for name, value in leaves.items()}
-                    setattr(self, group, nnx.Dict(values))
+                self.readout = GradjaxLeaves(layout.readout_layer(params))
 
             def __call__(self, x: jax.Array) -> jax.Array:
-                return self.net.apply(from_nnx(self), x)
+                self.net.check_input(x)
+                a = jnp.asarray(x, self.net.dtype)
+                for block in self.blocks:
+                    a = block(a)
+                return _affine(self.readout.leaves(), a)
 
         _NNX_CLASS = GradjaxNet
     return _NNX_CLASS

@@ -191,6 +191,16 @@ def test_flax_module_matches_the_pure_path(getkey, kw):
     assert n_params == sum(v.size for v in jax.tree.leaves(params))
 
 
+def test_flax_module_blocks_are_seen_by_the_model_boundary(getkey):
+    # One submodule per block: the boundary finds every block of the stack, in order.
+    from gradjax import boundary
+
+    cfg = gj.NetConfig(depth=4, width=8, residual="plain", residual_block="post")
+    x = jax.random.normal(getkey(), (3, 8))
+    blocks = boundary.wrap(flax_module(cfg, getkey())).blocks(x)
+    assert [b.name for b in blocks] == [f"blocks/{i}" for i in range(4)]
+
+
 def test_float64_needs_x64():
     if jax.config.jax_enable_x64:
         pytest.skip("x64 already enabled in this process")
