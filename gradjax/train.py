@@ -507,7 +507,8 @@ def _compiled(
 
     With several ``devices`` the segment function is a ``shard_map`` over their seed axis.
     """
-    tx = chain_from_config(tcfg, **dict(overrides))
+    # The step measures its own per-layer norms (model.norms), so the chain records none.
+    tx = chain_from_config(tcfg, **dict(overrides), record_norms=False)
 
     def init_one(key, hyper, params0):
         k_init = jax.random.fold_in(key, 0)
@@ -983,7 +984,7 @@ def estimate(
     # Per step and run: loss, update norm, learning rate, alive, and two per-layer norms.
     records = runs * tcfg.steps * (2 * net.cfg.depth + 4) * item
     indices = seeds * tcfg.steps * batch * 4
-    data_bytes = sum(int(np.asarray(a).nbytes) for a in jax.tree.leaves(data))
+    data_bytes = sum(int(getattr(a, "nbytes", 0)) for a in jax.tree.leaves(data))
     # The records of all segments are concatenated at the end: twice their size at peak.
     total = runs * one.step_bytes + indices + 2 * records + data_bytes
     return TrainCost(

@@ -326,18 +326,19 @@ def _optax_reference(init, apply, kernels, seed_index, steps, lr):
     return np.array(losses), np.array(norms)
 
 
-@pytest.mark.parametrize("kind", ["linen", "nnx"])
+@pytest.mark.parametrize("kind", ["linen", "nnx", "pair"])
 def test_user_flax_model_matches_a_hand_written_optax_loop(kind):
     from flax import nnx
 
     steps, lr = 6, 0.1
     tcfg = TrainConfig(learning_rate=lr, steps=steps, batch_size=32, end_lr_fraction=1.0)
-    if kind == "linen":
-        model = _linen_mlp()
-        init = lambda k: model.init(k, DATA.x_train[:1])["params"]
-        apply = lambda p, x: model.apply({"params": p}, x)
+    if kind in ("linen", "pair"):
+        module = _linen_mlp()
+        init = lambda k: module.init(k, DATA.x_train[:1])["params"]
+        apply = lambda p, x: module.apply({"params": p}, x)
         kernels = lambda g: [g["Dense_0"]["kernel"], g["Dense_1"]["kernel"]]
         layers = ("Dense_0", "Dense_1")
+        model = module if kind == "linen" else (init, apply)
     else:
         cls = _nnx_mlp_class()
         model = cls  # a factory: cls(rngs=nnx.Rngs(key))
