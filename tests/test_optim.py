@@ -347,6 +347,37 @@ def test_group_norms_survive_huge_finite_values():
     assert np.isinf(float(bad["hidden/0/W"])) and np.isnan(float(bad["hidden/1/W"]))
 
 
+def test_group_norms_nested_and_explicit_stacks(getkey):
+    k1, k2 = getkey(), getkey()
+    tree = {
+        "params": {
+            "hidden": {"W": jax.random.normal(k1, (3, 4, 4)), "b": jnp.arange(6.0).reshape(3, 2)},
+            "trunk": {"kernel": jax.random.normal(k2, (2, 5, 5))},
+        }
+    }
+    # Default: a "hidden" entry anywhere marks a stack; "trunk" is one leaf.
+    norms = optim.group_norms(tree)
+    expected = {
+        **{
+            f"params/hidden/{i}/W": np.linalg.norm(tree["params"]["hidden"]["W"][i])
+            for i in range(3)
+        },
+        **{f"params/hidden/{i}/b": np.hypot(2 * i, 2 * i + 1) for i in range(3)},
+        "params/trunk/kernel": np.linalg.norm(tree["params"]["trunk"]["kernel"]),
+    }
+    assert set(norms) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(norms[name], value, rtol=1e-6)
+    # Explicit prefixes replace the default: the trunk is split, the hidden leaves are not.
+    norms = optim.group_norms(tree, stacked=[("params", "trunk")])
+    np.testing.assert_allclose(
+        norms["params/trunk/1/kernel"],
+        np.linalg.norm(tree["params"]["trunk"]["kernel"][1]),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(norms["params/hidden/b"], np.sqrt(np.sum(np.arange(6.0) ** 2)))
+
+
 def test_set_hyperparams_rejects_absent_names():
     tx = optim.mitigation_chain(learning_rate=0.1, total_steps=10)
     state = tx.init({"w": jnp.zeros(2)})
