@@ -43,6 +43,17 @@ def add_parser(sub) -> None:
         "same directory is refused. Chunks are sharded over all devices (--devices N for "
         "fewer); with --distributed every host of a multi-host run joins the same sweep.",
     )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="sweep your model instead of a gradjax MLP: a factory returning (model, params or "
+        "None, (inputs, targets)); --sigma-w then scales every kernel of the model's own init "
+        "(1 = as initialised) and the probe is ||dL/da_l|| per block",
+    )
+    p.add_argument(
+        "--loss", default="mse", choices=["mse", "xent"], help="loss of --model (default mse)"
+    )
     p.add_argument("--activation", default="tanh", help="activation name (default tanh)")
     p.add_argument("--init", default="gaussian", help="weight init (default gaussian)")
     p.add_argument("--depth", type=positive_int, default=32)
@@ -115,12 +126,19 @@ def run(args: argparse.Namespace) -> int:
             select_devices(args.devices, default=())
     except GradjaxInputError as err:
         raise renamed_field(err, FLAGS) from None
+    loaded = None
+    if args.model is not None:
+        from gradjax.boundary import load_factory
+
+        loaded = load_factory(args.model)  # before --out is made: a refusal leaves nothing
     created = not Path(args.out).exists()
     out = writable_dir(args.out)
 
     from gradjax import models, plotting, probes
     from gradjax.sweep import sweep as _sweep
 
+    if loaded is not None:
+        return _sweep_model(args, loaded, sigma_w, sigma_b, out, created)
     net = models.build(cfg)
     probe = probes.layer_gradient_and_spectrum_probe(net, batch=args.batch)
     try:
@@ -155,6 +173,65 @@ def run(args: argparse.Namespace) -> int:
     }
     print(dumps_json(summary))  # standard JSON: non-finite values as strings
     return 0
+
+
+def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
+    """``--model``: per-block ``||dL/da_l||`` over seeds x kernel scale of the user's model."""
+    import numpy as np
+
+    from gradjax.boundary import block_gradient_probe, sweepable
+    from gradjax.errors import GradjaxInputError
+    from gradjax.fitting import growth_per_layer
+    from gradjax.sweep import sweep as _sweep
+
+    model, params, (x, y) = loaded
+    net = sweepable(model, params, x)
+    probe = block_gradient_probe(net, (x, y), args.loss)
+    try:
+        result = _sweep(
+            net,
+            probe,
+            seeds=args.seeds,
+            sigma_w=sigma_w,
+            sigma_b=sigma_b,
+            memory_budget_mb=args.memory_budget_mb,
+            progress=True,
+            probe_name=f"block_gradient_probe({args.model}, loss={args.loss})",
+            devices=args.devices,
+            out_dir=out,
+        )
+    except GradjaxInputError as err:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise renamed_field(err, FLAGS) from None
+    growth = growth_per_layer(np.asarray(result["block_grad_norms"]), axis=-1)
+    mean = np.nanmean(growth.reshape(growth.shape[0], growth.shape[1], -1)[..., 0], axis=0)
+    scales = np.asarray(result.coords["sigma_w"], np.float64)
+    summary = {
+        "out": str(out),
+        "model": args.model,
+        "blocks": net.cfg.blocks,
+        "sigma_w": [float(v) for v in scales],
+        "growth_per_block": [float(v) for v in mean],
+        "critical_sigma_w": _crossing(scales, mean),
+    }
+    print(dumps_json(summary))
+    return 0
+
+
+def _crossing(scales, growth) -> float | None:
+    """The kernel scale where the mean growth per block crosses 1 (log-linear), or None."""
+    import numpy as np
+
+    logs = np.log(np.where(growth > 0, growth, np.nan))
+    for i in range(len(scales) - 1):
+        a, b = logs[i], logs[i + 1]
+        if np.isfinite(a) and np.isfinite(b) and a <= 0 <= b and a != b:
+            t = -a / (b - a)
+            return float(
+                np.exp(np.log(scales[i]) + t * (np.log(scales[i + 1]) - np.log(scales[i])))
+            )
+    return None
 
 
 def _median(values):
