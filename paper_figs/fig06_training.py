@@ -647,9 +647,9 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
             "claim": "C7",
             "verdict": c7,
             "summary": (
-                f"Largest peak rate at which most of {cfg['seeds']} seeds reach a final training "
-                f"loss below {cfg['trained_loss']:g} nats, without -> with a {w}-step warm-up "
-                "(95% bootstrap interval over seeds): "
+                f"Largest peak rate at which at least half of {cfg['seeds']} seeds reach a final "
+                f"training loss below {cfg['trained_loss']:g} nats, without -> with a {w}-step "
+                "warm-up (95% bootstrap interval over seeds): "
                 + "; ".join(parts)
                 + f". Warm-up raises the edge in {raised} of {len(gains)} cases. Sharpness "
                 f"(top Hessian eigenvalue, SGD, He init, lr {n['sharpness_lr']:g}) at steps "
