@@ -33,6 +33,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gradjax import layout
 from gradjax.errors import GradjaxInputError, check_int, check_real, invalid
 from gradjax.models import Net, Params
 from gradjax.results import pytree_dataclass, static_field
@@ -204,8 +205,8 @@ def lyapunov_spectrum(
         _, pull = jax.vjp(block_fn(layer, residual), a)
         return jax.vmap(lambda c: pull(c)[0], in_axes=1, out_axes=1)(frame)
 
-    first_data = (params["input"], x)
-    hidden_data = (params["hidden"], acts[:-1])
+    first_data = (layout.input_layer(params), x)
+    hidden_data = (layout.hidden_layers(params), acts[:-1])
     q0 = _start_frame(key, cfg.input_dim, k, net.dtype)
     return _qr_lyapunov(
         lambda d, f: jvp_cols(d[0], d[1], f, False),

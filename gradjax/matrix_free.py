@@ -29,6 +29,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gradjax import layout
 from gradjax.errors import check_int, invalid
 from gradjax.lapack import after
 from gradjax.models import Net, Params
@@ -332,9 +333,8 @@ def layer_spectrum_estimates(
     x = jnp.asarray(x, net.dtype)
     trace = net.forward(params, x)
     k_first, k_hidden = jax.random.split(key)
-    first = _layer_estimate(
-        _block_fn(net, params["input"], False), x, k_first, probes, lanczos_steps, net.dtype
-    )
+    first_block = _block_fn(net, layout.input_layer(params), False)
+    first = _layer_estimate(first_block, x, k_first, probes, lanczos_steps, net.dtype)
     hidden_keys = jax.random.split(k_hidden, net.cfg.depth - 1)
 
     def one(layer, a_prev, k):
@@ -344,7 +344,7 @@ def layer_spectrum_estimates(
 
     # After the first block's estimate: each holds an eigh, and independent LAPACK calls can
     # deadlock (see gradjax.lapack).
-    hidden = jax.vmap(one)(params["hidden"], after(trace.act[:-1], first), hidden_keys)
+    hidden = jax.vmap(one)(layout.hidden_layers(params), after(trace.act[:-1], first), hidden_keys)
     stack = [jnp.concatenate([f[None], h]) for f, h in zip(first, hidden, strict=True)]
     return MatrixFreeSummary(
         mean_sq=stack[0], mean_sq_stderr=stack[1], sigma_max=stack[2], sigma_max_error=stack[3]
@@ -439,9 +439,9 @@ def empirical_chi1(
 
     keys = jax.random.split(k_hidden, depth - 1)
     hid_v, hid_e = jax.vmap(lambda layer, a, k: one(_block_fn(net, layer, True), a, k))(
-        params["hidden"], trace.act[:-1], keys
+        layout.hidden_layers(params), trace.act[:-1], keys
     )
-    first_v, first_e = one(_block_fn(net, params["input"], False), x, k_first)
+    first_v, first_e = one(_block_fn(net, layout.input_layer(params), False), x, k_first)
     mean_sq = jnp.concatenate([first_v[None], hid_v])
     stderr = jnp.concatenate([first_e[None], hid_e])
     logs = jnp.log(mean_sq[skip:])
