@@ -391,3 +391,24 @@ def test_cli_writes_report_and_rejects_bad_input(tmp_path, capsys):
     assert "verdict: VANISHING" in (out / "report.txt").read_text()
     assert main(["diagnose", "--sigma-w", "-1", "--out", str(out)]) == 2
     assert "--sigma-w='-1' is invalid" in capsys.readouterr().err
+
+
+def test_compare_reports_block_by_block():
+    *_, before = _net_report(activation="sigmoid", sigma_w=1.0)
+    *_, after = _net_report(activation="tanh", sigma_w=1.0)
+    diff = before.compare(after)
+    assert diff.verdicts == ("vanishing", "healthy")
+    assert diff.common_layers == before.series_names
+    # Independent: the ratio of the two reports' series, entry by entry.
+    np.testing.assert_allclose(diff.ratios, after.series_values / before.series_values)
+    assert "verdict: vanishing -> healthy" in diff.summary()
+    json.dumps(diff.to_dict())
+
+
+def test_activation_functions_are_named_never_printed():
+    from gradjax.diagnose import activation_name
+
+    assert activation_name(jax.nn.gelu) == "gelu" and activation_name("tanh") == "tanh"
+    assert activation_name(lambda v: v * jax.nn.sigmoid(1.702 * v)) is None
+    *_, report = _net_report(activation="sigmoid", sigma_w=1.0)
+    assert not any("<function" in s for s in report.suggestions)

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from gradjax.commands.common import (
+    choice,
     nonnegative_real,
     out_dir,
     positive_int,
@@ -80,17 +81,23 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--loss",
         default="mse",
-        choices=["mse", "xent"],
-        help="loss of --model's outputs and targets",
+        type=choice("mse", "xent"),
+        help="loss of --model's outputs and targets: mse or xent",
     )
     mlp = p.add_argument_group("gradjax MLP (not with --example; with --model only --activation)")
     mlp.add_argument(
         "--activation",
         default="tanh",
-        choices=list(ACTIVATIONS),
-        help="activation (with --model: the model's, for init advice)",
+        type=choice(*ACTIVATIONS),
+        help="activation (with --model: the model's, for init advice); one of "
+        + ", ".join(ACTIVATIONS),
     )
-    mlp.add_argument("--init", default="gaussian", choices=list(INIT_KINDS), help="weight init")
+    mlp.add_argument(
+        "--init",
+        default="gaussian",
+        type=choice(*INIT_KINDS),
+        help="weight init; one of " + ", ".join(INIT_KINDS),
+    )
     mlp.add_argument("--depth", type=positive_int, default=MLP_DEFAULTS["depth"], help="blocks")
     mlp.add_argument(
         "--width", type=positive_int, default=MLP_DEFAULTS["width"], help="hidden width"

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gradjax.commands.common import (
+    choice,
     grid,
     nonnegative_int,
     out_dir,
@@ -52,7 +53,7 @@ def add_parser(sub) -> None:
         "(1 = as initialised) and the probe is ||dL/da_l|| per block",
     )
     p.add_argument(
-        "--loss", default="mse", choices=["mse", "xent"], help="loss of --model (default mse)"
+        "--loss", default="mse", type=choice("mse", "xent"), help="loss of --model: mse or xent"
     )
     p.add_argument("--activation", default="tanh", help="activation name (default tanh)")
     p.add_argument("--init", default="gaussian", help="weight init (default gaussian)")
