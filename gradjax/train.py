@@ -1180,11 +1180,18 @@ def plot_training(result: TrainResult, *, title: str | None = None):
         acc = np.asarray(h.test.accuracy)
         meta = json.loads(result.meta)
         net = meta.get("net", {})
-        default = (
-            f"{net.get('activation', '')} depth {net.get('depth', '')} width "
-            f"{net.get('width', '')}, {meta.get('seeds', '')} seeds; median test accuracy "
-            + ", ".join(f"{np.nanmedian(a):.3f}" for a in acc)
-        )
+        if "class" in net:  # a user's model
+            what = f"{net['class']} ({len(result.layers)} weight layers)"
+        else:
+            what = (
+                f"{net.get('activation', '')} depth {net.get('depth', '')} width "
+                f"{net.get('width', '')}"
+            )
+        with warnings.catch_warnings():
+            # Every seed of a setting may have diverged: its median accuracy is NaN.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            medians = ", ".join(f"{np.nanmedian(a):.3f}" for a in acc)
+        default = f"{what}, {meta.get('seeds', '')} seeds; median test accuracy {medians}"
         fig.suptitle(title or default, fontsize=9)
         return fig
 

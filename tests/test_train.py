@@ -440,3 +440,17 @@ def test_cli_trains_with_adamw_and_refuses_other_results(tmp_path, capsys):
     code = main([*TINY, "--out", str(sweep)])
     _one_line_refusal(capsys, code, "--out", "manifest.json")
     assert sorted(p.name for p in sweep.iterdir()) == ["manifest.json"]
+
+
+def test_cli_long_run_reports_progress_without_a_bar(tmp_path, capsys, monkeypatch):
+    from gradjax.cli import main
+    from gradjax.commands import train as train_command
+
+    # A host guessed at 1 FLOP/s makes 3 tiny steps a long run: its estimate and its steps
+    # are printed with --no-progress (a long run with --no-progress was silent).
+    monkeypatch.setattr(train_command, "GUESS_FLOPS_PER_S", 1.0)
+    assert main([*TINY, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    flops = 3 * 2 * 16 * (64 * 8 + 8 * 8 + 8 * 10) * 2  # 3x forward matmuls, 2 seeds
+    assert err[0].startswith(f"gradjax train: 3 steps x {flops:.3g} FLOP per step")
+    assert err[1:] == [f"gradjax train: step {k}/3" for k in (1, 2, 3)]

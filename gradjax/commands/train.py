@@ -40,6 +40,8 @@ FLAGS = {
 }
 # A rough host throughput for the up-front time guess (small batched matmuls on a CPU core).
 GUESS_FLOPS_PER_S = 1e10
+# Runs guessed to take longer than this report their steps even with --no-progress.
+LONG_RUN_S = 60.0
 
 
 class _Table(Sequence):
@@ -182,9 +184,13 @@ def run(args: argparse.Namespace) -> int:
 
     from gradjax import plotting
 
-    result = gtrain.train(
-        net, data, tcfg, seeds=args.seeds, key=args.seed, progress=not args.no_progress
-    )
+    progress: object = not args.no_progress
+    if args.no_progress and estimate.total_flops / GUESS_FLOPS_PER_S > LONG_RUN_S:
+        # No bar was asked for, but a long run still says where it is: a line per tenth.
+        def progress(done: int, total: int) -> None:
+            print(f"gradjax train: step {done}/{total}", file=sys.stderr, flush=True)
+
+    result = gtrain.train(net, data, tcfg, seeds=args.seeds, key=args.seed, progress=progress)
     result.save(out)
     plotting.save_figure(gtrain.plot_training(result), out / "curves")
     h = result.history
