@@ -57,3 +57,25 @@ def test_bad_flag_is_refused_before_anything_is_written(empty_cwd, capsys, name)
 def test_empty_out_is_refused_and_the_current_directory_untouched(empty_cwd, capsys, verb):
     _refused(capsys, [verb, "--out", ""], "--out=''")
     assert os.listdir(empty_cwd) == []
+
+
+def test_a_sweep_of_zeros_and_overflow_keeps_its_data_plot_and_summary(tmp_path, capsys):
+    # sigma_w = 0 gives gradients of exactly 0 and relu at sigma_w = 50, depth 32 overflows
+    # float32: neither may be lost to a log-scale crash, and the summary must be standard JSON.
+    import json
+
+    out = tmp_path / "s"
+    argv = ["sweep", "--activation", "relu", "--init", "gaussian", "--depth", "32"]
+    argv += ["--width", "8", "--seeds", "2", "--batch", "2", "--sigma-w", "0,50"]
+    code = main([*argv, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+
+    def refuse_constant(name):
+        raise AssertionError(f"bare {name} in the JSON summary")
+
+    summary = json.loads(captured.out, parse_constant=refuse_constant)
+    assert summary["sigma_w"] == [0.0, 50.0]
+    assert summary["first_layer_grad_median"][0] == 0.0  # sigma_w = 0: no gradient reaches W_1
+    for name in ("arrays.npz", "sweep.png", "sweep.pdf"):
+        assert (out / name).stat().st_size > 0
