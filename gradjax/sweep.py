@@ -2,9 +2,13 @@
 
 The engine knows networks only through ``net.init_base(key)`` and
 ``net.scale(base, sigma_w=..., sigma_b=...)`` and knows nothing of the diagnostics: they are
-probes, ``probe(params, key) -> pytree``, handed to it. Base parameters are drawn once per seed
+probes (:class:`gradjax.probes.Probe`), handed to it. Base parameters are drawn once per seed
 and only rescaled along the scale axes (common random numbers), and every scale of a seed gets
-the same probe key, so differences along a scale axis are the scale's effect, not noise.
+the same probe key, so differences along a scale axis are the scale's effect, not noise. Seed
+``i`` draws from ``fold_in(key(root), i)`` alone, and every grid point runs through the same
+compiled tile programs, so its numbers do not depend on chunks, devices or resumes. Devices
+come from :mod:`gradjax.devices`, sizes are checked by :mod:`gradjax.cost` and the resumable
+directory is :mod:`gradjax.store`.
 """
 
 from __future__ import annotations

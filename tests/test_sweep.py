@@ -118,7 +118,7 @@ def test_cpu_tiles_keep_their_largest_array_under_the_allocator_threshold():
     # The largest output is the hidden Jacobians: (depth - 1) float32 w x w per network.
     assert model.largest_output(1, 3) == 3 * 8 * 256**2 * 4
     tile = _tile_scales(model, 40, cpu=True)
-    assert model.largest_buffer(1, tile) <= _CPU_REUSED_BUFFER_BYTES
+    assert model.largest_output(1, tile) <= _CPU_REUSED_BUFFER_BYTES
     # At most 16 networks of 2 MiB of Jacobians each, evened out over the tiles:
     # the last tile is padded by fewer points than there are tiles.
     assert tile <= _CPU_REUSED_BUFFER_BYTES // (8 * 256**2 * 4)
