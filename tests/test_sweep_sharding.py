@@ -249,3 +249,22 @@ def test_two_process_sweep_equals_the_single_process_one(setup, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"out{pid}.npy"), ref["out"])
     # Process 0 alone wrote the resumable directory, and it holds the same numbers.
     _assert_same(ref, gj.SweepResult.load(tmp_path / "run"), exact=True)
+
+
+def test_device_defaults_and_progress_are_one_home():
+    from gradjax import devices
+
+    # Four fake CPU devices in one process: LAPACK-bound sweeps take one, training all.
+    assert devices.default_devices() == tuple(jax.devices()[:1])
+    assert devices.default_devices(cpu_all=True) == tuple(jax.devices())
+    assert devices.select_devices(2) == tuple(jax.devices()[:2])
+    assert devices.select_devices(np.int64(3)) == tuple(jax.devices()[:3])
+    seen = []
+    with devices.Progress(
+        lambda done, total: seen.append((done, total)), 3, desc="t", unit="u"
+    ) as p:
+        for done in (1, 2, 3):
+            p.update(done)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(gj.GradjaxInputError, match="progress"):
+        devices.Progress("yes", 3, desc="t", unit="u")
