@@ -8,6 +8,7 @@ decoupled weight decay (AdamW) and L1 on exploded weights.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -162,8 +163,12 @@ def largest_trainable(trained: np.ndarray, rates, *, boot: int = 2000, seed: int
     return {"rate": float(edge(trained.mean(axis=1))), "low": float(low), "high": float(high)}
 
 
-def _sharpness(net, data, cfg: dict, lr: float, gain: float) -> dict:
-    """Top Hessian eigenvalue over the first steps of SGD at ``lr``, warm-up off and on."""
+def _sharpness(net, data, cfg: dict, settings: list[tuple[float, float]]) -> dict:
+    """Top Hessian eigenvalue over the first steps of SGD, warm-up off and on.
+
+    ``settings`` lists ``(peak learning rate, init gain)`` pairs; all of them, both warm-up
+    choices and every seed run in one compiled program.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -179,16 +184,16 @@ def _sharpness(net, data, cfg: dict, lr: float, gain: float) -> dict:
     x_h, y_h = data.x_train[:n_h], data.y_train[:n_h]
     tx = optim.mitigation_chain(
         optimizer="sgd",
-        learning_rate=lr,
+        learning_rate=1.0,
         total_steps=cfg["steps"],
         warmup_steps=w,
         end_lr_fraction=0.0,
         record_norms=False,
     )
 
-    def run(key, warm):
+    def run(key, warm, lr, gain):
         params = net.scale(net.init_base(jax.random.fold_in(key, 0)), sigma_w=gain)
-        state = optim.set_hyperparams(tx.init(params), warmup_steps=warm)
+        state = optim.set_hyperparams(tx.init(params), warmup_steps=warm, learning_rate=lr)
         n = data.x_train.shape[0]
         order = jax.random.permutation(jax.random.fold_in(key, 1), n)
         idx = jnp.resize(order, (horizon * cfg["batch"],)).reshape(horizon, cfg["batch"])
@@ -211,15 +216,25 @@ def _sharpness(net, data, cfg: dict, lr: float, gain: float) -> dict:
                 ).value
             )
         )(snaps)
-        return top, jax.vmap(full_loss)(snaps)
+        lr_t = optim.warmup_cosine(
+            at, peak_value=lr, warmup_steps=warm, total_steps=cfg["steps"], end_value=0.0
+        )
+        return top, jax.vmap(full_loss)(snaps), lr_t
 
     keys = jax.random.split(jax.random.key(7), cfg["sharpness_seeds"])
     warms = jnp.asarray([0.0, float(w)])
-    top, loss = jax.jit(jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(None, 0)))(keys, warms)
+    lrs = jnp.asarray([lr for lr, _ in settings])
+    gains = jnp.asarray([gain for _, gain in settings])
+    per_seed = jax.vmap(run, in_axes=(0, None, None, None))
+    per_warm = jax.vmap(per_seed, in_axes=(None, 0, None, None))
+    per_setting = jax.vmap(per_warm, in_axes=(None, None, 0, 0))
+    top, loss, lr_t = jax.jit(per_setting)(keys, warms, lrs, gains)
+    # (setting, warm-up, seed, snapshot); the rate does not depend on the seed.
     return {
         "steps": np.arange(0, horizon, every),
         "top": np.asarray(top, np.float64),
         "loss": np.asarray(loss, np.float64),
+        "lr": np.asarray(lr_t, np.float64)[:, :, 0],
     }
 
 
@@ -320,19 +335,32 @@ def compute(cfg: dict, progress) -> dict:
                 numbers[f"{tag}_largest_trainable_lr"] = edge["rate"]
                 numbers[f"{tag}_largest_trainable_lr_ci95"] = [edge["low"], edge["high"]]
 
-    # Sharpness during the first steps, SGD from He init at the edge: the largest rate that
-    # trains with warm-up (where the no-warm-up run is past its own edge, if it has one).
-    lr_sharp = numbers[f"sgd_he_w{w}_largest_trainable_lr"] or cfg["sgd_rates"][-1]
-    progress(f"sharpness: SGD lr {lr_sharp:g}, warm-up off/on")
-    sh = _sharpness(net, data, cfg, lr_sharp, 1.0)
-    numbers["sharpness_lr"] = float(lr_sharp)
+    # Sharpness during the first steps of SGD, from He and from the large init, each at its
+    # edge with warm-up: the largest rate that trains with warm-up (the smallest grid rate if
+    # none does), where the no-warm-up run is at or past its own edge.
+    inits = (("he", 1.0), ("large", cfg["large_gain"]))
+    lr_sharp = {
+        init: numbers[f"sgd_{init}_w{w}_largest_trainable_lr"] or cfg["sgd_rates"][0]
+        for init, _ in inits
+    }
+    progress("sharpness: SGD at the warm-up edge, warm-up off/on")
+    sh = _sharpness(net, data, cfg, [(lr_sharp[init], gain) for init, gain in inits])
     arrays["sharpness.steps"] = sh["steps"]
-    for k, ww in enumerate((0, w)):
-        arrays[f"sharpness_w{ww}.top"] = sh["top"][k]
-        arrays[f"sharpness_w{ww}.loss"] = sh["loss"][k]
-        med = np.nanmedian(np.where(np.isfinite(sh["top"][k]), sh["top"][k], np.nan), axis=0)
-        numbers[f"sharpness_w{ww}_median"] = [_finite_or_str(v) for v in med]
     numbers["sharpness_steps"] = sh["steps"].tolist()
+    for j, (init, _) in enumerate(inits):
+        numbers[f"sharpness_{init}_lr"] = float(lr_sharp[init])
+        for k, ww in enumerate((0, w)):
+            top = np.where(np.isfinite(sh["top"][j, k]), sh["top"][j, k], np.nan)
+            arrays[f"sharpness_{init}_w{ww}.top"] = top
+            arrays[f"sharpness_{init}_w{ww}.lr"] = sh["lr"][j, k]
+            with warnings.catch_warnings():
+                # A snapshot after every seed diverged has no median: NaN, reported as such.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(top, axis=0)
+            numbers[f"sharpness_{init}_w{ww}_median"] = [_finite_or_str(v) for v in med]
+            numbers[f"sharpness_{init}_w{ww}_lr_times_median"] = [
+                _finite_or_str(v) for v in med * sh["lr"][j, k]
+            ]
 
     # C9: weight-norm trajectories after an explosion, Adam with no penalty, L2, AdamW, L1.
     for r in _c9_rows(cfg):
@@ -356,6 +384,11 @@ def _finite_or_str(v) -> float | str:
     if math.isfinite(v):
         return v
     return "nan" if math.isnan(v) else "inf"
+
+
+def _fmt(v: float) -> str:
+    """A sharpness for the report; "nan" once every seed has diverged."""
+    return f"{v:.3g}" if math.isfinite(v) else "nan (diverged)"
 
 
 def _half_step(steps, values) -> str:
@@ -421,34 +454,26 @@ def plot(cfg: dict, result: dict):
         ax_c8.legend(fontsize=5.5, loc="lower left", framealpha=0.9, frameon=True)
 
         w = cfg["warmup_steps"]
-        lr_s = n["sharpness_lr"]
         sh_steps = a["sharpness.steps"]
-        for ww, col, label in (
-            (0, colors(2)[0], "no warm-up"),
-            (w, colors(2)[1], f"{w}-step warm-up"),
-        ):
-            band(ax_sh, sh_steps, a[f"sharpness_w{ww}.top"], color=col, label=label, positive=True)
-        ramp = np.minimum(np.maximum(sh_steps, 1) / w, 1.0) * lr_s
-        ax_sh.plot(
-            sh_steps,
-            np.full(sh_steps.shape, 2 / lr_s),
-            color="0.3",
-            ls=":",
-            lw=1.0,
-            label=f"2 / lr (lr {lr_s:g}, no warm-up)",
-        )
-        ax_sh.plot(
-            sh_steps, 2 / ramp, color=colors(2)[1], ls=":", lw=1.0, label="2 / lr(t), warm-up"
-        )
-        top = np.concatenate([a[f"sharpness_w{ww}.top"].ravel() for ww in (0, w)])
-        top = top[np.isfinite(top) & (top > 0)]
-        if top.size:
-            ax_sh.set_ylim(min(top.min(), 2 / lr_s) / 1.5, max(top.max(), 2 / lr_s) * 1.5)
+        shown = []
+        for init, col in (("he", colors(2)[0]), ("large", colors(2)[1])):
+            gain = 1.0 if init == "he" else cfg["large_gain"]
+            lr_s = n[f"sharpness_{init}_lr"]
+            for ww, ls in ((0, "-"), (w, "--")):
+                # lr(t) * lambda_max: gradient descent on a quadratic is stable below 2.
+                prod = a[f"sharpness_{init}_w{ww}.top"] * a[f"sharpness_{init}_w{ww}.lr"][None]
+                label = f"$g$={gain:g}, lr {lr_s:g}, {'warm-up' if ww else 'no warm-up'}"
+                band(ax_sh, sh_steps, prod, color=col, linestyle=ls, label=label, positive=True)
+                shown.append(prod[np.isfinite(prod) & (prod > 0)])
+        ax_sh.axhline(2.0, color="0.3", ls=":", lw=1.0, label="2 (stability limit)")
+        vals = np.concatenate(shown)
+        if vals.size:
+            ax_sh.set_ylim(min(vals.min(), 2.0) / 1.5, max(vals.max(), 2.0) * 1.5)
         ax_sh.set(
             yscale="log",
             xlabel="step",
-            ylabel=r"sharpness $\lambda_{max}(H)$",
-            title="C7: sharpness, SGD at the edge, He init",
+            ylabel=r"lr(t) $\times$ sharpness $\lambda_{max}(H)$",
+            title="C7: SGD at the warm-up edge, first steps",
         )
         ax_sh.legend(fontsize=5.5)
 
@@ -639,9 +664,27 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
         c7 = "nuanced"
     else:
         c7 = "contradicted"
-    sh0 = [_num(v) for v in n["sharpness_w0_median"]]
-    shw = [_num(v) for v in n[f"sharpness_w{w}_median"]]
     steps_sh = n["sharpness_steps"]
+    sharp_parts, sharp_cited = [], []
+    for init in ("he", "large"):
+        gain = 1.0 if init == "he" else cfg["large_gain"]
+        lr_s = n[f"sharpness_{init}_lr"]
+        sh0 = [_num(v) for v in n[f"sharpness_{init}_w0_median"]]
+        shw = [_num(v) for v in n[f"sharpness_{init}_w{w}_median"]]
+        mid = len(steps_sh) // 2
+        sharp_parts.append(
+            f"g={gain:g}, lr {lr_s:g} (2/lr = {2 / lr_s:.3g}): "
+            f"{_fmt(sh0[0])}/{_fmt(sh0[mid])}/{_fmt(sh0[-1])} without warm-up, "
+            f"{_fmt(shw[0])}/{_fmt(shw[mid])}/{_fmt(shw[-1])} with it, below half its initial "
+            f"value from step {_half_step(steps_sh, sh0)} vs {_half_step(steps_sh, shw)}"
+        )
+        sharp_cited += [
+            f"sharpness_{init}_lr",
+            f"sharpness_{init}_w0_median",
+            f"sharpness_{init}_w{w}_median",
+            f"sharpness_{init}_w0_lr_times_median",
+            f"sharpness_{init}_w{w}_lr_times_median",
+        ]
     out.append(
         {
             "claim": "C7",
@@ -651,16 +694,11 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
                 f"training loss below {cfg['trained_loss']:g} nats, without -> with a {w}-step "
                 "warm-up (95% bootstrap interval over seeds): "
                 + "; ".join(parts)
-                + f". Warm-up raises the edge in {raised} of {len(gains)} cases. Sharpness "
-                f"(top Hessian eigenvalue, SGD, He init, lr {n['sharpness_lr']:g}) at steps "
-                f"{steps_sh[0]}/{steps_sh[len(steps_sh) // 2]}/{steps_sh[-1]}: "
-                f"{sh0[0]:.3g}/{sh0[len(sh0) // 2]:.3g}/{sh0[-1]:.3g} without warm-up, "
-                f"{shw[0]:.3g}/{shw[len(shw) // 2]:.3g}/{shw[-1]:.3g} with it "
-                f"(2/lr = {2 / n['sharpness_lr']:.3g}); it first falls below half its initial "
-                f"value at step {_half_step(steps_sh, sh0)} without warm-up and at step "
-                f"{_half_step(steps_sh, shw)} with it."
+                + f". Warm-up raises the edge in {raised} of {len(gains)} cases. Sharpness (top "
+                f"Hessian eigenvalue) of SGD at the warm-up edge, steps {steps_sh[0]}/"
+                f"{steps_sh[len(steps_sh) // 2]}/{steps_sh[-1]}: " + "; ".join(sharp_parts) + "."
             ),
-            "numbers": sorted(set(cited)) + ["sharpness_w0_median", f"sharpness_w{w}_median"],
+            "numbers": sorted(set(cited)) + ["sharpness_steps", *sharp_cited],
         }
     )
     # C9: L1/L2 correct exploded weights (Adam: coupled L2, decoupled AdamW decay, L1).
