@@ -29,12 +29,13 @@ variation of the log training loss over the warm-up window, smoothed over a few 
 (sum |diff m| - |m_N - m_0|; 0 for a monotone curve, inf if the run diverges in the window).
 Sharpness: the top eigenvalue of the Hessian of the loss on a fixed subset of the training
 set, by Lanczos on Hessian-vector products (gradjax.hessian), every few steps of SGD from He
-init at the edge rate with warm-up, without and with warm-up; 2/lr is the stability limit of
-gradient descent on a quadratic. C9: Adam from the exploded init (largest g, clipped so runs
-stay finite): no penalty, coupled L2 (lambda w added to the gradient before Adam), decoupled
-decay (AdamW: lambda w added after Adam's scaling) and L1 (lambda sign(w)); total weight norm
-over steps. Statistics over seeds: median and interquartile range. Minibatch order and initial
-draws are shared across settings (common random numbers)."""
+and from the large init, each at its edge with warm-up, without and with warm-up; shown as
+lr(t) x sharpness, since gradient descent on a quadratic is stable while that is below 2.
+C9: Adam from the exploded init (largest g, clipped so runs stay finite): no penalty,
+coupled L2 (lambda w added to the gradient before Adam), decoupled decay (AdamW: lambda w
+added after Adam's scaling) and L1 (lambda sign(w)); total weight norm over steps.
+Statistics over seeds: median and interquartile range. Minibatch order and initial draws are
+shared across settings (common random numbers)."""
 
 
 def config(quick: bool) -> dict:
