@@ -91,6 +91,16 @@ def bad_inputs() -> list[tuple[str, list[str]]]:
         ("diagnose", ["--example", "cnn_digits", "--sigma-w", "2"]),
         ("diagnose", ["--width", "1000000"]),
     ]
+    # A user's model factory (MODULE:FACTORY): missing, malformed, or not a factory.
+    for verb in ("sweep", "diagnose"):
+        cases += [
+            (verb, ["--model", "no_such_module_here:make"]),
+            (verb, ["--model", "json"]),
+            (verb, ["--model", "json:no_such_factory"]),
+            (verb, ["--model", "json:dumps"]),
+            (verb, ["--model", ":"]),
+        ]
+    cases += [("diagnose", ["--model", "json:dumps", "--example", "cnn_digits"])]
     cases += [("theory", [f"{flag}={v}"]) for flag in ("--sigma-b2", "--sigma-w2") for v in REALS]
     cases += [("theory", ["--activation", "sigmod"])]
     cases += [
