@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -454,3 +455,26 @@ def test_cli_long_run_reports_progress_without_a_bar(tmp_path, capsys, monkeypat
     flops = 3 * 2 * 16 * (64 * 8 + 8 * 8 + 8 * 10) * 2  # 3x forward matmuls, 2 seeds
     assert err[0].startswith(f"gradjax train: 3 steps x {flops:.3g} FLOP per step")
     assert err[1:] == [f"gradjax train: step {k}/3" for k in (1, 2, 3)]
+
+
+def test_save_is_atomic_and_meta_is_standard_json(result, tmp_path, monkeypatch):
+    out = result.save(tmp_path / "run")
+    # hyper holds clip = inf: meta.json is standard JSON ("inf"), not a bare Infinity.
+    meta = _strict_json((out / "meta.json").read_text())
+    assert meta["hyper"]["clip"] == ["inf", "inf", 0.01]
+    before = (out / "history.npz").read_bytes()
+
+    def broken_savez(file, **arrays):
+        # A writer killed half-way, whether given an open file or the target's path.
+        if isinstance(file, (str, Path)):
+            Path(file).write_bytes(b"PK\x03\x04 half a zip")
+        else:
+            file.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        result.save(out)
+    # The previous file is intact and no temporary file is left behind.
+    assert (out / "history.npz").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["history.npz", "meta.json"]
