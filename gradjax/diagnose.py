@@ -8,10 +8,12 @@ the shapes so that a second call reuses it:
   blocks, residual blocks, the layers of an ``nn.scan`` stack), captured without any change
   to the model's code,
 * the gradient norm of every parameter leaf and module group (one per layer for a stack),
-* the global gradient norm of ``microbatches`` independent slices of the batch: the
-  observed distribution a clipping threshold is read from,
+* the global gradient norm of ``microbatches`` slices of the batch (each slice's share of
+  the full-batch gradient, times ``n / size``: for a mean loss without batch coupling the
+  gradient of that slice alone), through the same compiled program: the observed
+  distribution a clipping threshold is read from,
 * whether the blocks are residual: with every kernel inside the blocks set to zero, does the
-  first block's output still reach the model's output?
+  first block's output still reach the loss? (two more runs of the same program)
 
 Verdicts come only from gradient flow, the series ``||dL/da_l||``. It is split into at most
 three contiguous regions (input, middle, output); each region's geometric-mean norm is
@@ -935,7 +937,8 @@ def diagnose(
       layers: optional per-example layer maps ``a_{l-1} -> a_l`` applied in sequence from one
         input; each gets an exact Jacobian spectrum.
       layer_names: names for ``layers`` (default ``"1"``, ``"2"``, ...).
-      microbatches: slices of the batch whose global norms form the observed distribution.
+      microbatches: slices of the batch whose global norms form the observed distribution
+        (one more run of the compiled gradient program per slice).
       norm_history: optional :class:`gradjax.NormHistory` (or array of global norms)
         from training; the clip threshold and warm-up advice then come from it.
       thresholds: verdict thresholds (default :class:`Thresholds`).
