@@ -142,9 +142,7 @@ BAD = {
         NET, jax.random.key(0), batch=0
     ),
     "critical_point_q_neg": lambda: gj.isometry.critical_point("tanh", q_star=-1.0),
-    "derivative_moments_points_0": lambda: gj.isometry.derivative_moments(
-        "tanh", q_star=1.0, points=0
-    ),
+    "derivative_moments_q_nan": lambda: gj.isometry.derivative_moments("tanh", q_star=float("nan")),
     "isometry_prediction_ensemble": lambda: gj.isometry.isometry_prediction(
         "tanh", q_star=1.0, ensemble="unitary", depth=2
     ),
