@@ -817,9 +817,9 @@ def sweepable(
       >>> x = jnp.ones((4, 3)); y = jnp.zeros((4, 1))
       >>> net = gj.boundary.sweepable(model, model.init(jax.random.key(0), x), x)
       >>> probe = gj.boundary.block_gradient_probe(net, (x, y), "mse")
-      >>> res = gj.sweep(net, probe, seeds=2, sigma_w=[0.5, 2.0])
-      >>> res.data["block_grad_norms"].shape
-      (2, 2, 2)
+      >>> res = gj.sweep(net, probe, seeds=2, sigma_w=[0.5, 2.0], progress=False)
+      >>> res.data["block_grad_norms"].shape  # (seed, sigma_w, block): the three Dense
+      (2, 2, 3)
     """
     boundary = wrap(model, params, **wrap_kwargs)
     linen_init = None
