@@ -40,7 +40,7 @@ def config(quick: bool) -> dict:
         "depth": 24 if quick else 50,
         "width": 128 if quick else 256,
         "batch": 8 if quick else 16,
-        "seeds": 2 if quick else 6,
+        "seeds": 2 if quick else 4,
         "sigma_w": float(np.sqrt(2.0)),
         "baseline_sigma_w": 1.0,
         "norms": ["batch", "layer"],
