@@ -199,6 +199,8 @@ class _Model:
     layers: tuple[str, ...]
     dtype: Any
     describe: dict = dataclasses.field(default_factory=dict)
+    param_bytes: int = 0
+    weight_entries: int = 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -309,6 +311,7 @@ def _user_model(model: Any, example: jax.Array) -> _Model:
             f"{MODEL_KINDS} that maps inputs of shape {tuple(example.shape)} to outputs "
             f"({type(err).__name__}: {first})",
         ) from None
+    shapes = jax.tree.leaves(params)
     slices = [s for s in layer_slices(params) if s.ndim >= 2]
     groups = sorted({s.group for s in slices}, key=natural_key)
     if not groups:
@@ -333,6 +336,10 @@ def _user_model(model: Any, example: jax.Array) -> _Model:
         layers=tuple(groups),
         dtype=out.dtype,
         describe={"kind": kind, **describe, "output_shape": list(out.shape)},
+        param_bytes=sum(leaf.size * leaf.dtype.itemsize for leaf in shapes),
+        weight_entries=sum(
+            math.prod(shapes[s.index].shape[0 if s.layer is None else 1 :]) for s in slices
+        ),
     )
     _USER_MODELS[cache_key] = (model, adapter)
     return adapter
@@ -767,8 +774,7 @@ def train(
             n_hyper = next(iter(lead))[0]  # the params alone set the hyper axis
         if lead != {(n_hyper, seeds)}:
             raise invalid("params leading axes", sorted(lead), f"({n_hyper}, {seeds})")
-    if isinstance(net, Net):
-        check_fits(net, data, tcfg, seeds=seeds, n_hyper=n_hyper)
+    check_fits(net, data, tcfg, seeds=seeds, n_hyper=n_hyper)
     steps = tcfg.steps
     if segments is None:
         segments = 10 if progress else 1
@@ -952,12 +958,17 @@ class TrainCost(NamedTuple):
 
 
 def estimate(
-    net: Net, data: Dataset, tcfg: TrainConfig, *, seeds: int, n_hyper: int = 1
+    net: Net | Any, data: Dataset, tcfg: TrainConfig, *, seeds: int, n_hyper: int = 1
 ) -> TrainCost:
-    """The :class:`TrainCost` of :func:`train` on a gradjax net (see :mod:`gradjax.cost`).
+    """The :class:`TrainCost` of :func:`train` (see :mod:`gradjax.cost`).
+
+    For gradjax's nets it counts parameters, gradients, optimiser slots and the activations
+    the backward pass keeps; for a user's model (see :func:`train`) the parameters, gradients
+    and optimiser slots only (its activations are not known up front), and FLOPs as dense
+    layers (``6 x batch x`` weight entries; convolutions do more).
 
     Args:
-      net: the network.
+      net: the model, as :func:`train` takes it.
       data: the data set.
       tcfg: the training configuration.
       seeds: number of seeds.
@@ -971,31 +982,46 @@ def estimate(
     runs = seeds * n_hyper
     batch = data.n_train if tcfg.batch_size is None else min(tcfg.batch_size, data.n_train)
     slots = {"sgd": 0, "momentum": 1}.get(tcfg.optimizer, 2)
-    one = cost.network_cost(
-        width=net.cfg.width,
-        depth=net.cfg.depth,
-        batch=batch,
-        dtype=net.cfg.dtype,
-        input_dim=net.cfg.input_dim,
-        out_dim=net.cfg.out_dim,
-        optimizer_slots=slots,
-    )
-    item = np.dtype(net.cfg.dtype).itemsize
+    if isinstance(net, Net):
+        one = cost.network_cost(
+            width=net.cfg.width,
+            depth=net.cfg.depth,
+            batch=batch,
+            dtype=net.cfg.dtype,
+            input_dim=net.cfg.input_dim,
+            out_dim=net.cfg.out_dim,
+            optimizer_slots=slots,
+        )
+        step_bytes, flops, layers = one.step_bytes, one.flops, net.cfg.depth
+        item = np.dtype(net.cfg.dtype).itemsize
+    else:
+        model = _user_model(net, data.x_train[:1])
+        step_bytes = model.param_bytes * (2 + slots)
+        flops = 6 * batch * model.weight_entries
+        layers, item = len(model.layers), np.dtype(model.dtype).itemsize
     # Per step and run: loss, update norm, learning rate, alive, and two per-layer norms.
-    records = runs * tcfg.steps * (2 * net.cfg.depth + 4) * item
+    records = runs * tcfg.steps * (2 * layers + 4) * item
     indices = seeds * tcfg.steps * batch * 4
     data_bytes = sum(int(getattr(a, "nbytes", 0)) for a in jax.tree.leaves(data))
     # The records of all segments are concatenated at the end: twice their size at peak.
-    total = runs * one.step_bytes + indices + 2 * records + data_bytes
-    return TrainCost(
-        bytes=total, step_flops=runs * one.flops, steps=tcfg.steps, output_bytes=records
-    )
+    total = runs * step_bytes + indices + 2 * records + data_bytes
+    return TrainCost(bytes=total, step_flops=runs * flops, steps=tcfg.steps, output_bytes=records)
 
 
 def check_fits(
-    net: Net, data: Dataset, tcfg: TrainConfig, *, seeds: int, n_hyper: int = 1
+    net: Net | Any, data: Dataset, tcfg: TrainConfig, *, seeds: int, n_hyper: int = 1
 ) -> TrainCost:
     """Refuses a training call that cannot fit in memory; returns its :class:`TrainCost`.
+
+    Args:
+      net: the model, as :func:`train` takes it.
+      data: the data set.
+      tcfg: the training configuration.
+      seeds: number of seeds.
+      n_hyper: length of the hyper axis.
+
+    Returns:
+      The estimate (see :func:`estimate`).
 
     Raises:
       GradjaxInputError: naming the sizes, what they need and the limit.
@@ -1003,8 +1029,13 @@ def check_fits(
     from gradjax import cost
 
     est = estimate(net, data, tcfg, seeds=seeds, n_hyper=n_hyper)
+    size = (
+        f"depth={net.cfg.depth}, width={net.cfg.width}"
+        if isinstance(net, Net)
+        else f"model={type(net).__name__}"
+    )
     what = (
-        f"steps={tcfg.steps}, depth={net.cfg.depth}, width={net.cfg.width}, seeds={seeds}"
+        f"steps={tcfg.steps}, {size}, seeds={seeds}"
         + (f", hyper values={n_hyper}" if n_hyper > 1 else "")
         + ": training"
     )

@@ -478,3 +478,32 @@ def test_save_is_atomic_and_meta_is_standard_json(result, tmp_path, monkeypatch)
     # The previous file is intact and no temporary file is left behind.
     assert (out / "history.npz").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["history.npz", "meta.json"]
+
+
+def test_user_models_that_cannot_train_are_refused_up_front():
+    import flax.linen as nn
+
+    class WithBatchNorm(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(nn.BatchNorm(use_running_average=False)(x))
+
+    class Wide(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(nn.Dense(200_000)(x))
+
+    short = TCFG.replace(steps=2, warmup_steps=0)
+    with pytest.raises(GradjaxInputError, match="model=.*batch_stats"):
+        gtrain.train(WithBatchNorm(), DATA, short, seeds=1)
+    wrong = (lambda k: {"w": jnp.zeros((64, 3))}, lambda p, x: x @ p["w"])
+    with pytest.raises(GradjaxInputError, match="model output size=3"):
+        gtrain.train(wrong, DATA, short, seeds=1)
+    # 200,000 x 74 float32 weights x (params, gradient, two Adam slots) x 10^4 seeds:
+    # 2.2 TB, refused from shapes alone (nothing is drawn or compiled).
+    est = gtrain.estimate(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
+    weights = 200_000 * 64 + 200_000 * 10
+    assert est.bytes > 10_000 * 4 * 4 * weights
+    assert est.step_flops == 10_000 * 6 * 32 * weights
+    with pytest.raises(GradjaxInputError, match="model=Wide, seeds=10000: training needs"):
+        gtrain.train(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
