@@ -485,7 +485,9 @@ def _mean_field_point(act, sw2, sb2, max_iter) -> MeanField:
     cfp = _solve_fixed_point(
         fmap,
         slope,
-        jnp.asarray(0.5, q.dtype),
+        # Without a signal (q* = 0) there is no correlation to find: start on the fixed
+        # point c = 1 so that this lane does not hold a vmapped grid's loop.
+        jnp.where(positive, 0.5, 1.0).astype(q.dtype),
         lower=-1.0,
         upper=1.0,
         cap=math.inf,
