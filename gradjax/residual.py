@@ -52,9 +52,9 @@ from gradjax import layout
 from gradjax.activations import derivative, get_activation
 from gradjax.config import RESIDUAL_KINDS, NetConfig
 from gradjax.errors import check_choice, check_int, check_real, invalid
+from gradjax.gaussian import gaussian_expectation
 from gradjax.gradients import LossFn, get_loss, layer_gradients
 from gradjax.models import Net, Params
-from gradjax.normalization import gaussian_expectation
 from gradjax.results import pytree_dataclass, static_field
 
 # ---------------------------------------------------------------- theory
