@@ -465,6 +465,11 @@ def plot(cfg: dict, result: dict):
                 prod = a[f"sharpness_{init}_w{ww}.top"] * a[f"sharpness_{init}_w{ww}.lr"][None]
                 label = f"$g$={gain:g}, lr {lr_s:g}, {'warm-up' if ww else 'no warm-up'}"
                 band(ax_sh, sh_steps, prod, color=col, linestyle=ls, label=label, positive=True)
+                # Markers too: a run that diverges after its first snapshot has no line.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    med = np.nanmedian(np.where(prod > 0, prod, np.nan), axis=0)
+                ax_sh.plot(sh_steps, med, color=col, ls="none", marker="o" if ww else "s", ms=3)
                 shown.append(prod[np.isfinite(prod) & (prod > 0)])
         ax_sh.axhline(2.0, color="0.3", ls=":", lw=1.0, label="2 (stability limit)")
         vals = np.concatenate(shown)
