@@ -507,3 +507,18 @@ def test_user_models_that_cannot_train_are_refused_up_front():
     assert est.step_flops == 10_000 * 6 * 32 * weights
     with pytest.raises(GradjaxInputError, match="model=Wide, seeds=10000: training needs"):
         gtrain.train(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
+
+
+def test_an_nnx_module_instance_is_every_seed_s_starting_point():
+    from flax import nnx
+
+    module = _nnx_mlp_class()(rngs=nnx.Rngs(3))
+    short = TCFG.replace(steps=2, warmup_steps=0)
+    res = gtrain.train(module, DATA, short, seeds=2, devices=1)
+    expected = [np.linalg.norm(np.asarray(module.first.kernel[...]))]
+    expected.append(np.linalg.norm(np.asarray(module.second.kernel[...])))
+    for s in range(2):
+        np.testing.assert_allclose(res.history.initial_weight_norms[0, s], expected, rtol=1e-6)
+    # The seeds differ in their minibatches only, so their first losses differ.
+    assert res.history.loss[0, 0, 0] != res.history.loss[0, 1, 0]
+    assert json.loads(res.meta)["net"]["initial_params"] == "the module's own"
