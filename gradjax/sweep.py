@@ -119,11 +119,6 @@ def leaf_names(tree: Any) -> list[str]:
 # condition numbers.
 
 
-def accepts_lazy_scales(probe: Probe) -> bool:
-    """Whether ``probe`` works on lazily scaled parameters (its ``lazy_scales`` field)."""
-    return as_probe(probe).lazy_scales
-
-
 def _tile_body(net: Any, probe: Probe) -> Callable:
     """``(seed key data (S,), sigma_w (S, P), sigma_b (S, P)) -> pytree, leading (S, P)``.
 
@@ -424,21 +419,29 @@ def sweep(
         done = (
             store.finished(ranges, names, buffers) if store is not None else [False] * len(ranges)
         )
+        # A callback hears of chunks; the bar counts tiles, so one long chunk shows progress.
+        per_chunk = callable(progress) and not isinstance(progress, bool)
+        tiles_in = [(s1 - s0) * math.ceil((p1 - p0) / tile) for s0, s1, p0, p1 in ranges]
+        total = len(ranges) if per_chunk else sum(tiles_in)
+        unit = "chunk" if per_chunk else "tile"
         # gradjax's BLAS thread rule (gradjax.threads) holds until every chunk is on the host.
         with (
             threads.batched_lapack(),
-            _devices.Progress(progress, len(ranges), desc="sweep", unit="chunk") as bar,
+            _devices.Progress(progress, total, desc="sweep", unit=unit) as bar,
         ):
+            count = 0
             for index, (bounds, finished) in enumerate(zip(ranges, done, strict=True)):
                 leaves = store.load(bounds, names, buffers) if finished else None
                 if leaves is None:
-                    leaves = runner(bounds, grid.sigma_w, grid.sigma_b)
+                    on_tiles = None if per_chunk else (lambda n, c=count: bar.update(c + n))
+                    leaves = runner(bounds, grid.sigma_w, grid.sigma_b, on_tiles=on_tiles)
                     if store is not None:
                         store.save(bounds, names, leaves)
                 s0, s1, p0, p1 = bounds
                 for buf, leaf in zip(buffers, leaves, strict=True):
                     buf[s0:s1, p0:p1] = leaf
-                bar.update(index + 1)
+                count += tiles_in[index]
+                bar.update(index + 1 if per_chunk else count)
 
         grid_shape = tuple(len(grid.coords[a]) for a in grid.axes[1:])
         data = {
@@ -642,7 +645,8 @@ class _Runner:
             out = self.sharded.finalize(out)
         return [_devices.to_host(x) for x in jax.tree.leaves(out)]
 
-    def __call__(self, bounds, sigma_w: np.ndarray, sigma_b: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, bounds, sigma_w, sigma_b, *, on_tiles=None) -> list[np.ndarray]:
+        """The chunk's leaves; ``on_tiles(n)`` is told after each group that ``n`` are done."""
         s0, s1, p0, p1 = bounds
         tiles = [
             (s, q, min(q + self.tile, p1)) for s in range(s0, s1) for q in range(p0, p1, self.tile)
@@ -665,6 +669,8 @@ class _Runner:
             for i, (s, a, b) in enumerate(group):
                 for leaf, x in zip(leaves, out, strict=True):
                     leaf[s - s0, a - p0 : b - p0] = x[i, : b - a]
+            if on_tiles is not None:
+                on_tiles(g + len(group))
         return leaves
 
 
