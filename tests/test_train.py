@@ -383,6 +383,8 @@ def _one_line_refusal(capsys, code, *fragments):
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
+        # Names come from the library's tables, refused in the one-line format.
+        (["--optimizer", "adamx"], ["--optimizer='adamx' is invalid: expected one of", "adamw"]),
         # Was an OverflowError traceback from jax.random.key.
         (["--seed", "99999999999999999999"], ["--seed", "9223372036854775807"]),
         # Was a silent hang: 10^9 steps of records cannot fit, refused before any work.

@@ -70,6 +70,19 @@ class _Table(Sequence):
     def __contains__(self, value: object) -> bool:
         return value in self._names()
 
+    def parse(self, text: str) -> str:
+        """argparse type: one of the table's names, refused in the one-line format."""
+        if text not in self:
+            allowed = "one of " + ", ".join(self)
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected {allowed}")
+        return text
+
+
+def _choices(module: str, name: str) -> dict:
+    """``add_argument`` keywords for a flag whose values are the names of a library table."""
+    table = _Table(module, name)
+    return {"choices": table, "type": table.parse}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -83,22 +96,22 @@ def add_parser(sub) -> None:
         "directory holding a sweep or a different training run is refused.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    acts = _Table("gradjax.activations", "ACTIVATIONS")
-    p.add_argument("--activation", default="relu", choices=acts, help="activation")
+    acts = _choices("gradjax.activations", "ACTIVATIONS")
+    p.add_argument("--activation", default="relu", **acts, help="activation")
     p.add_argument(
-        "--init", default="he", choices=_Table("gradjax.config", "INIT_KINDS"), help="weight init"
+        "--init", default="he", **_choices("gradjax.config", "INIT_KINDS"), help="weight init"
     )
     p.add_argument("--sigma-w", type=nonnegative_real, default=1.0, help="weight scale")
     p.add_argument("--depth", type=positive_int, default=20, help="blocks")
     p.add_argument("--width", type=positive_int, default=128, help="hidden width")
     p.add_argument("--seeds", type=positive_int, default=8, help="independent runs")
     p.add_argument(
-        "--dataset", default="digits", choices=_Table("gradjax.data", "DATASETS"), help="data"
+        "--dataset", default="digits", **_choices("gradjax.data", "DATASETS"), help="data"
     )
     p.add_argument(
         "--optimizer",
         default="sgd",
-        choices=_Table("gradjax.optim", "OPTIMIZERS"),
+        **_choices("gradjax.optim", "OPTIMIZERS"),
         help="optimiser (adamw: Adam with --weight-decay decoupled)",
     )
     p.add_argument("--lr", type=positive_real, default=0.01, help="peak learning rate")
