@@ -45,7 +45,7 @@ def compute(cfg: dict, progress) -> dict:
     import jax.numpy as jnp
 
     import gradjax as gj
-    from gradjax import train as gtrain
+    from gradjax.train import seed_quantiles, train
 
     data = gj.data.digits()
     inits = _available_inits()
@@ -80,7 +80,7 @@ def compute(cfg: dict, progress) -> dict:
             lambda *leaves: jnp.stack(leaves),
             *[jax.vmap(gj.build(base_cfg.replace(init=kind)).init)(keys) for kind in inits],
         )
-        res = gtrain.train(gj.build(base_cfg), data, tcfg, seeds=cfg["seeds"], key=0, params=params)
+        res = train(gj.build(base_cfg), data, tcfg, seeds=cfg["seeds"], key=0, params=params)
         h = res.history
         g = np.asarray(h.grad_norms, np.float64)
         for i, kind in enumerate(inits):
@@ -90,7 +90,7 @@ def compute(cfg: dict, progress) -> dict:
             acc = np.asarray(h.test.accuracy[i], np.float64)
             arrays[f"{name}.test_accuracy"] = acc
             diverged = np.asarray(h.first_nonfinite[i]) >= 0
-            q = gtrain.seed_quantiles(acc[None], axis=1)
+            q = seed_quantiles(acc[None], axis=1)
             numbers[f"{name}_test_acc_median"] = float(q.median[0])
             numbers[f"{name}_test_acc_iqr"] = [float(q.q25[0]), float(q.q75[0])]
             numbers[f"{name}_divergence_rate"] = float(np.mean(diverged))

@@ -136,3 +136,22 @@ def test_pyproject_packages_name_every_package_folder():
             found.add(".".join((package, *rel)))
     assert declared == found
     assert config["package-dir"] == {v: k for k, v in folders.items()}
+
+
+def test_no_code_reaches_an_entry_point_module_through_the_package_attribute():
+    # `from gradjax import train as t` and `import gradjax.train as t` give the function, not
+    # the module: `t.train_step` would fail. Such modules are imported as `from gradjax.train
+    # import ...`.
+    shadowed = r"(sweep|train|diagnose|monitor)"
+    pattern = re.compile(
+        rf"from gradjax import .*\b{shadowed} as (?!\1\b)\w+|import gradjax\.{shadowed} as"
+    )
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in _files()
+        if path.suffix == ".py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, found
+    assert pattern.search("    from gradjax import train as gtrain")  # the check can fail
