@@ -1034,11 +1034,8 @@ def check_fits(
         if isinstance(net, Net)
         else f"model={type(net).__name__}"
     )
-    what = (
-        f"steps={tcfg.steps}, {size}, seeds={seeds}"
-        + (f", hyper values={n_hyper}" if n_hyper > 1 else "")
-        + ": training"
-    )
+    hyper = f", hyper values={n_hyper}" if n_hyper > 1 else ""
+    what = f"training (steps={tcfg.steps}, {size}, seeds={seeds}{hyper})"
     cost.check_fits(what, est.bytes, cost.memory_limit_bytes(), unit="the whole run")
     return est
 

@@ -507,7 +507,8 @@ def test_user_models_that_cannot_train_are_refused_up_front():
     weights = 200_000 * 64 + 200_000 * 10
     assert est.bytes > 10_000 * 4 * 4 * weights
     assert est.step_flops == 10_000 * 6 * 32 * weights
-    with pytest.raises(GradjaxInputError, match="model=Wide, seeds=10000: training needs"):
+    refusal = r"training \(steps=2, model=Wide, seeds=10000\) needs"
+    with pytest.raises(GradjaxInputError, match=refusal):
         gtrain.train(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
 
 
