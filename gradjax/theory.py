@@ -615,7 +615,7 @@ class CriticalLine:
         ``chi1_above`` are chi_1 on its two sides.
       jump_sigma_w2: the sigma_w^2 of the jump (NaN without one).
       chi1_below: chi_1 just below the first upward passage of 1 (NaN without one).
-      chi1_above: chi_1 just above it.
+      chi1_above: chi_1 just above it (0.1% above a jump in sigma_w^2, on its diverging side).
     """
 
     sigma_b2: jax.Array
@@ -665,6 +665,9 @@ def _critical_fn(act: Activation, lo: float, hi: float, scan: int, steps: int):
         continuous = jnp.abs(above_chi - below_chi) <= _JUMP_TOL
         found = passes & continuous
         jump = passes & ~continuous
+        # Right at a jump the iteration from q0 may sit on the unstable fixed point that is
+        # about to cross q0; a step of 0.1% in sigma_w^2 beyond it shows the diverging side.
+        above_chi = jnp.where(jump, chi1_at(b + 1e-3, sb2), above_chi)
         where = jnp.exp(0.5 * (a + b))
         return CriticalLine(
             sigma_b2=sb2,

@@ -273,7 +273,8 @@ def test_gelu_diverging_q_star_is_a_jump_not_a_critical_point():
     assert np.isnan(np.asarray(line.sigma_w2)[0])
     assert _f(line.jump_sigma_w2[0]) == pytest.approx(2.2341, abs=2e-4)
     assert _f(line.chi1_below[0]) == pytest.approx(0.734, abs=2e-3)
-    assert _f(line.chi1_above[0]) > 1.0
+    # Above the jump the signal diverges and GELU acts as ReLU: chi_1 = sigma_w^2 / 2.
+    assert _f(line.chi1_above[0]) == pytest.approx(1.001 * 2.2341 / 2, rel=2e-4)
     # At sigma_b^2 = 0.3 the crossing is a true one: chi_1 is continuous through 1.
     assert bool(line.found[1]) and not bool(line.jump[1])
     mf = gj.mean_field("gelu", line.sigma_w2[1], 0.3)
@@ -350,6 +351,7 @@ def test_cli_reports_divergence_jumps_and_bad_input(capsys):
     # the option that exists (--sigma-w2), not a spurious critical point.
     assert cli_main(["theory", "--activation", "gelu"]) == 2
     err = capsys.readouterr().err
-    assert "jumps from 0.734" in err and "--sigma-w2" in err and "sigma_w2_max" not in err
+    assert "jumps from 0.7343 to 1.118" in err and "--sigma-w2" in err
+    assert "sigma_w2_max" not in err
     assert cli_main(["theory", "--sigma-b2", "-1"]) == 2
     assert "--sigma-b2" in capsys.readouterr().err
