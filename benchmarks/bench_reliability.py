@@ -40,6 +40,7 @@ from gradjax.benchmarks import harness
 NAME = "reliability"
 
 INTS = ["0", "-1", "1.5", "abc", "", "99999999999999999999"]
+SEEDS = ["-1", "1.5", "abc", "", "99999999999999999999", str(2**63)]  # 0 is a valid seed
 REALS = ["nan", "inf", "-1", "x"]
 GRIDS = ["-1,1", "nan", "inf", "1:2", "0:1:100000000", "a,b", "", "1:2:0", "1:2:x"]
 SWEEP_SMALL = ["--depth", "4", "--width", "8", "--seeds", "4", "--batch", "4"]
@@ -66,7 +67,8 @@ def bad_inputs() -> list[tuple[str, list[str]]]:
         ("sweep", ["--depth", "100000", "--width", "8"]),
         ("sweep", ["--seeds", "10000000", "--depth", "4", "--width", "8"]),
     ]
-    ints("train", ["--depth", "--width", "--seeds", "--steps", "--batch-size", "--seed"])
+    ints("train", ["--depth", "--width", "--seeds", "--steps", "--batch-size"])
+    ints("train", ["--seed"], SEEDS)
     ints("train", ["--warmup"], ["-1", "1.5", "abc", "99999999999999999999"])
     reals("train", ["--lr", "--sigma-w", "--clip", "--weight-decay", "--l1"])
     cases += [
@@ -77,7 +79,8 @@ def bad_inputs() -> list[tuple[str, list[str]]]:
         ("train", ["--steps", "1000000000", "--no-progress"]),
         ("train", ["--depth", "100000"]),
     ]
-    ints("diagnose", ["--depth", "--width", "--batch", "--seed"])
+    ints("diagnose", ["--depth", "--width", "--batch"])
+    ints("diagnose", ["--seed"], SEEDS)
     reals("diagnose", ["--sigma-w", "--sigma-b", "--lr"])
     cases += [
         ("diagnose", ["--activation", "sigmod"]),
