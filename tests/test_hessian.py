@@ -47,7 +47,7 @@ def test_sharpness_and_trace_match_dense_hessian(getkey, x64):
     loss, params = _mlp_loss(getkey())
     eig, trace, size = _dense(loss, params)
     assert 250 < size < 500
-    est = jax.jit(lambda p, k: hessian.hessian_estimates(loss, p, k, steps=40, probes=2000))(
+    est = jax.jit(lambda p, k: hessian.hessian_estimates(loss, p, k, steps=40, probes=16000))(
         params, getkey()
     )
     assert est.size == size
@@ -55,7 +55,8 @@ def test_sharpness_and_trace_match_dense_hessian(getkey, x64):
     assert float(est.top_eigenvalue) == pytest.approx(eig[-1], rel=0.02)
     assert float(est.top_eigenvalue) <= eig[-1] * (1 + 1e-10)
     assert abs(float(est.top_eigenvalue) - eig[-1]) <= float(est.top_error) + 1e-12
-    # Hutchinson: within 2%, and the stated standard error covers the actual error.
+    # Hutchinson: within 2% (16000 probes: a standard error of ~0.5% of the trace for this
+    # net), and the stated standard error covers the actual error.
     assert float(est.trace) == pytest.approx(trace, rel=0.02)
     assert abs(float(est.trace) - trace) < 4 * float(est.trace_stderr)
 
