@@ -11,7 +11,9 @@ else lives in a namespace, one per module: ``gj.theory``, ``gj.gaussian``, ``gj.
 ``gj.hessian``, ``gj.jacobians``, ``gj.gradients``, ``gj.signal``, ``gj.probes``,
 ``gj.optim``, ``gj.initializers``, ``gj.activations``, ``gj.config``, ``gj.layout``,
 ``gj.boundary``, ``gj.data``, ``gj.io``, ``gj.store``, ``gj.devices``, ``gj.distributed``,
-``gj.cost``, ``gj.threads``, ``gj.errors``, ``gj.plotting``.
+``gj.cost``, ``gj.threads``, ``gj.errors``, ``gj.plotting``, ``gj.models``, ``gj.lapack``, and
+the shared primitives ``gj.numerics`` (overflow-safe norms), ``gj.fitting`` (growth fits) and
+``gj.tree_paths`` (parameter path names).
 
 One rule for names: a module named after its entry point is reached through that entry
 point, so ``gj.sweep``, ``gj.train``, ``gj.diagnose`` and ``gj.monitor`` are functions (their
@@ -30,6 +32,7 @@ from gradjax import data as data
 from gradjax import devices as devices
 from gradjax import distributed as distributed
 from gradjax import errors as errors
+from gradjax import fitting as fitting
 from gradjax import gaussian as gaussian
 from gradjax import gradients as gradients
 from gradjax import hessian as hessian
@@ -37,10 +40,13 @@ from gradjax import initializers as initializers
 from gradjax import io as io
 from gradjax import isometry as isometry
 from gradjax import jacobians as jacobians
+from gradjax import lapack as lapack
 from gradjax import layout as layout
 from gradjax import lyapunov as lyapunov
 from gradjax import matrix_free as matrix_free
+from gradjax import models as models
 from gradjax import normalization as normalization
+from gradjax import numerics as numerics
 from gradjax import optim as optim
 from gradjax import plotting as plotting
 from gradjax import probes as probes
@@ -50,6 +56,7 @@ from gradjax import spectra as spectra
 from gradjax import store as store
 from gradjax import theory as theory
 from gradjax import threads as threads
+from gradjax import tree_paths as tree_paths
 from gradjax.activations import activation_names as activation_names
 from gradjax.activations import get_activation as get_activation
 
