@@ -5,6 +5,11 @@ seeds and over a zipped list of hyper-parameter values (the learning rate, clipp
 warm-up length, penalties, or the initial weight scale ``sigma_w``), so a whole experiment is
 one compiled call. Every step records the loss, per-layer gradient norms, per-layer weight
 norms (both overflow-safe, :mod:`gradjax.numerics`), the update norm and the learning rate.
+The model is one of gradjax's networks (the fast path: blocks read through
+:mod:`gradjax.layout`) or a user's Flax Linen module, NNX module or pure ``(init_fn,
+apply_fn)`` pair, whose records are one per module holding a weight matrix (see :func:`train`).
+:func:`check_fits` sizes a call before it runs, and :func:`check_output_dir` keeps a run from
+overwriting other results.
 
 A run that produces a non-finite block output, loss, gradient, update or weight is *diverged*
 from that step on: its parameters are frozen at the last finite values,
