@@ -16,11 +16,12 @@ their kin are at ``z = i pi (k + 1/2) / sqrt(q)``, on the imaginary axis).
 
 The rule (:func:`half_line_rule`) is therefore graded towards 0 on each half line: panels
 ``[0, a 2^-P], ..., [a/4, a/2], [a/2, a]`` (``a`` = :data:`PANEL_WIDTH`), then equal panels
-of width ``a`` up to :data:`Z_MAX`, each with ``n`` Gauss-Legendre nodes. A panel ``[b, 2b]`` sees the singularities near 0 at three half-widths
-from its centre, so its error falls as ``5.8^(-2n)`` whatever their distance to 0: one rule
-is exact to float64 round-off from ``q = 0`` to ``q ~ 1e10`` (the smallest panel), kinks at 0
-fall on a panel boundary, and the rule is symmetric, so odd integrands cancel exactly and a
-ReLU-type integral over ``z > 0`` gets exactly half the weight.
+of width ``a`` up to :data:`Z_MAX`, each with ``n`` Gauss-Legendre nodes. A panel ``[b, 2b]``
+sees the singularities near 0 at three half-widths from its centre, so its error falls as
+``5.8^(-2n)`` whatever their distance to 0: one rule is exact to float64 round-off from
+``q = 0`` to ``q ~ 1e10`` (the smallest panel), kinks at 0 fall on a panel boundary, and the
+rule is symmetric, so odd integrands cancel exactly and a ReLU-type integral over ``z > 0``
+gets exactly half the weight.
 
 In two dimensions the standard variables ``(z_1, z_2)`` with ``u_1 = s z_1`` and
 ``u_2 = s (c z_1 + sqrt(1 - c^2) z_2)`` (``s = sqrt(q)``) are taken in polar form ``r, theta``:
