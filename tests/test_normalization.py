@@ -37,7 +37,9 @@ def test_scale_invariance_is_exact_in_float64(x64, getkey, norm):
     x, y = _batch(getkey(), 6, 10, jnp.float64)
     cs = jnp.array([0.1, 7.3])
     # c traced under jit and vmap: one compilation for every scale.
-    f = jax.jit(jax.vmap(lambda c: gj.scale_invariance(net, params, x, y, layer=2, c=c)))
+    f = jax.jit(
+        jax.vmap(lambda c: gj.normalization.scale_invariance(net, params, x, y, layer=2, c=c))
+    )
     r = f(cs)
     assert r.batch_coupled
     assert float(r.jacobian_rel_change.max()) < 1e-10
@@ -50,7 +52,7 @@ def test_scale_invariance_is_exact_in_float64(x64, getkey, norm):
 def test_scale_invariance_is_violated_without_a_norm(getkey):
     x, y = _batch(getkey(), 8, 16)
     plain = gj.build(gj.NetConfig(depth=4, width=16))
-    r = gj.scale_invariance(plain, plain.init(getkey()), x, y, layer=1, c=3.0)
+    r = gj.normalization.scale_invariance(plain, plain.init(getkey()), x, y, layer=1, c=3.0)
     # Without a norm the block Jacobian scales with c (tanh saturates, so by less than 3x).
     assert float(r.jacobian_rel_change) > 0.3 and float(r.grad_rel_err) > 0.1
 
@@ -62,7 +64,7 @@ def test_batchnorm_output_has_zero_mean_unit_variance_per_feature(getkey):
     net = gj.build(gj.NetConfig(depth=5, width=24, activation="relu", norm="batch", sigma_b=1.0))
     params = net.init(getkey())
     x, _ = _batch(getkey(), 16, 24)
-    s = jax.jit(gj.norm_statistics, static_argnums=0)(net, params, x)
+    s = jax.jit(gj.normalization.norm_statistics, static_argnums=0)(net, params, x)
     assert s.axis == "batch" and s.mean.shape == (5, 24)
     np.testing.assert_allclose(s.mean, 0.0, atol=2e-6)
     # Independent: u = (z - mean) / sqrt(var + eps) has variance var / (var + eps) exactly.
@@ -86,15 +88,17 @@ def test_gaussian_expectation_matches_moments():
 def test_bn_rate_linear_is_the_closed_form(b):
     # Yang et al. (2019): a linear BatchNorm network's gradients explode at (B-2)/(B-3).
     # Every Monte Carlo draw gives tr(P) = B - 2 and v = 1, so this is exact to rounding.
-    rate = gj.bn_gradient_rate("linear", batch_size=b, samples=256)
+    rate = gj.normalization.bn_gradient_rate("linear", batch_size=b, samples=256)
     np.testing.assert_allclose(float(rate), (b - 2) / (b - 3), rtol=1e-5)
 
 
 def test_bn_rate_relu_large_batch_is_pi_over_pi_minus_one():
     # Yang et al. (2019): ReLU BatchNorm networks explode at pi / (pi - 1) for large batches.
-    np.testing.assert_allclose(float(gj.bn_gradient_rate("relu")), np.pi / (np.pi - 1), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(gj.normalization.bn_gradient_rate("relu")), np.pi / (np.pi - 1), rtol=1e-5
+    )
     # The finite-batch Monte Carlo converges to it; the gap is O(1/B).
-    big = gj.bn_gradient_rate("relu", batch_size=1024, samples=4096)
+    big = gj.normalization.bn_gradient_rate("relu", batch_size=1024, samples=4096)
     np.testing.assert_allclose(float(big), np.pi / (np.pi - 1), rtol=5e-3)
 
 
@@ -114,21 +118,23 @@ def test_bn_rate_finite_batch_matches_explicit_matrices():
     a = np.tanh(u)
     v = ((a - a.mean(1, keepdims=True)) ** 2).mean(1)
     expected = tr.mean() / ((b - 3) * v.mean())
-    got = float(gj.bn_gradient_rate("tanh", batch_size=b, samples=1 << 16))
+    got = float(gj.normalization.bn_gradient_rate("tanh", batch_size=b, samples=1 << 16))
     np.testing.assert_allclose(got, expected, rtol=1e-2)
 
 
 def test_ln_rate_matches_scipy_quadrature():
-    np.testing.assert_allclose(float(gj.ln_gradient_rate("linear")), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(float(gj.ln_gradient_rate("relu")), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(gj.normalization.ln_gradient_rate("linear")), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(gj.normalization.ln_gradient_rate("relu")), 1.0, rtol=1e-6)
     dens = lambda t: np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
     num = integrate.quad(lambda t: (1 - np.tanh(t) ** 2) ** 2 * dens(t), -40, 40)[0]
     den = integrate.quad(lambda t: np.tanh(t) ** 2 * dens(t), -40, 40)[0]
-    np.testing.assert_allclose(float(gj.ln_gradient_rate("tanh")), num / den, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(gj.normalization.ln_gradient_rate("tanh")), num / den, rtol=1e-5
+    )
 
 
 def test_rate_table_covers_every_activation():
-    t = gj.rate_table(batch_sizes=(8,), samples=2048)
+    t = gj.normalization.rate_table(batch_sizes=(8,), samples=2048)
     assert t.activations == gj.activation_names()
     assert t.batch_norm.shape == (len(t.activations), 1)
     # BatchNorm explodes for every activation of the table at finite batch (Yang et al. 2019).
@@ -146,8 +152,8 @@ def test_measured_bn_growth_matches_the_derived_rate(getkey):
     # O(1/N); seeds are averaged in log space).
     activation, batch, tol = "relu", 32, 0.04
     net = gj.build(gj.NetConfig(depth=50, width=256, activation=activation, norm="batch"))
-    m = gj.norm_gradient_growth(net, getkey(), batch=batch, seeds=2)
-    theory = float(gj.bn_gradient_rate(activation, batch_size=batch))
+    m = gj.normalization.norm_gradient_growth(net, getkey(), batch=batch, seeds=2)
+    theory = float(gj.normalization.bn_gradient_rate(activation, batch_size=batch))
     assert m.activations.shape == (2, 50)
     np.testing.assert_allclose(float(m.fit.rate), theory, rtol=tol)
 
@@ -155,7 +161,7 @@ def test_measured_bn_growth_matches_the_derived_rate(getkey):
 def test_fit_layer_growth_recovers_a_geometric_profile():
     layers = np.arange(40)
     norms = np.sqrt(1.3 ** (40 - layers))  # ||g_l||^2 grows by 1.3 per layer towards l = 0
-    fit = gj.fit_layer_growth(jnp.asarray(np.stack([norms, 2 * norms])))
+    fit = gj.normalization.fit_layer_growth(jnp.asarray(np.stack([norms, 2 * norms])))
     np.testing.assert_allclose(float(fit.rate), 1.3, rtol=1e-5)
     assert (fit.first, fit.last) == (8, 32)
 
@@ -166,7 +172,7 @@ def test_fit_layer_growth_recovers_a_geometric_profile():
 def test_bad_inputs_raise_clear_errors(getkey):
     net = gj.build(gj.NetConfig(depth=3, width=8, norm="batch"))
     with pytest.raises(gj.GradjaxInputError, match="batch"):
-        gj.norm_gradient_growth(net, getkey(), batch=1)
+        gj.normalization.norm_gradient_growth(net, getkey(), batch=1)
     with pytest.raises(gj.GradjaxInputError, match="at least 2"):
         net.apply(None, jnp.ones((1, 8)))  # rejected before any parameter is read
     with pytest.raises(gj.GradjaxInputError, match="norm"):
@@ -176,12 +182,16 @@ def test_bad_inputs_raise_clear_errors(getkey):
     with pytest.raises(gj.GradjaxInputError, match="residual_alpha"):
         gj.NetConfig(depth=3, width=8, residual="scaled", residual_alpha=-0.5)
     with pytest.raises(gj.GradjaxInputError, match="batch_size"):
-        gj.bn_gradient_rate("relu", batch_size=1)
+        gj.normalization.bn_gradient_rate("relu", batch_size=1)
     with pytest.raises(gj.GradjaxInputError, match="c="):
-        gj.scale_invariance(net, None, jnp.ones((4, 8)), jnp.ones((4, 1)), layer=1, c=-2.0)
+        gj.normalization.scale_invariance(
+            net, None, jnp.ones((4, 8)), jnp.ones((4, 1)), layer=1, c=-2.0
+        )
     with pytest.raises(gj.GradjaxInputError, match="index"):
-        gj.scale_block(net, None, layer=3, c=2.0)
+        gj.normalization.scale_block(net, None, layer=3, c=2.0)
     with pytest.raises(gj.GradjaxInputError, match="norm"):
-        gj.norm_statistics(gj.build(gj.NetConfig(depth=2, width=4)), None, jnp.ones((2, 4)))
+        gj.normalization.norm_statistics(
+            gj.build(gj.NetConfig(depth=2, width=4)), None, jnp.ones((2, 4))
+        )
     # B <= 3: the expected inverse batch variance diverges, so does the rate.
-    assert np.isinf(float(gj.bn_gradient_rate("tanh", batch_size=3)))
+    assert np.isinf(float(gj.normalization.bn_gradient_rate("tanh", batch_size=3)))
