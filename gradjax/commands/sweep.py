@@ -136,30 +136,21 @@ def run(args: argparse.Namespace) -> int:
     out = writable_dir(args.out)
 
     from gradjax import models, plotting, probes
-    from gradjax.sweep import sweep as _sweep
 
     if loaded is not None:
         return _sweep_model(args, loaded, sigma_w, sigma_b, out, created)
     net = models.build(cfg)
     probe = probes.layer_gradient_and_spectrum_probe(net, batch=args.batch)
-    try:
-        result = _sweep(
-            net,
-            probe,
-            seeds=args.seeds,
-            sigma_w=sigma_w,
-            sigma_b=sigma_b,
-            memory_budget_mb=args.memory_budget_mb,
-            progress=True,
-            probe_name=f"layer_gradient_and_spectrum_probe(batch={args.batch})",
-            devices=args.devices,
-            out_dir=out,
-        )
-    except GradjaxInputError as err:
-        if created and not any(out.iterdir()):
-            out.rmdir()  # refused before any work (e.g. a size that cannot fit): leave nothing
-        # The library names its arguments (out_dir, sigma_w); the error names the flags.
-        raise renamed_field(err, FLAGS) from None
+    result = _run_sweep(
+        args,
+        net,
+        probe,
+        f"layer_gradient_and_spectrum_probe(batch={args.batch})",
+        sigma_w,
+        sigma_b,
+        out,
+        created,
+    )
     import jax
 
     if jax.process_index() != 0:
@@ -181,30 +172,21 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
     import numpy as np
 
     from gradjax.boundary import block_gradient_probe, sweepable
-    from gradjax.errors import GradjaxInputError
     from gradjax.fitting import growth_per_layer
-    from gradjax.sweep import sweep as _sweep
 
     model, params, (x, y) = loaded
     net = sweepable(model, params, x)
     probe = block_gradient_probe(net, (x, y), args.loss)
-    try:
-        result = _sweep(
-            net,
-            probe,
-            seeds=args.seeds,
-            sigma_w=sigma_w,
-            sigma_b=sigma_b,
-            memory_budget_mb=args.memory_budget_mb,
-            progress=True,
-            probe_name=f"block_gradient_probe({args.model}, loss={args.loss})",
-            devices=args.devices,
-            out_dir=out,
-        )
-    except GradjaxInputError as err:
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise renamed_field(err, FLAGS) from None
+    result = _run_sweep(
+        args,
+        net,
+        probe,
+        f"block_gradient_probe({args.model}, loss={args.loss})",
+        sigma_w,
+        sigma_b,
+        out,
+        created,
+    )
     growth = growth_per_layer(np.asarray(result["block_grad_norms"]), axis=-1)
     mean = np.nanmean(growth.reshape(growth.shape[0], growth.shape[1], -1)[..., 0], axis=0)
     scales = np.asarray(result.coords["sigma_w"], np.float64)
@@ -239,3 +221,28 @@ def _median(values):
     import numpy as np
 
     return np.median(values.reshape(values.shape[0], values.shape[1], -1)[..., 0], axis=0)
+
+
+def _run_sweep(args, net, probe, probe_name, sigma_w, sigma_b, out, created):
+    """The library sweep with the command's settings; refusals name the flags, leave nothing."""
+    from gradjax.errors import GradjaxInputError
+    from gradjax.sweep import sweep as _sweep
+
+    try:
+        return _sweep(
+            net,
+            probe,
+            seeds=args.seeds,
+            sigma_w=sigma_w,
+            sigma_b=sigma_b,
+            memory_budget_mb=args.memory_budget_mb,
+            progress=True,
+            probe_name=probe_name,
+            devices=args.devices,
+            out_dir=out,
+        )
+    except GradjaxInputError as err:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # refused before any work (e.g. a size that cannot fit): leave nothing
+        # The library names its arguments (out_dir, sigma_w); the error names the flags.
+        raise renamed_field(err, FLAGS) from None
