@@ -338,8 +338,8 @@ def sweep(
         a single-process CPU run, whose several CPU devices would share the same cores), an
         int ``n`` for the first ``n`` devices, or an explicit sequence of devices. One device
         runs unsharded. Across hosts keep ``None`` (or a list holding devices of every
-        process). Several CPU devices in one process calling LAPACK at once (the SVD) can
-        deadlock in a multi-threaded OpenBLAS; set ``OPENBLAS_NUM_THREADS=1`` for that.
+        process). On a CPU the sweep runs its programs under
+        :func:`gradjax.threads.batched_lapack` (one BLAS thread per LAPACK call).
       out_dir: directory for resumable output (created if missing).
 
     Returns:
@@ -483,7 +483,7 @@ def _check_network_fits(net: Any, limit: int) -> None:
     if not isinstance(cfg, NetConfig):
         return
     params = cost.network_cost(
-        width=cfg.width, depth=cfg.depth, batch=1, dtype=net.dtype, input_dim=cfg.input_dim
+        width=cfg.width, depth=cfg.depth, batch=1, dtype=net.dtype, in_dim=cfg.input_dim
     ).param_bytes
     # The base draw and its rescaled copy.
     cost.check_fits(f"sweep of {_network_text(net)}: one network", 2 * params, limit)

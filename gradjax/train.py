@@ -993,7 +993,7 @@ def estimate(
             depth=net.cfg.depth,
             batch=batch,
             dtype=net.cfg.dtype,
-            input_dim=net.cfg.input_dim,
+            in_dim=net.cfg.input_dim,
             out_dim=net.cfg.out_dim,
             optimizer_slots=slots,
         )
