@@ -8,6 +8,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import itertools  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# The model zoo (`examples/`) is not part of the package; it is importable from the repository
+# root. Appended, not prepended: `gradjax` itself must still come from the installed package.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -12,8 +12,6 @@ from flax import nnx
 import gradjax as gj
 from gradjax.fitting import growth_rate
 
-pytest.importorskip("examples.resnet_bn_linen")
-
 
 def _norms(grads):
     return np.array([float(jnp.linalg.norm(jnp.ravel(g))) for g in grads])
