@@ -36,7 +36,9 @@ def _figures_seconds(only: list[str] | None) -> float:
         if only:
             cmd += ["--only", *only]
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        # cwd=out: from a source checkout `-m` would find the source tree's `gradjax`, which
+        # does not hold the installed `gradjax.paper_figs`.
+        done = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])

@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -99,7 +100,11 @@ def _time_split_over_cores(cfg: dict) -> dict:
     flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(flag))
     env["XLA_FLAGS"] = f"{flags} {flag}={os.cpu_count() or 1}".strip()
     cmd = [sys.executable, "-m", "gradjax.benchmarks.bench_training", "--child", json.dumps(cfg)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    # Started outside the working directory: from a source checkout, `-m` would otherwise find
+    # the source tree's `gradjax`, which does not hold the installed `gradjax.benchmarks`.
+    out = subprocess.run(
+        cmd, env=env, cwd=tempfile.gettempdir(), check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
