@@ -372,10 +372,10 @@ def sweep(
     leaves_shape = jax.tree.leaves(out_shape)
     point_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves_shape)
     cost.check_fits(
-        f"seeds={n_seed} x {n_scale} grid points: the results",
+        f"seeds={n_seed} x {n_scale} grid points: the output",
         n_seed * n_scale * point_bytes,
         cost.host_memory_bytes() // 2,
-        unit="the sweep",
+        unit="the whole sweep (limit: half the host memory)",
     )
     probe_label = probe_name or getattr(probe.per_network, "__qualname__", "probe")
     root = jax.random.key(key)
