@@ -553,17 +553,33 @@ def _function(fn: Callable[..., Any], params: Any, perturbations: Any) -> Bounda
     return b
 
 
-def _first_reads(fn: Callable[[Any], Any], template: Any, x: Any) -> list[int]:
-    """Leaf indices of ``template`` sorted by the first equation of ``fn``'s jaxpr reading them."""
-    zeros = _resize(template, x)
-    leaves, treedef = jax.tree_util.tree_flatten(zeros)
+def first_use(fn: Callable[[Any], Any], tree: Any) -> list[float]:
+    """For each leaf of ``tree``, the index of the first equation of ``fn``'s jaxpr reading it.
+
+    Execution order from the traced program itself, so it needs no naming convention.
+
+    Args:
+      fn: a function of a pytree shaped like ``tree``.
+      tree: the argument (arrays or shape structures).
+
+    Returns:
+      One index per leaf, in flattening order (``inf`` for a leaf ``fn`` never reads).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
     closed = jax.make_jaxpr(lambda ls: fn(jax.tree_util.tree_unflatten(treedef, ls)))(leaves)
     first: dict[Any, int] = {}
     for i, eqn in enumerate(closed.jaxpr.eqns):
         for v in eqn.invars:
             if not hasattr(v, "val"):  # a variable, not a literal
                 first.setdefault(v, i)
-    uses = [first.get(v, math.inf) for v in closed.jaxpr.invars]
+    return [float(first.get(v, math.inf)) for v in closed.jaxpr.invars]
+
+
+def _first_reads(fn: Callable[[Any], Any], template: Any, x: Any) -> list[int]:
+    """Leaf indices of ``template`` sorted by the first equation of ``fn``'s jaxpr reading them."""
+    zeros = _resize(template, x)
+    leaves = jax.tree_util.tree_leaves(zeros)
+    uses = first_use(fn, zeros)
     # Ties (leaves read by one equation, e.g. stacked together) in natural order of names.
     names = leaf_names(template)
     return sorted(range(len(leaves)), key=lambda i: (uses[i], natural_key(names[i])))

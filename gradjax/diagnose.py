@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradjax.boundary import Boundary, wrap
+from gradjax.boundary import Boundary, first_use, wrap
 from gradjax.errors import GradjaxInputError, check_choice, check_int, check_real, invalid
 from gradjax.fitting import growth_rate
 from gradjax.io import json_safe
@@ -713,18 +713,6 @@ def _combine(norms: np.ndarray, members: list[list[int]]) -> np.ndarray:
         )
 
 
-def _first_use(fn: Callable[..., Any], tree: Any) -> list[float]:
-    """For each leaf of ``tree``, the index of the first jaxpr equation that reads it."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    closed = jax.make_jaxpr(lambda ls: fn(jax.tree_util.tree_unflatten(treedef, ls)))(leaves)
-    first: dict[Any, int] = {}
-    for i, eqn in enumerate(closed.jaxpr.eqns):
-        for v in eqn.invars:
-            if not hasattr(v, "val"):  # a variable, not a literal
-                first.setdefault(v, i)
-    return [float(first.get(v, math.inf)) for v in closed.jaxpr.invars]
-
-
 def _param_order(boundary: Boundary, slices: list, x: Any) -> list[int]:
     """Parameter slices in execution order.
 
@@ -733,7 +721,7 @@ def _param_order(boundary: Boundary, slices: list, x: Any) -> list[int]:
     leaf. Ties by natural order of the names.
     """
     if boundary.kind == "function":
-        uses = _first_use(lambda p: boundary.apply(p, x), boundary.params)
+        uses = first_use(lambda p: boundary.apply(p, x), boundary.params)
         return sorted(
             range(len(slices)),
             key=lambda i: (
