@@ -21,20 +21,15 @@ import numpy as np
 
 import gradjax as gj
 from gradjax.benchmarks import harness
+from gradjax.benchmarks.bench_sweep_spectra import workload
 
 NAME = "sweep_cli_probe"
 BATCH = 16  # gradjax sweep's default --batch
 
 
-def _config(quick: bool) -> dict:
-    if quick:
-        return {"depth": 8, "width": 32, "seeds": 2, "scales": 2, "activation": "tanh"}
-    return {"depth": 32, "width": 128, "seeds": 8, "scales": 8, "activation": "tanh"}
-
-
 def run(quick: bool = False) -> dict:
     """Runs the benchmark; returns its JSON record."""
-    cfg = _config(quick)
+    cfg = workload(quick)  # the sweep_spectra workload
     net = gj.build(gj.NetConfig(depth=cfg["depth"], width=cfg["width"], activation="tanh"))
     sigma_w = np.linspace(0.5, 2.5, cfg["scales"])
     combined = gj.probes.layer_gradient_and_spectrum_probe(net, batch=BATCH)

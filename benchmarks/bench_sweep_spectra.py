@@ -28,7 +28,8 @@ from gradjax.benchmarks import harness
 NAME = "sweep_spectra"
 
 
-def _config(quick: bool) -> dict:
+def workload(quick: bool) -> dict:
+    """The sweep_spectra workload (also timed by bench_sweep_cli_probe)."""
     if quick:
         return {"depth": 8, "width": 32, "seeds": 2, "scales": 2, "activation": "tanh"}
     return {"depth": 32, "width": 128, "seeds": 8, "scales": 8, "activation": "tanh"}
@@ -36,7 +37,7 @@ def _config(quick: bool) -> dict:
 
 def run(quick: bool = False) -> dict:
     """Runs the benchmark; returns its JSON record."""
-    cfg = _config(quick)
+    cfg = workload(quick)
     net = gj.build(gj.NetConfig(depth=cfg["depth"], width=cfg["width"], activation="tanh"))
     sigma_w = np.linspace(0.5, 2.5, cfg["scales"])
     probe = gj.probes.spectrum_probe(net)
