@@ -116,7 +116,7 @@ def run(quick: bool = False) -> dict:
         gj.NetConfig(
             depth=cfg["depth"],
             width=cfg["width"],
-            in_dim=64,
+            input_dim=64,
             out_dim=10,
             activation="tanh",
             init="critical",

@@ -53,10 +53,10 @@ def _config(quick: bool) -> dict:
     return {"seeds": 16, "depth": 20, "width": 128, "steps": 200, "batch": 128, "eager_steps": 5}
 
 
-def train_flops(cfg: dict, in_dim: int, out_dim: int) -> float:
+def train_flops(cfg: dict, input_dim: int, out_dim: int) -> float:
     """Matmul FLOPs of the whole benchmark (forward + backward = 3x forward)."""
     n, layers = cfg["width"], cfg["depth"]
-    per_example = 2 * (in_dim * n + (layers - 1) * n * n + n * out_dim)
+    per_example = 2 * (input_dim * n + (layers - 1) * n * n + n * out_dim)
     return 3.0 * per_example * cfg["batch"] * cfg["steps"] * cfg["seeds"]
 
 
@@ -66,7 +66,7 @@ def _setup(cfg: dict):
         gj.NetConfig(
             depth=cfg["depth"],
             width=cfg["width"],
-            in_dim=data.in_dim,
+            input_dim=data.input_dim,
             out_dim=data.num_classes,
             activation="relu",
             init="he",
@@ -199,7 +199,7 @@ def run(quick: bool = False) -> dict:
     t_mm = harness.time_fn(lambda: matmul_only(w, a0), repeats=3, budget_s=60)
 
     peak = harness.matmul_peak_flops()
-    flops = train_flops(cfg, data.in_dim, data.num_classes)
+    flops = train_flops(cfg, data.input_dim, data.num_classes)
     mm_flops = 3.0 * 2 * s * b * n * n * layers * cfg["steps"]
     achieved = flops / t_ours["median"]
     return harness.record(

@@ -41,13 +41,14 @@ class NetConfig:
     ResNet block (ReLU after the addition) that the source article writes down. With
     ``branch_layers=2`` the branch has two weight layers: ``W2 phi(Norm(W phi(Norm(a)) + b))
     + b2`` (pre) and ``Norm(W2 phi(Norm(W a + b)) + b2)`` (post). The first block maps
-    ``in_dim -> width`` and is never residual; blocks 2..depth are ``width -> width``; a
+    ``input_dim -> width`` and is never residual; blocks 2..depth are ``width -> width``; a
     linear readout maps ``width -> out_dim``.
 
     Attributes:
       depth: number of blocks (>= 1).
       width: hidden width N (>= 1).
-      in_dim: input size; defaults to ``width`` so every layer Jacobian is square.
+      input_dim: input size; ``None`` (the default) means ``width``, so every layer
+        Jacobian is square. After construction it always holds the resolved size.
       out_dim: output size of the linear readout.
       activation: a name from the activation table or an elementwise callable.
       init: weight initialisation: ``gaussian`` (N(0, sigma_w^2/fan_in)), ``normal``
@@ -70,7 +71,7 @@ class NetConfig:
 
     depth: int
     width: int
-    in_dim: int | None = None
+    input_dim: int | None = None
     out_dim: int = 1
     activation: ActivationLike = "tanh"
     init: str = "gaussian"
@@ -84,12 +85,19 @@ class NetConfig:
     residual_block: str = "pre"
     branch_layers: int = 1
     dtype: str = "float32"
+    # Whether input_dim was left to follow width: replace(width=...) then moves it along.
+    _input_dim_follows_width: bool = dataclasses.field(
+        default=False, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         check_int("depth", self.depth, minimum=1)
         check_int("width", self.width, minimum=1)
-        if self.in_dim is not None:
-            check_int("in_dim", self.in_dim, minimum=1)
+        if self.input_dim is None:
+            # Frozen: resolve through object.__setattr__, as dataclasses itself does.
+            object.__setattr__(self, "input_dim", self.width)
+            object.__setattr__(self, "_input_dim_follows_width", True)
+        check_int("input_dim", self.input_dim, minimum=1)
         check_int("out_dim", self.out_dim, minimum=1)
         get_activation(self.activation)
         check_choice("init", self.init, INIT_KINDS)
@@ -123,11 +131,6 @@ class NetConfig:
         check_choice("dtype", self.dtype, DTYPES)
 
     @property
-    def input_dim(self) -> int:
-        """The input size (``in_dim``, or ``width`` when not given)."""
-        return self.width if self.in_dim is None else self.in_dim
-
-    @property
     def alpha(self) -> float:
         """The fixed residual branch gain: 1 (plain), alpha (scaled); 0 when not residual."""
         if self.residual == "plain":
@@ -138,7 +141,12 @@ class NetConfig:
         return 0.0
 
     def replace(self, **changes) -> NetConfig:
-        """Returns a copy with ``changes`` applied (and validated)."""
+        """Returns a copy with ``changes`` applied (and validated).
+
+        An ``input_dim`` that was left to default keeps following ``width``.
+        """
+        if self._input_dim_follows_width and "input_dim" not in changes:
+            changes["input_dim"] = None
         return dataclasses.replace(self, **changes)
 
 

@@ -84,7 +84,7 @@ def network_cost(
     depth: int,
     batch: int,
     dtype: Any = "float32",
-    in_dim: int | None = None,
+    input_dim: int | None = None,
     out_dim: int = 1,
     optimizer_slots: int = 2,
 ) -> NetworkCost:
@@ -95,7 +95,7 @@ def network_cost(
       depth: blocks L (the input block and ``depth - 1`` hidden blocks).
       batch: examples per pass.
       dtype: element type.
-      in_dim: input size (default ``width``), as :class:`gradjax.NetConfig` names it.
+      input_dim: input size (default ``width``), as :class:`gradjax.NetConfig` names it.
       out_dim: readout size.
       optimizer_slots: copies of the parameters an optimizer keeps (Adam: 2, SGD: 0).
 
@@ -104,9 +104,9 @@ def network_cost(
     """
     for name, value in (("width", width), ("depth", depth), ("batch", batch)):
         check_int(name, value, minimum=1)
-    in_dim = width if in_dim is None else in_dim
+    input_dim = width if input_dim is None else input_dim
     item = np.dtype(dtype).itemsize
-    weights = in_dim * width + (depth - 1) * width * width + width * out_dim
+    weights = input_dim * width + (depth - 1) * width * width + width * out_dim
     params = weights + depth * width + out_dim
     acts = 2 * depth * batch * width
     param_bytes = params * item

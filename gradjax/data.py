@@ -24,9 +24,9 @@ class Dataset:
     """A classification data set split into train and test parts.
 
     Attributes:
-      x_train: ``(n_train, in_dim)`` inputs.
+      x_train: ``(n_train, input_dim)`` inputs.
       y_train: ``(n_train,)`` integer labels in ``[0, num_classes)``.
-      x_test: ``(n_test, in_dim)`` inputs.
+      x_test: ``(n_test, input_dim)`` inputs.
       y_test: ``(n_test,)`` integer labels.
       num_classes: number of classes (static).
       name: a short name (static).
@@ -40,7 +40,7 @@ class Dataset:
     name: str = static_field()
 
     @property
-    def in_dim(self) -> int:
+    def input_dim(self) -> int:
         """The input size."""
         return int(self.x_train.shape[-1])
 
@@ -80,7 +80,7 @@ def digits(*, test_fraction: float = 0.2, split_seed: int = 0, dtype: str = "flo
       dtype: ``"float32"`` or ``"float64"`` for the inputs.
 
     Returns:
-      A :class:`Dataset` with ``in_dim = 64`` and ``num_classes = 10``
+      A :class:`Dataset` with ``input_dim = 64`` and ``num_classes = 10``
       (1,437 train / 360 test images by default).
 
     Example:
@@ -107,7 +107,7 @@ def digits(*, test_fraction: float = 0.2, split_seed: int = 0, dtype: str = "flo
 def teacher_student(
     key: jax.Array,
     *,
-    in_dim: int = 32,
+    input_dim: int = 32,
     num_classes: int = 4,
     hidden: int = 64,
     n_train: int = 1024,
@@ -116,13 +116,13 @@ def teacher_student(
 ) -> Dataset:
     """A synthetic task: Gaussian inputs labelled by a random one-hidden-layer tanh teacher.
 
-    The teacher is ``y = argmax(W2 tanh(W1 x))`` with ``W1 ~ N(0, 1/in_dim)``,
+    The teacher is ``y = argmax(W2 tanh(W1 x))`` with ``W1 ~ N(0, 1/input_dim)``,
     ``W2 ~ N(0, 1/hidden)``; so labels depend on the input non-linearly and a student of
     enough width can reach 100% test accuracy.
 
     Args:
       key: PRNG key (teacher and inputs).
-      in_dim: input size.
+      input_dim: input size.
       num_classes: number of classes (>= 2).
       hidden: the teacher's hidden width.
       n_train: training examples.
@@ -132,16 +132,16 @@ def teacher_student(
     Returns:
       A :class:`Dataset`.
     """
-    check_int("in_dim", in_dim, minimum=1)
+    check_int("input_dim", input_dim, minimum=1)
     check_int("num_classes", num_classes, minimum=2)
     check_int("hidden", hidden, minimum=1)
     check_int("n_train", n_train, minimum=1)
     check_int("n_test", n_test, minimum=1)
     check_choice("dtype", dtype, ("float32", "float64"))
     k1, k2, kx = jax.random.split(key, 3)
-    w1 = jax.random.normal(k1, (hidden, in_dim), dtype) / np.sqrt(in_dim).astype(dtype)
+    w1 = jax.random.normal(k1, (hidden, input_dim), dtype) / np.sqrt(input_dim).astype(dtype)
     w2 = jax.random.normal(k2, (num_classes, hidden), dtype) / np.sqrt(hidden).astype(dtype)
-    x = jax.random.normal(kx, (n_train + n_test, in_dim), dtype)
+    x = jax.random.normal(kx, (n_train + n_test, input_dim), dtype)
     y = jnp.argmax(jnp.tanh(x @ w1.T) @ w2.T, axis=-1).astype(jnp.int32)
     return Dataset(
         x_train=x[:n_train],

@@ -343,7 +343,7 @@ def jacobian_spectra(
         raise invalid("depths", depths, "strictly increasing depths")
     if cfg.input_dim != cfg.width:
         raise GradjaxInputError(
-            f"in_dim={cfg.input_dim} is invalid here: expected in_dim == width ({cfg.width}) "
+            f"input_dim={cfg.input_dim} is invalid here: expected input_dim == width ({cfg.width}) "
             "so that J J^T and J^T J share one spectrum"
         )
     jac = layer_jacobians(net, params, x)

@@ -189,10 +189,10 @@ def map_groups(fn: Callable[[str, Layer], Layer], params: Mapping[str, Layer]) -
     return {group: fn(group, leaves) for group, leaves in params.items()}
 
 
-def group_fans(*, in_dim: int, width: int, out_dim: int) -> dict[str, tuple[int, int]]:
+def group_fans(*, input_dim: int, width: int, out_dim: int) -> dict[str, tuple[int, int]]:
     """``(fan_in, fan_out)`` of each group's main weight ``W``."""
     return {
-        INPUT: (in_dim, width),
+        INPUT: (input_dim, width),
         HIDDEN: (width, width),
         READOUT: (width, out_dim),
     }

@@ -177,7 +177,7 @@ class Net:
         cfg = self.cfg
         sw = cfg.sigma_w if sigma_w is None else sigma_w
         sb = cfg.sigma_b if sigma_b is None else sigma_b
-        fans = layout.group_fans(in_dim=cfg.input_dim, width=cfg.width, out_dim=cfg.out_dim)
+        fans = layout.group_fans(input_dim=cfg.input_dim, width=cfg.width, out_dim=cfg.out_dim)
 
         def one(group: str, leaves: layout.Layer) -> layout.Layer:
             fan_in, fan_out = fans[group]

@@ -483,7 +483,7 @@ def _check_network_fits(net: Any, limit: int) -> None:
     if not isinstance(cfg, NetConfig):
         return
     params = cost.network_cost(
-        width=cfg.width, depth=cfg.depth, batch=1, dtype=net.dtype, in_dim=cfg.input_dim
+        width=cfg.width, depth=cfg.depth, batch=1, dtype=net.dtype, input_dim=cfg.input_dim
     ).param_bytes
     # The base draw and its rescaled copy.
     cost.check_fits(f"sweep of {_network_text(net)}: one network", 2 * params, limit)

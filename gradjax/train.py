@@ -379,7 +379,7 @@ def train_step(
         the recorded learning rate).
       loss: ``"xent"``, ``"mse"`` or ``loss(output, target) -> scalar``.
       state: the run's :class:`TrainState`.
-      x: the minibatch inputs, ``(batch, in_dim)``.
+      x: the minibatch inputs, ``(batch, input_dim)``.
       y: its targets.
 
     Returns:
@@ -458,7 +458,7 @@ def evaluate(
     Args:
       net: the network.
       params: its parameters.
-      x: inputs, ``(n, in_dim)``.
+      x: inputs, ``(n, input_dim)``.
       y: integer labels, ``(n,)`` (one-hot encoded for ``"mse"``).
       loss: the loss name or callable.
 
@@ -741,7 +741,7 @@ def train(
     Example:
       >>> import gradjax as gj
       >>> data = gj.data.digits()
-      >>> net = gj.build(gj.NetConfig(depth=4, width=32, in_dim=64, out_dim=10, init="he",
+      >>> net = gj.build(gj.NetConfig(depth=4, width=32, input_dim=64, out_dim=10, init="he",
       ...                             activation="relu"))
       >>> res = gj.train(net, data, gj.TrainConfig(learning_rate=0.05, steps=50), seeds=2,
       ...                hyper={"clip": [float("inf"), 1.0]})
@@ -758,8 +758,10 @@ def train(
     check_key("key", key)
     hyper_np, n_hyper = _check_hyper(hyper, tcfg)
     if isinstance(net, Net):
-        if net.cfg.input_dim != data.in_dim:
-            raise invalid("net in_dim", net.cfg.input_dim, f"the data's input size {data.in_dim}")
+        if net.cfg.input_dim != data.input_dim:
+            raise invalid(
+                "net input_dim", net.cfg.input_dim, f"the data's input size {data.input_dim}"
+            )
         if net.cfg.out_dim != data.num_classes:
             raise invalid("net out_dim", net.cfg.out_dim, f"the data's {data.num_classes} classes")
         if net.cfg.norm == "batch" and tcfg.batch_size == 1:
@@ -993,7 +995,7 @@ def estimate(
             depth=net.cfg.depth,
             batch=batch,
             dtype=net.cfg.dtype,
-            in_dim=net.cfg.input_dim,
+            input_dim=net.cfg.input_dim,
             out_dim=net.cfg.out_dim,
             optimizer_slots=slots,
         )

@@ -250,7 +250,7 @@ def compute(cfg: dict, progress) -> dict:
         gj.NetConfig(
             depth=cfg["depth"],
             width=cfg["width"],
-            in_dim=data.in_dim,
+            input_dim=data.input_dim,
             out_dim=data.num_classes,
             activation="relu",
             init="he",

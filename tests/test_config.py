@@ -64,3 +64,16 @@ def test_parse_range(text, expected):
 def test_parse_range_rejects_malformed(text):
     with pytest.raises(gj.GradjaxInputError, match="--sigma-w="):
         gj.config.parse_range("--sigma-w", text)
+
+
+def test_input_dim_defaults_to_width_and_follows_it_through_replace():
+    cfg = gj.NetConfig(depth=2, width=8)
+    assert cfg.input_dim == 8
+    assert cfg == gj.NetConfig(depth=2, width=8, input_dim=8)
+    assert hash(cfg) == hash(gj.NetConfig(depth=2, width=8, input_dim=8))
+    assert cfg.replace(width=16).input_dim == 16
+    explicit = gj.NetConfig(depth=2, width=8, input_dim=3)
+    assert explicit.replace(width=16).input_dim == 3
+    assert cfg.replace(input_dim=5).replace(width=16).input_dim == 5
+    with pytest.raises(gj.GradjaxInputError, match="input_dim"):
+        gj.NetConfig(depth=2, width=8, input_dim=0)

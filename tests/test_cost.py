@@ -12,7 +12,7 @@ def test_parameter_bytes_equal_the_built_network():
     net = gj.build(gj.NetConfig(depth=5, width=12, activation="tanh"))
     params = net.init(jax.random.key(0))
     n = sum(leaf.size for leaf in jax.tree.leaves(params))
-    est = cost.network_cost(width=12, depth=5, batch=3, in_dim=net.cfg.input_dim)
+    est = cost.network_cost(width=12, depth=5, batch=3, input_dim=net.cfg.input_dim)
     assert est.param_bytes == 4 * n
     # Closed form: D*N + (L-1)*N^2 + N*O weights, L*N + O biases.
     assert n == 12 * 12 + 4 * 144 + 12 + 5 * 12 + 1

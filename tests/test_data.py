@@ -14,7 +14,7 @@ from gradjax.errors import GradjaxInputError
 def test_digits_split_is_fixed_stratified_and_standardised():
     d = data.digits()
     assert d.x_train.shape == (1437, 64) and d.x_test.shape == (360, 64)
-    assert d.num_classes == 10 and d.in_dim == 64 and d.n_train == 1437
+    assert d.num_classes == 10 and d.input_dim == 64 and d.n_train == 1437
     # Stratified: every class keeps its share (load_digits has 174..183 images per class).
     counts = np.bincount(np.asarray(d.y_test), minlength=10)
     assert counts.min() >= 34 and counts.max() <= 37
@@ -64,7 +64,7 @@ def _match_column(standardised: np.ndarray, raw_col: np.ndarray) -> np.ndarray:
 
 def test_teacher_student_labels_follow_the_teacher(getkey):
     key = getkey()
-    d = data.teacher_student(key, in_dim=8, num_classes=3, hidden=16, n_train=200, n_test=100)
+    d = data.teacher_student(key, input_dim=8, num_classes=3, hidden=16, n_train=200, n_test=100)
     assert d.x_train.shape == (200, 8) and d.x_test.shape == (100, 8)
     # Independent recomputation of the teacher in float64 NumPy from the same draws.
     k1, k2, kx = jax.random.split(key, 3)

@@ -11,7 +11,7 @@ from gradjax import layout
 
 def test_grad_matches_central_differences_float64(x64):
     cfg = gj.NetConfig(
-        depth=4, width=6, in_dim=3, out_dim=2, sigma_w=1.4, sigma_b=0.2, dtype="float64"
+        depth=4, width=6, input_dim=3, out_dim=2, sigma_w=1.4, sigma_b=0.2, dtype="float64"
     )
     net = gj.build(cfg)
     params = net.init(jax.random.key(0))

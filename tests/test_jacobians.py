@@ -39,7 +39,7 @@ def test_orthogonal_linear_product_has_all_singular_values_gain_to_depth(getkey)
 @given(
     depth=st.integers(1, 5),
     width=st.integers(1, 6),
-    in_dim=st.integers(1, 6),
+    input_dim=st.integers(1, 6),
     activation=st.sampled_from(["tanh", "relu", "sigmoid", "elu", "linear"]),
     residual=st.sampled_from([None, "plain", "scaled"]),
     block=st.sampled_from([("pre", 1), ("pre", 2), ("post", 1), ("post", 2), ("act_branch", 1)]),
@@ -47,14 +47,14 @@ def test_orthogonal_linear_product_has_all_singular_values_gain_to_depth(getkey)
     seed=st.integers(0, 2**16),
 )
 def test_chain_product_equals_jacrev_of_the_whole_net(
-    depth, width, in_dim, activation, residual, block, sigma_w, seed
+    depth, width, input_dim, activation, residual, block, sigma_w, seed
 ):
     kind, layers = block if residual else ("pre", 1)
     net = gj.build(
         gj.NetConfig(
             depth=depth,
             width=width,
-            in_dim=in_dim,
+            input_dim=input_dim,
             activation=activation,
             residual=residual,
             residual_block=kind,
@@ -65,7 +65,7 @@ def test_chain_product_equals_jacrev_of_the_whole_net(
     )
     key = jax.random.key(seed)
     params = net.init(key)
-    x = jax.random.normal(jax.random.fold_in(key, 1), (in_dim,))
+    x = jax.random.normal(jax.random.fold_in(key, 1), (input_dim,))
     product = gj.jacobians.chain_product(gj.layer_jacobians(net, params, x))
     direct = jax.jacrev(lambda v: net.forward(params, v).act[-1])(x)
     np.testing.assert_allclose(
@@ -181,7 +181,7 @@ def test_closed_form_factors_of_every_residual_block(x64, block, layers):
     cfg = gj.NetConfig(
         depth=4,
         width=6,
-        in_dim=5,
+        input_dim=5,
         activation="tanh",
         sigma_w=1.4,
         sigma_b=0.3,

@@ -11,7 +11,7 @@ from gradjax.errors import GradjaxInputError
 
 
 def _params(getkey, residual=None):
-    net = gj.build(gj.NetConfig(depth=4, width=5, in_dim=3, out_dim=2, residual=residual))
+    net = gj.build(gj.NetConfig(depth=4, width=5, input_dim=3, out_dim=2, residual=residual))
     return net.init(getkey())
 
 

@@ -57,7 +57,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("kw", CONFIGS, ids=str)
 def test_forward_matches_a_python_loop(getkey, kw):
-    cfg = gj.NetConfig(depth=5, width=12, in_dim=7, out_dim=3, sigma_b=0.3, **kw)
+    cfg = gj.NetConfig(depth=5, width=12, input_dim=7, out_dim=3, sigma_b=0.3, **kw)
     net = gj.build(cfg)
     params = net.init(getkey())
     if cfg.residual == "skipinit":
@@ -68,7 +68,7 @@ def test_forward_matches_a_python_loop(getkey, kw):
 
 
 def test_shapes_and_single_example(getkey):
-    net = gj.build(gj.NetConfig(depth=3, width=8, in_dim=5, out_dim=2))
+    net = gj.build(gj.NetConfig(depth=3, width=8, input_dim=5, out_dim=2))
     params = net.init(getkey())
     assert layout.hidden_weights(params).shape == (2, 8, 8)
     x = jax.random.normal(getkey(), (6, 5))
@@ -95,7 +95,7 @@ def test_scale_is_linear_in_sigma_with_common_random_numbers(getkey):
     "kw", [{}, {"norm": "layer"}, {"residual": "plain", "branch_layers": 2}], ids=str
 )
 def test_lazy_scales_match_the_python_loop_and_materialize(getkey, kw):
-    cfg = gj.NetConfig(depth=5, width=12, in_dim=7, out_dim=3, init="he", **kw)
+    cfg = gj.NetConfig(depth=5, width=12, input_dim=7, out_dim=3, init="he", **kw)
     net = gj.build(cfg)
     base = net.init_base(getkey())
     lazy = net.scale(base, sigma_w=1.7, sigma_b=0.4, lazy=True)
@@ -159,7 +159,7 @@ def test_skipinit_at_zero_gain_is_identity_after_first_block(getkey):
 
 
 def test_bad_input_shape_is_named(getkey):
-    net = gj.build(gj.NetConfig(depth=2, width=4, in_dim=3))
+    net = gj.build(gj.NetConfig(depth=2, width=4, input_dim=3))
     with pytest.raises(gj.GradjaxInputError, match=r"x.shape=\(2, 4\).*\(batch, 3\)"):
         net.apply(net.init(getkey()), jnp.ones((2, 4)))
 

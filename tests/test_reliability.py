@@ -43,7 +43,7 @@ BAD = {
     "netconfig_init": lambda: gj.NetConfig(depth=2, width=4, init="xavier"),
     "netconfig_norm": lambda: gj.NetConfig(depth=2, width=4, norm="group"),
     "netconfig_residual": lambda: gj.NetConfig(depth=2, width=4, residual="dense"),
-    "netconfig_in_dim_0": lambda: gj.NetConfig(depth=2, width=4, in_dim=0),
+    "netconfig_in_dim_0": lambda: gj.NetConfig(depth=2, width=4, input_dim=0),
     "netconfig_out_dim_neg": lambda: gj.NetConfig(depth=2, width=4, out_dim=-3),
     # TrainConfig
     "trainconfig_lr_0": lambda: gj.TrainConfig(learning_rate=0.0),

@@ -25,7 +25,9 @@ gtrain = importlib.import_module("gradjax.train")
 
 # One small network on the digits, shared by most tests so compiled programs are reused.
 DATA = gdata.digits()
-NET = gj.build(gj.NetConfig(depth=3, width=32, in_dim=64, out_dim=10, init="he", activation="relu"))
+NET = gj.build(
+    gj.NetConfig(depth=3, width=32, input_dim=64, out_dim=10, init="he", activation="relu")
+)
 STEPS = 150
 TCFG = TrainConfig(
     learning_rate=0.1, steps=STEPS, batch_size=32, warmup_steps=3, end_lr_fraction=0.5
@@ -252,8 +254,8 @@ def test_bad_input(kwargs, field):
 
 
 def test_mismatched_network_is_rejected():
-    wrong = gj.build(gj.NetConfig(depth=2, width=8, in_dim=5, out_dim=3))
-    with pytest.raises(GradjaxInputError, match="in_dim"):
+    wrong = gj.build(gj.NetConfig(depth=2, width=8, input_dim=5, out_dim=3))
+    with pytest.raises(GradjaxInputError, match="input_dim"):
         gtrain.train(wrong, DATA, TCFG)
 
 
@@ -262,7 +264,7 @@ def test_overflow_inside_the_network_is_a_nonfinite_step_not_zero_gradients():
     # -1e25, so its pre-activations are -32 * 1e47, below -float32 max (checked in float64):
     # they overflow to -inf, ReLU makes them 0 and the loss stays finite, while the gradients
     # of blocks 1 and 2 are exact zeros. That step is an overflow: NaN records at step 0.
-    net = gj.build(gj.NetConfig(depth=3, width=32, in_dim=64, out_dim=10, activation="relu"))
+    net = gj.build(gj.NetConfig(depth=3, width=32, input_dim=64, out_dim=10, activation="relu"))
     params = net.init(jax.random.key(0))
     params["input"]["W"] = jnp.zeros((32, 64), jnp.float32)
     params["input"]["b"] = jnp.full(32, 1e22, jnp.float32)

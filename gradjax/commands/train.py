@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = NetConfig(
             depth=args.depth,
             width=args.width,
-            in_dim=data.in_dim,
+            input_dim=data.input_dim,
             out_dim=data.num_classes,
             activation=args.activation,
             init=args.init,
