@@ -16,8 +16,9 @@ decompose; the two numbers the chain-rule story needs cost far less:
 
 The two estimators are written once, for any operator: :func:`hutchinson_trace` (a trace
 from a quadratic form) and :func:`lanczos_top_eigenvalue` (a symmetric operator's largest
-eigenvalue); the Jacobian estimates here and the Hessian estimates of
-:mod:`gradjax.hessian` are both built on them. Every function is pure, takes an explicit key
+eigenvalue: :func:`lanczos_basis`, then :func:`ritz_top_eigenvalue`, which solves the small
+eigenproblems of many bases in one call); the Jacobian estimates here and the Hessian
+estimates of :mod:`gradjax.hessian` are both built on them. Every function is pure, takes an explicit key
 and works under ``jit``/``vmap``; the probes plug into :func:`gradjax.sweep`.
 """
 
@@ -31,7 +32,6 @@ import jax.numpy as jnp
 
 from gradjax import layout
 from gradjax.errors import check_int, invalid
-from gradjax.lapack import after
 from gradjax.models import Net, Params
 from gradjax.probes import Probe
 from gradjax.results import pytree_dataclass, static_field
@@ -179,21 +179,36 @@ class TopEigenvalue:
     steps: int = static_field(default=0)
 
 
-def lanczos_top_eigenvalue(
+@pytree_dataclass
+class KrylovBasis:
+    """An orthonormal Krylov basis of a symmetric operator and its images, before Ritz values.
+
+    Attributes:
+      basis: ``(steps, size)`` orthonormal rows ``v_j`` (rows of an exhausted space are 0).
+      images: ``(steps, size)`` the operator applied to each row, ``A v_j``.
+    """
+
+    basis: jax.Array
+    images: jax.Array
+
+
+def lanczos_basis(
     operator: MatVec, key: jax.Array, *, size: int, dtype=jnp.float32, steps: int = 32
-) -> TopEigenvalue:
-    """Largest eigenvalue of a symmetric operator by Lanczos with full reorthogonalisation.
+) -> KrylovBasis:
+    """Lanczos with full reorthogonalisation: the Krylov basis, without the eigenproblem.
+
+    Kept apart from :func:`ritz_top_eigenvalue` so that several bases (of different sizes,
+    e.g. a network's input layer and its hidden layers) can share one small eigensolver call.
 
     Args:
-      operator: ``v -> A v`` on flat vectors of length ``size``; ``A`` symmetric (it may be
-        indefinite: the algebraically largest eigenvalue is estimated).
+      operator: ``v -> A v`` on flat vectors of length ``size``; ``A`` symmetric.
       key: PRNG key for the start vector.
       size: the dimension of A.
       dtype: floating dtype.
       steps: Lanczos steps (capped at ``size``).
 
     Returns:
-      A :class:`TopEigenvalue` with its residual-based error bar.
+      A :class:`KrylovBasis`.
     """
     check_int("steps", steps, minimum=1)
     check_int("size", size, minimum=1)
@@ -215,9 +230,8 @@ def lanczos_top_eigenvalue(
         w = w - basis.T @ (basis @ w)
         w = w - basis.T @ (basis @ w)
         beta = jnp.linalg.norm(w)
-        # An exhausted Krylov space (beta at round-off level) leaves the remaining rows zero:
-        # they add Ritz values 0 for vectors outside the basis, so the top Ritz value is
-        # taken over the basis rows only (see below).
+        # An exhausted Krylov space (beta at round-off level) leaves the remaining rows zero;
+        # ritz_top_eigenvalue keeps their spurious Ritz values below the spectrum.
         ok = beta > 1e3 * eps * scale
         nxt = jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0)
         return basis.at[j + 1].set(nxt), images, scale
@@ -225,21 +239,103 @@ def lanczos_top_eigenvalue(
     basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
     images = jnp.zeros((m, n), dtype)
     basis, images, _ = jax.lax.fori_loop(0, m, step, (basis, images, jnp.zeros((), dtype)))
-    basis = basis[:m]
-    # Rayleigh-Ritz with the stored images A v_j: H = V A V^T is exact whatever happened to
-    # the three-term recurrence, and so is the residual ||A x - theta x|| of the top Ritz
-    # pair, which bounds the distance from theta to an eigenvalue of A.
-    h = basis @ images.T
+    return KrylovBasis(basis=basis[:m], images=images)
+
+
+def _rayleigh_matrix(krylov: KrylovBasis) -> jax.Array:
+    """``H = V A V^T`` from the stored images (exact whatever the recurrence did)."""
+    basis = krylov.basis
+    h = basis @ krylov.images.T
     h = 0.5 * (h + h.T)
     # Zero rows of an exhausted basis give spurious Ritz values 0: push them below the
     # spectrum so that they never become the top one of an operator with negative eigenvalues.
     live = jnp.sum(basis**2, axis=1) > 0.5
     floor = -2.0 * (jnp.max(jnp.abs(h)) + 1.0)
-    h = jnp.where(live[:, None] & live[None, :], h, 0.0) + jnp.diag(jnp.where(live, 0.0, floor))
-    evals, evecs = jnp.linalg.eigh(h)
+    return jnp.where(live[:, None] & live[None, :], h, 0.0) + jnp.diag(jnp.where(live, 0.0, floor))
+
+
+def _top_pair(krylov: KrylovBasis, evals: jax.Array, evecs: jax.Array) -> TopEigenvalue:
     s = evecs[:, -1]
-    residual = jnp.linalg.norm(images.T @ s - evals[-1] * (basis.T @ s))
-    return TopEigenvalue(value=evals[-1], error=residual, steps=m)
+    residual = jnp.linalg.norm(krylov.images.T @ s - evals[-1] * (krylov.basis.T @ s))
+    return TopEigenvalue(value=evals[-1], error=residual, steps=krylov.basis.shape[0])
+
+
+def ritz_top_eigenvalue(*bases: KrylovBasis) -> tuple[TopEigenvalue, ...]:
+    """The top Ritz pair of each Krylov basis, with one batched eigensolver call for all.
+
+    Rayleigh-Ritz on ``H = V A V^T``: the top Ritz value never exceeds the largest
+    eigenvalue, and the residual ``||A x - theta x||`` of its Ritz vector bounds the distance
+    from theta to an eigenvalue of A. One call, not one per basis: independent LAPACK calls
+    in one CPU program must not run at the same time (see :mod:`gradjax.lapack`).
+
+    Args:
+      *bases: :class:`KrylovBasis` values with the same number of steps; each may carry
+        leading batch axes (from ``vmap``), and their vector sizes may differ.
+
+    Returns:
+      One :class:`TopEigenvalue` per basis, with the basis' batch axes.
+    """
+    if not bases:
+        raise invalid("bases", (), "at least one KrylovBasis")
+    steps = {b.basis.shape[-2] for b in bases}
+    if len(steps) != 1:
+        raise invalid("bases", sorted(steps), "bases with one number of steps")
+    hs = []
+    for b in bases:
+        lead = b.basis.shape[:-2]
+        rayleigh = _rayleigh_matrix
+        for _ in lead:
+            rayleigh = jax.vmap(rayleigh)
+        m = b.basis.shape[-2]
+        hs.append(rayleigh(b).reshape(-1, m, m))
+    evals, evecs = jnp.linalg.eigh(jnp.concatenate(hs))
+    out, at = [], 0
+    for b, h in zip(bases, hs, strict=True):
+        lead = b.basis.shape[:-2]
+        count = h.shape[0]
+        e = evals[at : at + count].reshape(*lead, *evals.shape[1:])
+        v = evecs[at : at + count].reshape(*lead, *evecs.shape[1:])
+        at += count
+        pair = _top_pair
+        for _ in lead:
+            pair = jax.vmap(pair)
+        out.append(pair(b, e, v))
+    return tuple(out)
+
+
+def lanczos_top_eigenvalue(
+    operator: MatVec, key: jax.Array, *, size: int, dtype=jnp.float32, steps: int = 32
+) -> TopEigenvalue:
+    """Largest eigenvalue of a symmetric operator by Lanczos with full reorthogonalisation.
+
+    :func:`lanczos_basis` followed by :func:`ritz_top_eigenvalue`.
+
+    Args:
+      operator: ``v -> A v`` on flat vectors of length ``size``; ``A`` symmetric (it may be
+        indefinite: the algebraically largest eigenvalue is estimated).
+      key: PRNG key for the start vector.
+      size: the dimension of A.
+      dtype: floating dtype.
+      steps: Lanczos steps (capped at ``size``).
+
+    Returns:
+      A :class:`TopEigenvalue` with its residual-based error bar.
+    """
+    krylov = lanczos_basis(operator, key, size=size, dtype=dtype, steps=steps)
+    (top,) = ritz_top_eigenvalue(krylov)
+    return top
+
+
+def _gram_operator(matvec: MatVec, rmatvec: MatVec, in_shape: tuple[int, ...]) -> MatVec:
+    """``v -> J^T J v`` on flat vectors."""
+    return lambda v: rmatvec(matvec(v.reshape(in_shape))).reshape(-1)
+
+
+def _sigma_from_eigenvalue(top: TopEigenvalue, dtype) -> TopSingularValue:
+    """Maps ``J^T J``'s top Ritz value and its residual bound to sigma (``sqrt``, ``/ 2 sigma``)."""
+    value = jnp.sqrt(jnp.maximum(top.value, 0.0))
+    error = top.error / (2.0 * jnp.maximum(value, jnp.finfo(dtype).tiny))
+    return TopSingularValue(value=value, error=error, steps=top.steps)
 
 
 def lanczos_sigma_max(
@@ -264,28 +360,31 @@ def lanczos_sigma_max(
     Returns:
       A :class:`TopSingularValue` with its residual-based error bar.
     """
-    op = lambda v: rmatvec(matvec(v.reshape(in_shape))).reshape(-1)
+    op = _gram_operator(matvec, rmatvec, in_shape)
     top = lanczos_top_eigenvalue(op, key, size=math.prod(in_shape), dtype=dtype, steps=steps)
-    value = jnp.sqrt(jnp.maximum(top.value, 0.0))
-    error = top.error / (2.0 * jnp.maximum(value, jnp.finfo(dtype).tiny))
-    return TopSingularValue(value=value, error=error, steps=top.steps)
+    return _sigma_from_eigenvalue(top, dtype)
 
 
 def _block_fn(net: Net, layer: dict[str, jax.Array], residual: bool) -> Callable:
     return lambda a: net.block(layer, a, residual=residual)[2]
 
 
-def _layer_estimate(f, a, key, probes: int, steps: int, dtype):
+def _layer_estimate(f, a, key, probes: int, steps: int, dtype) -> tuple[TraceEstimate, KrylovBasis]:
+    """Hutchinson's mean squared singular value and the Lanczos basis of ``J^T J`` of ``f``."""
     out, jvp_fn = jax.linearize(f, a)
     vjp_fn = jax.linear_transpose(jvp_fn, a)
+    rmatvec = lambda u: vjp_fn(u)[0]
     k_trace, k_top = jax.random.split(key)
+    # tr(J^T J) = tr(J J^T): the probes go through the VJP, where a batch of them meets the
+    # weights as U @ W, the product XLA's CPU backend runs about twice as fast as the
+    # V @ W^T that batched JVPs become.
     trace = hutchinson_mean_sq(
-        jvp_fn, k_trace, in_shape=a.shape, out_size=out.size, dtype=dtype, probes=probes
+        rmatvec, k_trace, in_shape=out.shape, out_size=a.size, dtype=dtype, probes=probes
     )
-    top = lanczos_sigma_max(
-        jvp_fn, lambda u: vjp_fn(u)[0], k_top, in_shape=a.shape, dtype=dtype, steps=steps
+    krylov = lanczos_basis(
+        _gram_operator(jvp_fn, rmatvec, a.shape), k_top, size=a.size, dtype=dtype, steps=steps
     )
-    return trace.value, trace.stderr, top.value, top.error
+    return trace, krylov
 
 
 def layer_spectrum_estimates(
@@ -334,20 +433,30 @@ def layer_spectrum_estimates(
     trace = net.forward(params, x)
     k_first, k_hidden = jax.random.split(key)
     first_block = _block_fn(net, layout.input_layer(params), False)
-    first = _layer_estimate(first_block, x, k_first, probes, lanczos_steps, net.dtype)
-    hidden_keys = jax.random.split(k_hidden, net.cfg.depth - 1)
+    first_trace, first_krylov = _layer_estimate(
+        first_block, x, k_first, probes, lanczos_steps, net.dtype
+    )
 
     def one(layer, a_prev, k):
         return _layer_estimate(
             _block_fn(net, layer, True), a_prev, k, probes, lanczos_steps, net.dtype
         )
 
-    # After the first block's estimate: each holds an eigh, and independent LAPACK calls can
-    # deadlock (see gradjax.lapack).
-    hidden = jax.vmap(one)(layout.hidden_layers(params), after(trace.act[:-1], first), hidden_keys)
-    stack = [jnp.concatenate([f[None], h]) for f, h in zip(first, hidden, strict=True)]
+    hidden_keys = jax.random.split(k_hidden, net.cfg.depth - 1)
+    hidden_trace, hidden_krylov = jax.vmap(one)(
+        layout.hidden_layers(params), trace.act[:-1], hidden_keys
+    )
+    # The Krylov loops hold no LAPACK call, so the input layer's and the hidden layers' run
+    # side by side; their Ritz values come from one eigensolver call.
+    first_top, hidden_top = ritz_top_eigenvalue(first_krylov, hidden_krylov)
+    first_sigma = _sigma_from_eigenvalue(first_top, net.dtype)
+    hidden_sigma = _sigma_from_eigenvalue(hidden_top, net.dtype)
+    stack = lambda f, h: jnp.concatenate([f[None], h])
     return MatrixFreeSummary(
-        mean_sq=stack[0], mean_sq_stderr=stack[1], sigma_max=stack[2], sigma_max_error=stack[3]
+        mean_sq=stack(first_trace.value, hidden_trace.value),
+        mean_sq_stderr=stack(first_trace.stderr, hidden_trace.stderr),
+        sigma_max=stack(first_sigma.value, hidden_sigma.value),
+        sigma_max_error=stack(first_sigma.error, hidden_sigma.error),
     )
 
 

@@ -60,6 +60,34 @@ def test_lanczos_sigma_max_matches_svd(getkey):
     assert float(full.value) == pytest.approx(exact, rel=1e-4)
 
 
+def test_ritz_values_of_bases_of_different_sizes_share_one_solve(getkey):
+    # Exact reference: float64 eigvalsh. A 20 x 20 operator with 20 steps spans its whole
+    # space, so its top Ritz value is its top eigenvalue; a batch of three 40 x 40 operators
+    # with 20 steps gives lower bounds whose residual bounds the distance to an eigenvalue.
+    def sym(key, n, batch=()):
+        g = jax.random.normal(key, (*batch, n, n)) / math.sqrt(n)
+        return g @ jnp.swapaxes(g, -1, -2)
+
+    small, large = sym(getkey(), 20), sym(getkey(), 40, (3,))
+    basis = gj.matrix_free.lanczos_basis
+    k_small = basis(lambda v: small @ v, getkey(), size=20, steps=20)
+    k_large = jax.vmap(lambda a, k: basis(lambda v: a @ v, k, size=40, steps=20))(
+        large, jax.random.split(getkey(), 3)
+    )
+    top_small, top_large = gj.matrix_free.ritz_top_eigenvalue(k_small, k_large)
+    exact_small = np.linalg.eigvalsh(np.asarray(small, np.float64))[-1]
+    np.testing.assert_allclose(float(top_small.value), exact_small, rtol=1e-4)
+    assert top_large.value.shape == (3,)
+    for a, theta, res in zip(large, top_large.value, top_large.error, strict=True):
+        evals = np.linalg.eigvalsh(np.asarray(a, np.float64))
+        assert theta <= evals[-1] * (1 + 1e-5)
+        assert np.min(np.abs(evals - float(theta))) <= float(res) * 1.01 + 1e-5
+    with pytest.raises(GradjaxInputError, match="bases"):
+        gj.matrix_free.ritz_top_eigenvalue(
+            k_small, basis(lambda v: small @ v, getkey(), size=20, steps=5)
+        )
+
+
 def test_layer_estimates_match_exact_spectra(getkey):
     net = gj.build(gj.NetConfig(depth=4, width=64, activation="tanh", sigma_w=1.4, sigma_b=0.2))
     params = net.init(getkey())
