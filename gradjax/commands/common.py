@@ -9,12 +9,13 @@ before anything is written.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -170,7 +171,10 @@ def grid(
 
 def choice(*names: str) -> Callable[[str], str]:
     """argparse type: one of ``names`` (checked when parsed, before any work starts)."""
+    return _one_of(names)
 
+
+def _one_of(names: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in names:
             _refuse(text, "one of " + ", ".join(names))
@@ -178,6 +182,71 @@ def choice(*names: str) -> Callable[[str], str]:
 
     parse.__name__ = "choice"
     return parse
+
+
+class LibraryNames(Sequence):
+    """The names of one library table, read when argparse first needs them.
+
+    The tables live in modules that import JAX; reading them only when a value is checked or
+    ``--help`` is printed keeps ``gradjax --help`` quick.
+
+    Args:
+      module: the module holding the table, e.g. ``"gradjax.activations"``.
+      table: the table's name in it, e.g. ``"ACTIVATIONS"``; its string keys are the names.
+    """
+
+    def __init__(self, module: str, table: str) -> None:
+        self.module, self.table = module, table
+
+    def _names(self) -> tuple[str, ...]:
+        table = getattr(importlib.import_module(self.module), self.table)
+        return tuple(n for n in table if isinstance(n, str))
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+
+def library_choice(module: str, table: str) -> dict:
+    """``add_argument`` keywords for a flag whose values are the names of a library table.
+
+    Args:
+      module: the module holding the table.
+      table: the table's name in it.
+
+    Returns:
+      ``{"choices": ..., "type": ...}``: the names (read lazily, see :class:`LibraryNames`)
+      and the type that refuses any other value in the one-line format. ``%(choices)s`` in
+      the flag's help lists them.
+    """
+    names = LibraryNames(module, table)
+    return {"choices": names, "type": _one_of(names)}
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a library field: ``sigma_w`` -> ``--sigma-w``."""
+    return "--" + field.replace("_", "-")
+
+
+def flags(*fields: str, **other_names: str) -> dict[str, str]:
+    """Library field -> command-line flag, for :func:`renamed_field`.
+
+    Args:
+      *fields: fields whose flag is their name in flag form (see :func:`flag`).
+      **other_names: fields whose flag is named otherwise, e.g. ``out_dir="--out"``.
+
+    Returns:
+      The mapping, ``fields`` first.
+    """
+    return {field: flag(field) for field in fields} | other_names
 
 
 def writable_dir(path: str | os.PathLike, field: str = "--out") -> Path:

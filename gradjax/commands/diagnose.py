@@ -22,6 +22,9 @@ from pathlib import Path
 
 from gradjax.commands.common import (
     choice,
+    flag,
+    flags,
+    library_choice,
     nonnegative_real,
     out_dir,
     positive_int,
@@ -53,9 +56,6 @@ MLP_DEFAULTS = {
 
 
 def add_parser(sub) -> None:
-    from gradjax.activations import ACTIVATIONS
-    from gradjax.config import INIT_KINDS
-
     p = sub.add_parser(
         "diagnose",
         help="gradient-flow report (verdict per region, suggestions) for your model or a net",
@@ -88,15 +88,16 @@ def add_parser(sub) -> None:
     mlp.add_argument(
         "--activation",
         default="tanh",
-        type=choice(*ACTIVATIONS),
-        help="activation (with --model: the model's, for init advice); one of "
-        + ", ".join(ACTIVATIONS),
+        **library_choice("gradjax.activations", "ACTIVATIONS"),
+        metavar="ACTIVATION",
+        help="activation (with --model: the model's, for init advice); one of %(choices)s",
     )
     mlp.add_argument(
         "--init",
         default="gaussian",
-        type=choice(*INIT_KINDS),
-        help="weight init; one of " + ", ".join(INIT_KINDS),
+        **library_choice("gradjax.config", "INIT_KINDS"),
+        metavar="INIT",
+        help="weight init; one of %(choices)s",
     )
     mlp.add_argument("--depth", type=positive_int, default=MLP_DEFAULTS["depth"], help="blocks")
     mlp.add_argument(
@@ -144,30 +145,14 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         # The factory defines the model: MLP flags would be silently ignored, so they are
         # refused (--activation is kept: it names the model's activation for the advice).
-        given = [
-            f
-            for f, default in MLP_DEFAULTS.items()
-            if f != "activation" and getattr(args, f) != default
-        ]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise GradjaxInputError(
-                f"{flag}={getattr(args, given[0])!r} is invalid: expected no MLP flag with "
-                f"--model (the factory defines its own model)"
-            )
+        _refuse_mlp_flags(args, "--model (the factory defines its own model)", keep="activation")
         from gradjax.boundary import load_factory
 
         # Loaded before --out is created: a refused model leaves nothing behind.
         loaded = load_factory(args.model)
     elif args.example is not None:
         # An example is its own model: MLP flags would be silently ignored, so they are refused.
-        given = [f for f, default in MLP_DEFAULTS.items() if getattr(args, f) != default]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise GradjaxInputError(
-                f"{flag}={getattr(args, given[0])!r} is invalid: expected no MLP flag with "
-                f"--example={args.example!r} (the example defines its own model)"
-            )
+        _refuse_mlp_flags(args, f"--example={args.example!r} (the example defines its own model)")
     else:
         from gradjax.cost import check_fits, estimate_network_bytes, memory_limit_bytes
 
@@ -190,8 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 residual=args.residual,
             )
         except GradjaxInputError as err:
-            flags = {f: "--" + f.replace("_", "-") for f in MLP_DEFAULTS}
-            raise renamed_field(err, flags) from None
+            raise renamed_field(err, flags(*MLP_DEFAULTS)) from None
     out = writable_dir(args.out)
     probe = {"lr": args.lr, "optimizer": args.optimizer}
 
@@ -243,6 +227,27 @@ def run(args: argparse.Namespace) -> int:
     save_figure(report.plot(title=title), out / "report")
     print(text)
     return 0
+
+
+def _refuse_mlp_flags(args: argparse.Namespace, source: str, keep: str | None = None) -> None:
+    """Refuses an MLP flag changed from its default where ``source`` defines the model.
+
+    Args:
+      args: the parsed flags.
+      source: the flag that defines the model and why, for the message.
+      keep: an MLP field allowed with ``source``.
+
+    Raises:
+      GradjaxInputError: naming the first changed flag, its value and ``source``.
+    """
+    from gradjax.errors import GradjaxInputError
+
+    for field, default in MLP_DEFAULTS.items():
+        if field != keep and getattr(args, field) != default:
+            raise GradjaxInputError(
+                f"{flag(field)}={getattr(args, field)!r} is invalid: expected no MLP flag with "
+                f"{source}"
+            )
 
 
 def _example_problem(name: str, *, batch: int, seed: int) -> dict:

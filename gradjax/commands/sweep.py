@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gradjax.commands.common import (
     choice,
+    flags,
     grid,
     nonnegative_int,
     out_dir,
@@ -18,19 +19,19 @@ from gradjax.commands.common import (
 from gradjax.io import dumps_json
 
 # Library argument -> command-line flag, for the errors the library raises.
-FLAGS = {
-    "out_dir": "--out",
-    "sigma_w": "--sigma-w",
-    "sigma_b": "--sigma-b",
-    "seeds": "--seeds",
-    "devices": "--devices",
-    "memory_budget_mb": "--memory-budget-mb",
-    "depth": "--depth",
-    "width": "--width",
-    "activation": "--activation",
-    "init": "--init",
-    "batch": "--batch",
-}
+FLAGS = flags(
+    "sigma_w",
+    "sigma_b",
+    "seeds",
+    "devices",
+    "memory_budget_mb",
+    "depth",
+    "width",
+    "activation",
+    "init",
+    "batch",
+    out_dir="--out",
+)
 
 
 def add_parser(sub) -> None:

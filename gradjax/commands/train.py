@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Iterator, Sequence
 
 from gradjax.commands.common import (
+    flags,
+    library_choice,
     nonnegative_int,
     nonnegative_real,
     out_dir,
@@ -20,68 +21,28 @@ from gradjax.commands.common import (
 from gradjax.io import dumps_json
 
 # Library argument -> command-line flag, for the errors the library raises.
-FLAGS = {
-    "out_dir": "--out",
-    "activation": "--activation",
-    "init": "--init",
-    "sigma_w": "--sigma-w",
-    "depth": "--depth",
-    "width": "--width",
-    "seeds": "--seeds",
-    "dataset": "--dataset",
-    "optimizer": "--optimizer",
-    "learning_rate": "--lr",
-    "steps": "--steps",
-    "batch_size": "--batch-size",
-    "warmup_steps": "--warmup",
-    "clip": "--clip",
-    "weight_decay": "--weight-decay",
-    "l1": "--l1",
-}
+FLAGS = flags(
+    "activation",
+    "init",
+    "sigma_w",
+    "depth",
+    "width",
+    "seeds",
+    "dataset",
+    "optimizer",
+    "steps",
+    "batch_size",
+    "clip",
+    "weight_decay",
+    "l1",
+    out_dir="--out",
+    learning_rate="--lr",
+    warmup_steps="--warmup",
+)
 # A rough host throughput for the up-front time guess (small batched matmuls on a CPU core).
 GUESS_FLOPS_PER_S = 1e10
 # Runs guessed to take longer than this report their steps even with --no-progress.
 LONG_RUN_S = 60.0
-
-
-class _Table(Sequence):
-    """The names of one library table, read when argparse first needs them.
-
-    The tables live in modules that import JAX; reading them only when a value is checked or
-    ``--help`` is printed keeps ``gradjax --help`` quick.
-    """
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    def _names(self) -> tuple[str, ...]:
-        table = getattr(importlib.import_module(self.module), self.name)
-        return tuple(n for n in table if isinstance(n, str))
-
-    def __getitem__(self, i):
-        return self._names()[i]
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._names()
-
-    def parse(self, text: str) -> str:
-        """argparse type: one of the table's names, refused in the one-line format."""
-        if text not in self:
-            allowed = "one of " + ", ".join(self)
-            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected {allowed}")
-        return text
-
-
-def _choices(module: str, name: str) -> dict:
-    """``add_argument`` keywords for a flag whose values are the names of a library table."""
-    table = _Table(module, name)
-    return {"choices": table, "type": table.parse}
 
 
 def add_parser(sub) -> None:
@@ -96,22 +57,22 @@ def add_parser(sub) -> None:
         "directory holding a sweep or a different training run is refused.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    acts = _choices("gradjax.activations", "ACTIVATIONS")
+    acts = library_choice("gradjax.activations", "ACTIVATIONS")
     p.add_argument("--activation", default="relu", **acts, help="activation")
     p.add_argument(
-        "--init", default="he", **_choices("gradjax.config", "INIT_KINDS"), help="weight init"
+        "--init", default="he", **library_choice("gradjax.config", "INIT_KINDS"), help="weight init"
     )
     p.add_argument("--sigma-w", type=nonnegative_real, default=1.0, help="weight scale")
     p.add_argument("--depth", type=positive_int, default=20, help="blocks")
     p.add_argument("--width", type=positive_int, default=128, help="hidden width")
     p.add_argument("--seeds", type=positive_int, default=8, help="independent runs")
     p.add_argument(
-        "--dataset", default="digits", **_choices("gradjax.data", "DATASETS"), help="data"
+        "--dataset", default="digits", **library_choice("gradjax.data", "DATASETS"), help="data"
     )
     p.add_argument(
         "--optimizer",
         default="sgd",
-        **_choices("gradjax.optim", "OPTIMIZERS"),
+        **library_choice("gradjax.optim", "OPTIMIZERS"),
         help="optimiser (adamw: Adam with --weight-decay decoupled)",
     )
     p.add_argument("--lr", type=positive_real, default=0.01, help="peak learning rate")
