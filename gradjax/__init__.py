@@ -10,10 +10,12 @@ else lives in a namespace, one per module: ``gj.theory``, ``gj.gaussian``, ``gj.
 ``gj.matrix_free``, ``gj.isometry``, ``gj.lyapunov``, ``gj.normalization``, ``gj.residual``,
 ``gj.hessian``, ``gj.jacobians``, ``gj.gradients``, ``gj.signal``, ``gj.probes``,
 ``gj.optim``, ``gj.initializers``, ``gj.activations``, ``gj.config``, ``gj.layout``,
-``gj.boundary``, ``gj.data``, ``gj.io``, ``gj.store``, ``gj.devices``, ``gj.distributed``,
-``gj.cost``, ``gj.threads``, ``gj.errors``, ``gj.plotting``, ``gj.models``, ``gj.lapack``, and
-the shared primitives ``gj.numerics`` (overflow-safe norms), ``gj.fitting`` (growth fits) and
-``gj.tree_paths`` (parameter path names).
+``gj.boundary``, ``gj.report`` (the diagnosis report and its verdicts), ``gj.advice``,
+``gj.flow_measurement``, ``gj.report_plot``, ``gj.data``, ``gj.io``, ``gj.store``,
+``gj.devices``, ``gj.distributed``, ``gj.cost``, ``gj.threads``, ``gj.errors``,
+``gj.plotting``, ``gj.models``, ``gj.lapack``, and the shared primitives ``gj.numerics``
+(overflow-safe norms), ``gj.fitting`` (growth fits) and ``gj.tree_paths`` (parameter path
+names).
 
 One rule for names: a module named after its entry point is reached through that entry
 point, so ``gj.sweep``, ``gj.train``, ``gj.diagnose`` and ``gj.monitor`` are functions (their
@@ -25,6 +27,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gradjax import activations as activations
+from gradjax import advice as advice
 from gradjax import boundary as boundary
 from gradjax import config as config
 from gradjax import cost as cost
@@ -33,6 +36,7 @@ from gradjax import devices as devices
 from gradjax import distributed as distributed
 from gradjax import errors as errors
 from gradjax import fitting as fitting
+from gradjax import flow_measurement as flow_measurement
 from gradjax import gaussian as gaussian
 from gradjax import gradients as gradients
 from gradjax import hessian as hessian
@@ -50,6 +54,8 @@ from gradjax import numerics as numerics
 from gradjax import optim as optim
 from gradjax import plotting as plotting
 from gradjax import probes as probes
+from gradjax import report as report
+from gradjax import report_plot as report_plot
 from gradjax import residual as residual
 from gradjax import signal as signal
 from gradjax import spectra as spectra
