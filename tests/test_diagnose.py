@@ -412,3 +412,45 @@ def test_activation_functions_are_named_never_printed():
     assert activation_name(lambda v: v * jax.nn.sigmoid(1.702 * v)) is None
     *_, report = _net_report(activation="sigmoid", sigma_w=1.0)
     assert not any("<function" in s for s in report.suggestions)
+
+
+def test_split_modules_are_reached_through_gradjax_diagnose():
+    # Existing code imports the report types, advice and plot from gradjax.diagnose.
+    import importlib
+
+    module = importlib.import_module("gradjax.diagnose")
+    defined_in = {
+        "Report": gj.report,
+        "Thresholds": gj.report,
+        "Comparison": gj.report,
+        "Region": gj.report,
+        "VERDICTS": gj.report,
+        "classify": gj.report,
+        "regions": gj.report,
+        "suggest": gj.advice,
+        "critical_sigma_w2": gj.advice,
+        "activation_name": gj.advice,
+        "plot_report": gj.report_plot,
+        "_PROGRAMS": gj.flow_measurement,
+    }
+    for name, home in defined_in.items():
+        assert getattr(module, name) is getattr(home, name), name
+    assert gj.Report is gj.report.Report and gj.Thresholds is gj.report.Thresholds
+    assert gj.diagnose is module.diagnose and gj.diagnose_net is module.diagnose_net
+
+
+def test_leaf_and_group_norms_match_numpy():
+    from gradjax.flow_measurement import combine_norms, leaf_norms
+    from gradjax.tree_paths import layer_slices
+
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.standard_normal((3, 4, 5)), rng.standard_normal(7)
+    tree = {"bias": bias, "stack": {"kernel": kernel}}
+    slices = layer_slices(tree, stacked=[("stack",)])
+    assert [s.layer for s in slices] == [None, 0, 1, 2]  # the stack is split per layer
+    expected = [np.linalg.norm(bias)] + [np.linalg.norm(kernel[i]) for i in range(3)]
+    norms = leaf_norms(tree, slices)
+    np.testing.assert_allclose(norms, expected, rtol=1e-12)
+    everything = math.sqrt(np.sum(kernel**2) + np.sum(bias**2))
+    groups = combine_norms(norms, [[0, 1, 2, 3], [1]])
+    np.testing.assert_allclose(groups, [everything, expected[1]], rtol=1e-12)
