@@ -599,24 +599,11 @@ def _seed_devices(devices: Any, seeds: int) -> tuple:
     Training is a pure XLA program, so a single-process run uses every device, CPU devices
     included; across processes the inputs live on one host, so the default is one device.
     """
-    default = devices_lib.default_devices(cpu_all=True) if jax.process_count() == 1 else None
-    chosen = devices_lib.select_devices(
-        devices, default=default if default is not None else jax.devices()[:1]
-    )
+    one_process = jax.process_count() == 1
+    default = devices_lib.default_devices(cpu_all=True) if one_process else jax.devices()[:1]
+    chosen = devices_lib.select_devices(devices, default=default)
     n = max(k for k in range(1, len(chosen) + 1) if seeds % k == 0)
     return chosen[:n]
-
-
-def _place_on_mesh(devices: tuple, state: Any, indices: jax.Array, data: Dataset) -> tuple:
-    """Puts the runs' state and minibatch order on the seed mesh, the data on every device."""
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    mesh = devices_lib.mesh(devices, "seed")
-    state = jax.device_put(state, NamedSharding(mesh, P(None, "seed")))
-    indices = jax.device_put(indices, NamedSharding(mesh, P("seed")))
-    data = jax.device_put(data, NamedSharding(mesh, P()))
-    return state, indices, data
 
 
 def _check_hyper(
@@ -801,7 +788,15 @@ def train(
     hyper_j = {k: jnp.asarray(v, model.dtype) for k, v in hyper_np.items()}
     state, init_norms, indices = init_all(keys, hyper_j, params, data)
     if len(device_list) > 1:
-        state, indices, data = _place_on_mesh(device_list, state, indices, data)
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        # The runs' state and minibatch order are split over the seed mesh, the data is on
+        # every device (the layout the sharded segment function expects).
+        mesh = devices_lib.mesh(device_list, "seed")
+        state = jax.device_put(state, NamedSharding(mesh, P(None, "seed")))
+        indices = jax.device_put(indices, NamedSharding(mesh, P("seed")))
+        data = jax.device_put(data, NamedSharding(mesh, P()))
 
     records = []
     with devices_lib.Progress(progress or False, steps, desc="train", unit="step") as bar:
@@ -1020,12 +1015,7 @@ def check_fits(
 ) -> TrainCost:
     """Refuses a training call that cannot fit in memory; returns its :class:`TrainCost`.
 
-    Args:
-      net: the model, as :func:`train` takes it.
-      data: the data set.
-      tcfg: the training configuration.
-      seeds: number of seeds.
-      n_hyper: length of the hyper axis.
+    Takes the arguments of :func:`estimate`.
 
     Returns:
       The estimate (see :func:`estimate`).
