@@ -15,6 +15,17 @@ def _batch(key, b, d, dtype=jnp.float32):
     return jax.random.normal(kx, (b, d), dtype), jax.random.normal(ky, (b, 1), dtype)
 
 
+def _he_relu_stack(**kw):
+    """A config of eight residual ReLU blocks at He init (sigma_w^2 = 2)."""
+    return gj.NetConfig(depth=8, activation="relu", sigma_w=2**0.5, **kw)
+
+
+def _measured_second_moment(cfg, key):
+    """E[a_l^2] per block of ``cfg``'s stack, averaged over 8 seeds of 16 examples."""
+    prof = gj.residual.residual_profile(gj.build(cfg), key, batch=16, seeds=8)
+    return prof, np.asarray(prof.second_moment).mean(0)
+
+
 def test_skipinit_at_zero_gain_is_exactly_the_identity(getkey):
     net = gj.build(
         gj.NetConfig(
@@ -80,9 +91,7 @@ def test_post_activation_breaks_the_identity_path(getkey):
     # path, so identity + branch paths (the gradient of x_L = x_l + sum F) misses dL/da_l.
     # Control: the same decomposition computed for the identical pre-activation weights is
     # exact, so the miss is the mask's, not round-off.
-    base = gj.NetConfig(
-        depth=8, width=64, activation="relu", sigma_w=2**0.5, residual="scaled", dtype="float32"
-    )
+    base = _he_relu_stack(width=64, residual="scaled", dtype="float32")
     key = getkey()
     x, y = _batch(getkey(), 16, 64)
     errors = {}
@@ -130,21 +139,23 @@ def test_gradient_is_at_least_the_identity_path_term_and_linear_closed_forms(get
 
 def test_residual_theory_linear_matches_closed_form():
     # Quadrature recursion vs the closed form (1 + alpha^2 sigma_w^2)^(l-1) q_1 + bias terms.
+    depth, alpha, sigma_w, sigma_b = 12, 0.7, 1.4, 0.3
     cfg = gj.NetConfig(
-        depth=12,
+        depth=depth,
         width=8,
         activation="linear",
         residual="scaled",
-        residual_alpha=0.7,
-        sigma_w=1.4,
-        sigma_b=0.3,
+        residual_alpha=alpha,
+        sigma_w=sigma_w,
+        sigma_b=sigma_b,
     )
     th = gj.residual.residual_theory(cfg)
     closed = gj.residual.linear_residual_variance(
-        12, alpha=0.7, sigma_w=1.4, sigma_b=0.3, first=1.4**2 + 0.3**2
+        depth, alpha=alpha, sigma_w=sigma_w, sigma_b=sigma_b, first=sigma_w**2 + sigma_b**2
     )
     np.testing.assert_allclose(th.second_moment, closed, rtol=1e-5)
-    np.testing.assert_allclose(th.grad_ratio[0], (1 + 0.49 * 1.96) ** 11, rtol=1e-5)
+    growth = 1 + alpha**2 * sigma_w**2
+    np.testing.assert_allclose(th.grad_ratio[0], growth ** (depth - 1), rtol=1e-5)
     assert np.all(np.abs(np.asarray(th.mean)) <= 1e-6 * np.sqrt(closed))  # E[a] = 0 by symmetry
 
 
@@ -205,18 +216,10 @@ def test_pre_activation_he_relu_doubles_per_block(getkey):
     # (width 256, 8 seeds): the fitted growth within 3%, each block within 10%, for one and
     # two weight layers per branch.
     for layers in (1, 2):
-        cfg = gj.NetConfig(
-            depth=8,
-            width=256,
-            activation="relu",
-            sigma_w=2**0.5,
-            residual="plain",
-            branch_layers=layers,
-        )
+        cfg = _he_relu_stack(width=256, residual="plain", branch_layers=layers)
         th = np.asarray(gj.residual.residual_theory(cfg).second_moment)
         np.testing.assert_allclose(th[1:] / th[:-1], 2.0, rtol=1e-5)
-        prof = gj.residual.residual_profile(gj.build(cfg), getkey(), batch=16, seeds=8)
-        measured = np.asarray(prof.second_moment).mean(0)
+        _, measured = _measured_second_moment(cfg, getkey())
         growth = float(np.exp(log_slope(np.arange(8), measured)))
         assert growth == pytest.approx(2.0, rel=0.03)
         np.testing.assert_allclose(measured, th, rtol=0.1)
@@ -226,18 +229,11 @@ def test_post_activation_theory_matches_measurement(getkey):
     # The article's ReLU(x + W x) at He init: the stream is >= 0, so the theory carries the
     # unit's law; growth tends to 2.40 per block (not 2). Forward within 10% per block,
     # gradient ratios (gradient independence with each unit's own mask chain) within 20%.
-    cfg = gj.NetConfig(
-        depth=8,
-        width=512,
-        activation="relu",
-        sigma_w=2**0.5,
-        residual="plain",
-        residual_block="post",
-    )
+    cfg = _he_relu_stack(width=512, residual="plain", residual_block="post")
     th = gj.residual.residual_theory(cfg)
     q = np.asarray(th.second_moment)
     assert q[-1] / q[-2] == pytest.approx(2.40, abs=0.01)
-    prof = gj.residual.residual_profile(gj.build(cfg), getkey(), batch=16, seeds=8)
-    np.testing.assert_allclose(np.asarray(prof.second_moment).mean(0), q, rtol=0.1)
+    prof, measured = _measured_second_moment(cfg, getkey())
+    np.testing.assert_allclose(measured, q, rtol=0.1)
     g2 = (np.asarray(prof.grad) ** 2).mean(0)
     np.testing.assert_allclose(g2 / g2[-1], np.asarray(th.grad_ratio), rtol=0.2)
