@@ -1,9 +1,10 @@
-"""Helpers shared by the subcommands: the parser, output directories and argument types.
+"""Helpers shared by the subcommands: the parser, output directories, argument types, flag names.
 
 Every verb parses its flags with the types below, so one flag means one thing everywhere
 (``--seed`` is a non-negative integer below 2**63 in every command, ``--out`` is never
 empty), and a refused value is reported as one line naming the flag, with exit status 2,
-before anything is written.
+before anything is written. A library error raised for a command names the flag, not the
+library's field (:func:`flags`, :func:`renamed_field`).
 """
 
 from __future__ import annotations
