@@ -10,6 +10,7 @@ import json
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import pytest
 import threadpoolctl
 
@@ -155,3 +156,51 @@ def test_mismatched_name_is_a_failure(suite, tmp_path):
 def test_bad_package_is_refused(capsys):
     assert main(["bench", "--package", "no_such_package_here"]) == 2
     assert "--package='no_such_package_here' is invalid" in capsys.readouterr().err
+
+
+def test_monitor_overhead_cnn_convolution_is_a_3x3_same_convolution():
+    from gradjax.benchmarks.bench_monitor_overhead import DigitsCNN
+
+    model = DigitsCNN(depth=2, features=4)
+    x = jax.random.uniform(jax.random.key(0), (3, 64))
+    variables = model.init(jax.random.key(1), x)
+    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    got = state["intermediates"]["conv0"]["__call__"][0]
+    layer = variables["params"]["conv0"]
+    # The same kernel as XLA's convolution sees it: (3, 3, in, out), 'SAME' zero padding.
+    want = jax.lax.conv_general_dilated(
+        x.reshape(3, 8, 8, 1),
+        layer["kernel"].reshape(3, 3, 1, 4),
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    assert got.shape == (3, 8, 8, 4)
+    assert jnp.allclose(got, want + layer["bias"], rtol=1e-5, atol=1e-6)
+    # Every conv layer and the head is one module: nine for the default depth.
+    params = jax.eval_shape(DigitsCNN().init, jax.random.key(1), x)["params"]
+    assert sorted(params) == [*(f"conv{i}" for i in range(8)), "head"]
+
+
+def test_monitor_overhead_measures_the_cnn_without_the_examples(tmp_path, monkeypatch):
+    from gradjax.benchmarks import bench_monitor_overhead as mo
+
+    # An installed package has no examples/ next to its benchmarks.
+    monkeypatch.setattr(mo, "EXAMPLES", tmp_path / "examples")
+    tiny = {"depth": 2, "width": 8, "batch": 4, "steps": 2, "cnn_depth": 2, "cnn_steps": 2}
+    monkeypatch.setattr(mo, "_config", lambda quick: dict(tiny))
+    record = mo.run(quick=True)
+    for key in ("overhead_fraction", "overhead_fraction_cnn"):
+        value = record["ratios"][key]
+        assert isinstance(value, float) and value > -1.0  # a ratio of two positive times
+        assert record["targets_met"][key] is not None
+    # The monitor changes no update: both scans end on the same parameters.
+    assert record["accuracy"] == {
+        "max_abs_param_diff_monitored_vs_plain": 0.0,
+        "max_abs_param_diff_monitored_vs_plain_cnn": 0.0,
+    }
+    # One group per module: depth + 1 of them in each model (the layers and the head).
+    assert record["cnn_groups"] == 3 and record["mlp_groups"] == 3
+    assert "examples/diagnose_cnn_digits.py" in record["diagnose_examples_missing"]
+    assert not [k for k in record["timings_s"] if k.startswith("diagnose_")]
