@@ -7,28 +7,32 @@ directory, and is classified:
   written (neither ``--out`` nor anything in the working directory);
 * ``tracebacks``: a Python traceback on stderr (target 0);
 * ``aborts``: killed by a signal or exit status >= 128, e.g. an XLA check failure (target 0);
-* ``timeouts``: still running after the per-case limit (a bad size neither refused nor run);
+* ``timeouts``: still running after ``CASE_TIMEOUT_S`` (a size neither refused nor run);
 * ``other``: anything else (accepted and ran, several lines, an empty directory left, ...).
 
 The trials run one small sweep uninterrupted as the reference, then the same sweep
-SIGKILLed mid-run and resumed, with a chunk truncated / zero-filled / the manifest garbled
-before a rerun, and as two concurrent runs on one directory; ``differing_results`` counts
-the trials whose final ``arrays.npz`` is not bit for bit the reference's (or that ended
-without one).
+SIGKILLed mid-run and resumed (twice, the second kill later in the run), a copy of the
+finished reference with a chunk truncated / zero-filled / emptied or the manifest garbled
+rerun, and two concurrent runs on one directory; ``differing_results`` counts the trials
+whose final ``arrays.npz`` is not bit for bit the reference's (or that ended without one).
+Every sweep process spends some twenty seconds of CPU compiling, so the trials are about
+a dozen processes, two at a time.
 
 ``--quick`` runs every fourth bad-input case, one kill, two kinds of damage (truncated chunk,
-garbled manifest) and one concurrent trial. Each trial is a few sweep processes, so the
-trials take most of the time (minutes on a busy two-core machine).
+garbled manifest) and the concurrent trial.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,9 @@ SEEDS = ["-1", "1.5", "abc", "", "99999999999999999999", str(2**63)]  # 0 is a v
 REALS = ["nan", "inf", "-1", "x"]
 GRIDS = ["-1,1", "nan", "inf", "1:2", "0:1:100000000", "a,b", "", "1:2:0", "1:2:x"]
 SWEEP_SMALL = ["--depth", "4", "--width", "8", "--seeds", "4", "--batch", "4"]
+# A bad input is refused in about a second; a case running longer than this is not refused
+# (a huge sweep runs with progress until killed here: waiting longer would tell no more).
+CASE_TIMEOUT_S = 30.0
 
 
 def bad_inputs() -> list[tuple[str, list[str]]]:
@@ -197,15 +204,19 @@ def _chunks(out: Path) -> list[Path]:
 
 
 def trials(root: Path, *, quick: bool, timeout_s: float) -> dict[str, Any]:
-    """Kill, corrupt and concurrent trials; each compared with an uninterrupted run."""
+    """Kill, corrupt and concurrent trials; each compared with an uninterrupted run.
+
+    Every sweep process spends most of its time compiling, so the trials share what they
+    can: a damaged directory is a copy of the finished reference (the same bytes a fresh run
+    of the same command writes), and independent trials run two at a time.
+    """
     ref_dir = root / "reference"
     if _sweep(ref_dir, timeout_s) != 0 or _arrays(ref_dir) is None:
         return {"error": "the reference sweep failed", "differing_results": None}
     reference = _arrays(ref_dir)
-    results: dict[str, int] = {}
 
-    # Kill: SIGKILL once the first chunk is on disk, then resume.
-    for i in range(1 if quick else 3):
+    def kill(i: int) -> int:
+        """SIGKILL once the first chunk is on disk (later for later ``i``), then resume."""
         out = root / f"kill{i}"
         proc = subprocess.Popen(
             _sweep_argv(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -213,14 +224,41 @@ def trials(root: Path, *, quick: bool, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and not _chunks(out) and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3 * i)  # later kills land later in the run
+        time.sleep(0.3 * i)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
         rc = _sweep(out, timeout_s)
-        results[f"kill{i}"] = _differs(out, reference) if rc == 0 else 1
+        return _differs(out, reference) if rc == 0 else 1
 
-    # Corrupt a finished directory, then rerun it.
+    def corrupt(name: str, damage: Callable[[Path], None]) -> int:
+        """Damage a finished directory, then rerun the same command on it."""
+        out = root / f"corrupt_{name}"
+        shutil.copytree(ref_dir, out)
+        damage(out)
+        (out / "arrays.npz").unlink()  # the rerun must rebuild the result from its chunks
+        rc = _sweep(out, timeout_s)
+        return _differs(out, reference) if rc == 0 else 1
+
+    def concurrent(i: int) -> int:
+        """Two runs on one new directory; then a final run completes whatever is left."""
+        out = root / f"concurrent{i}"
+        logs = [root / f"concurrent{i}-{j}.err" for j in range(2)]
+        procs = []
+        for log in logs:  # stderr to files: a full pipe would stall a run's progress output
+            with open(log, "wb") as f:
+                procs.append(
+                    subprocess.Popen(
+                        _sweep_argv(out), env=_env(), stdout=subprocess.DEVNULL, stderr=f
+                    )
+                )
+        codes = [p.wait(timeout=timeout_s) for p in procs]
+        crashed = any(c not in (0, 2) for c in codes) or any(
+            b"Traceback" in log.read_bytes() for log in logs
+        )
+        rc = _sweep(out, timeout_s)
+        return 1 if crashed or rc != 0 else _differs(out, reference)
+
     def truncate(out):
         chunk = _chunks(out)[0]
         chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
@@ -238,34 +276,13 @@ def trials(root: Path, *, quick: bool, timeout_s: float) -> dict[str, Any]:
     damages = {"truncate": truncate, "manifest": garble_manifest}
     if not quick:
         damages.update(zero=zero, empty=empty_chunk)
-    for name, damage in damages.items():
-        out = root / f"corrupt_{name}"
-        if _sweep(out, timeout_s) != 0:
-            results[f"corrupt_{name}"] = 1
-            continue
-        damage(out)
-        (out / "arrays.npz").unlink()  # the rerun must rebuild the result from its chunks
-        rc = _sweep(out, timeout_s)
-        results[f"corrupt_{name}"] = _differs(out, reference) if rc == 0 else 1
-
-    # Concurrent: two runs on one new directory; then a final run completes whatever is left.
-    for i in range(1 if quick else 2):
-        out = root / f"concurrent{i}"
-        logs = [root / f"concurrent{i}-{j}.err" for j in range(2)]
-        procs = []
-        for log in logs:  # stderr to files: a full pipe would stall a run's progress output
-            with open(log, "wb") as f:
-                procs.append(
-                    subprocess.Popen(
-                        _sweep_argv(out), env=_env(), stdout=subprocess.DEVNULL, stderr=f
-                    )
-                )
-        codes = [p.wait(timeout=timeout_s) for p in procs]
-        crashed = any(c not in (0, 2) for c in codes) or any(
-            b"Traceback" in log.read_bytes() for log in logs
-        )
-        rc = _sweep(out, timeout_s)
-        results[f"concurrent{i}"] = 1 if crashed or rc != 0 else _differs(out, reference)
+    # The concurrent pair first: the other trials fill the second core around it.
+    jobs: dict[str, Callable[[], int]] = {"concurrent0": functools.partial(concurrent, 0)}
+    jobs.update({f"kill{i}": functools.partial(kill, i) for i in range(1 if quick else 2)})
+    jobs.update({f"corrupt_{n}": functools.partial(corrupt, n, d) for n, d in damages.items()})
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+    results = {name: future.result() for name, future in futures.items()}
     return {"per_trial": results, "differing_results": int(sum(results.values()))}
 
 
@@ -274,7 +291,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     cases = bad_inputs()
     if quick:
         cases = cases[::4]
-    timeout_s = 180.0
+    timeout_s = CASE_TIMEOUT_S
     counts = dict.fromkeys(("refused_cleanly", "tracebacks", "aborts", "timeouts", "other"), 0)
     failures: list[dict[str, Any]] = []
     t0 = time.perf_counter()

@@ -204,3 +204,29 @@ def test_monitor_overhead_measures_the_cnn_without_the_examples(tmp_path, monkey
     assert record["cnn_groups"] == 3 and record["mlp_groups"] == 3
     assert "examples/diagnose_cnn_digits.py" in record["diagnose_examples_missing"]
     assert not [k for k in record["timings_s"] if k.startswith("diagnose_")]
+
+
+def test_reliability_bad_inputs_span_the_six_verbs():
+    from gradjax.benchmarks import bench_reliability as rel
+
+    cases = rel.bad_inputs()
+    assert len(cases) >= 150
+    assert {verb for verb, _ in cases} == {
+        "sweep",
+        "train",
+        "diagnose",
+        "theory",
+        "bench",
+        "figures",
+    }
+    assert len({(verb, tuple(args)) for verb, args in cases}) == len(cases)  # no repeats
+
+
+def test_reliability_classifies_a_refusal_and_a_successful_command():
+    from gradjax.benchmarks import bench_reliability as rel
+
+    bad = rel.classify("theory", ["--sigma-b2=nan"], timeout_s=rel.CASE_TIMEOUT_S)
+    assert bad == "refused_cleanly"
+    # Exit status 0 (help printed) is not a refusal.
+    good = rel.classify("theory", ["--help"], timeout_s=rel.CASE_TIMEOUT_S)
+    assert good == "other"
