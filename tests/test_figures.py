@@ -3,6 +3,7 @@
 import json
 import re
 
+import jax
 import pytest
 
 from gradjax.cli import main
@@ -12,8 +13,18 @@ from gradjax.paper_figs.run import discover, run_figures
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    # The quick figures compile about six hundred small programs and run each of them once or
+    # a few times, so their time is mostly XLA's optimisation passes, which cost more than
+    # they save here. Switching them off changes how the programs are compiled, not what they
+    # compute; the compiled programs are dropped afterwards, so no later test runs them.
     out = tmp_path_factory.mktemp("figures")
-    code = main(["figures", "--quick", "--out", str(out)])
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        code = main(["figures", "--quick", "--out", str(out)])
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+        jax.clear_caches()
     return code, out
 
 
