@@ -43,7 +43,8 @@ def config(quick: bool) -> dict:
         "seeds": 2 if quick else 4,
         "sigma_w": float(np.sqrt(2.0)),
         "baseline_sigma_w": 1.0,
-        "norms": ["batch", "layer"],
+        # Quick: BatchNorm only (each normalised stack is its own compiled program).
+        "norms": ["batch"] if quick else ["batch", "layer"],
         "key": 0,
     }
 
@@ -145,6 +146,27 @@ def compute(cfg: dict, progress) -> dict:
     return {"numbers": numbers, "arrays": arrays}
 
 
+def _forward_panel(ax, layers, arr, curves, title, theory_kw) -> None:
+    """Measured E[a_l^2] bands with their mean-field curves on one log panel.
+
+    Args:
+      ax: the axes.
+      layers: the layer numbers (x axis).
+      arr: the figure's arrays (``<label>.m2`` and ``<label>.m2_theory`` per curve).
+      curves: ``(label, color, linestyle, legend text)`` per measured stack.
+      title: the panel title.
+      theory_kw: line style of the theory curves.
+    """
+    from gradjax.plotting import band
+
+    for label, color, linestyle, text in curves:
+        band(ax, layers, arr[f"{label}.m2"], color=color, linestyle=linestyle, label=text)
+        ax.plot(layers, arr[f"{label}.m2_theory"], **theory_kw)
+    ax.plot([], [], label="mean-field theory", **theory_kw)
+    ax.set(yscale="log", xlabel="layer $l$", ylabel=r"$E[a_l^2]$ per unit", title=title)
+    ax.legend(fontsize=6, loc="upper left")
+
+
 def plot(cfg: dict, result: dict):
     from gradjax.plotting import PALETTE, band, new_figure, styled
 
@@ -212,50 +234,30 @@ def plot(cfg: dict, result: dict):
         )
         a1.legend(fontsize=6)
 
+        forward = []
         for block in BLOCKS:
             for kind in GAINS:
                 if block == "act_branch" and kind != "plain":
                     continue
-                label = f"none_{block}_{kind}"
-                band(
-                    a2,
-                    layers,
-                    arr[f"{label}.m2"],
-                    color=col[block] if kind != "skipinit" else PALETTE[7],
-                    linestyle=style[kind],
-                    label=f"{block_text[block]}, {gain_text[kind]}",
-                )
-                a2.plot(layers, arr[f"{label}.m2_theory"], **theory_kw)
-        a2.plot([], [], label="mean-field theory", **theory_kw)
-        a2.set(
-            yscale="log",
-            xlabel="layer $l$",
-            ylabel=r"$E[a_l^2]$ per unit",
-            title="(c) forward, no norm",
-        )
-        a2.legend(fontsize=6, loc="upper left")
+                color = col[block] if kind != "skipinit" else PALETTE[7]
+                text = f"{block_text[block]}, {gain_text[kind]}"
+                forward.append((f"none_{block}_{kind}", color, style[kind], text))
+        _forward_panel(a2, layers, arr, forward, "(c) forward, no norm", theory_kw)
 
         norm_style = {"batch": "-", "layer": "--"}
-        for norm in cfg["norms"]:
-            for block in NORM_BLOCKS:
-                label = f"{norm}_{block}_plain"
-                band(
-                    a3,
-                    layers,
-                    arr[f"{label}.m2"],
-                    color=col[block],
-                    linestyle=norm_style[norm],
-                    label=f"{block_text[block]}, {norm.capitalize()}Norm",
-                )
-                a3.plot(layers, arr[f"{label}.m2_theory"], **theory_kw)
-        a3.plot([], [], label="mean-field theory", **theory_kw)
-        a3.set(
-            yscale="log",
-            xlabel="layer $l$",
-            ylabel=r"$E[a_l^2]$ per unit",
-            title="(d) forward, norm in the branch, $g=1$",
+        with_norm = [
+            (
+                f"{norm}_{block}_plain",
+                col[block],
+                norm_style[norm],
+                f"{block_text[block]}, {norm.capitalize()}Norm",
+            )
+            for norm in cfg["norms"]
+            for block in NORM_BLOCKS
+        ]
+        _forward_panel(
+            a3, layers, arr, with_norm, "(d) forward, norm in the branch, $g=1$", theory_kw
         )
-        a3.legend(fontsize=6, loc="upper left")
         fig.suptitle(
             f"ReLU stacks at He init, depth {depth}, width {cfg['width']}, batch "
             f"{cfg['batch']}: median and IQR over {cfg['seeds']} seeds",

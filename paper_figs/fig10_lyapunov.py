@@ -171,22 +171,17 @@ def plot(cfg: dict, result: dict):
         ax.plot(layers, layers * th[-1], "k:", lw=1.0)
         nd = arrays["naive_depths"]
         naive = arrays["naive_log_sigma"] * log10
-        ax.plot(
-            nd,
-            np.median(naive[..., 0], 0),
-            "o",
-            color=PALETTE[0],
-            mfc="none",
-            label=r"float32 product + SVD: $\sigma_{max}$",
-        )
-        ax.plot(
-            nd,
-            np.median(naive[..., 1], 0),
-            "s",
-            color=PALETTE[3],
-            mfc="none",
-            label=r"float32 product + SVD: $\sigma_{min}$",
-        )
+        for k, (marker, color, sigma) in enumerate(
+            (("o", PALETTE[0], r"\sigma_{max}"), ("s", PALETTE[3], r"\sigma_{min}"))
+        ):
+            ax.plot(
+                nd,
+                np.median(naive[..., k], 0),
+                marker,
+                color=color,
+                mfc="none",
+                label=f"float32 product + SVD: ${sigma}$",
+            )
         ax.set(
             xscale="log",
             xlabel="depth $L$",
