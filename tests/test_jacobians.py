@@ -63,11 +63,18 @@ def test_chain_product_equals_jacrev_of_the_whole_net(
             sigma_b=0.1,
         )
     )
-    key = jax.random.key(seed)
-    params = net.init(key)
-    x = jax.random.normal(jax.random.fold_in(key, 1), (input_dim,))
-    product = gj.jacobians.chain_product(gj.layer_jacobians(net, params, x))
-    direct = jax.jacrev(lambda v: net.forward(params, v).act[-1])(x)
+
+    # One compiled program per example: every example has new shapes, and op-by-op
+    # execution would compile each of its many small operations separately.
+    @jax.jit
+    def product_and_direct(key):
+        params = net.init(key)
+        x = jax.random.normal(jax.random.fold_in(key, 1), (input_dim,))
+        product = gj.jacobians.chain_product(gj.layer_jacobians(net, params, x))
+        direct = jax.jacrev(lambda v: net.forward(params, v).act[-1])(x)
+        return product, direct
+
+    product, direct = product_and_direct(jax.random.key(seed))
     np.testing.assert_allclose(
         product, direct, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(direct)) + 1e-30)
     )
