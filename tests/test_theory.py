@@ -268,7 +268,9 @@ def test_gelu_diverging_q_star_is_a_jump_not_a_critical_point():
     ]
     # Past the jump GELU(u) ~ ReLU(u) for a huge signal: chi_1 -> sigma_w^2 / 2.
     np.testing.assert_allclose(np.asarray(mf.chi1)[1:], [1.125, 1.5], rtol=1e-5)
-    line = gj.critical_line("gelu", [0.05, 0.3])
+    # One sigma_b^2 per call, as critical_sigma_w2 below makes it: all three share one
+    # compiled search.
+    line = gj.critical_line("gelu", [0.05])
     assert not bool(line.found[0]) and bool(line.jump[0])
     assert np.isnan(np.asarray(line.sigma_w2)[0])
     assert _f(line.jump_sigma_w2[0]) == pytest.approx(2.2341, abs=2e-4)
@@ -276,9 +278,10 @@ def test_gelu_diverging_q_star_is_a_jump_not_a_critical_point():
     # Above the jump the signal diverges and GELU acts as ReLU: chi_1 = sigma_w^2 / 2.
     assert _f(line.chi1_above[0]) == pytest.approx(1.001 * 2.2341 / 2, rel=2e-4)
     # At sigma_b^2 = 0.3 the crossing is a true one: chi_1 is continuous through 1.
-    assert bool(line.found[1]) and not bool(line.jump[1])
-    mf = gj.mean_field("gelu", line.sigma_w2[1], 0.3)
-    assert _f(mf.chi1) == pytest.approx(1.0, abs=1e-4)
+    line = gj.critical_line("gelu", [0.3])
+    assert bool(line.found[0]) and not bool(line.jump[0])
+    mf = gj.mean_field("gelu", line.sigma_w2, 0.3)  # rank 1, as above: the same program
+    assert _f(mf.chi1[0]) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(GradjaxInputError, match="jumps from 0.734"):
         gj.theory.critical_sigma_w2("gelu", 0.05)
 
