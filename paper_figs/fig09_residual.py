@@ -38,7 +38,7 @@ def config(quick: bool) -> dict:
     return {
         "activation": "relu",
         "depth": 24 if quick else 50,
-        "width": 128 if quick else 256,
+        "width": 64 if quick else 256,
         "batch": 8 if quick else 16,
         "seeds": 2 if quick else 4,
         "sigma_w": float(np.sqrt(2.0)),
