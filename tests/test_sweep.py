@@ -201,6 +201,7 @@ def test_bad_sweep_arguments(kwargs, match):
 
 
 def test_missing_name_lists_the_names():
-    res = gj.sweep(NET, _probe, seeds=1)
+    # The sweep of test_common_random_numbers_make_the_scale_axis_exact: its program is reused.
+    res = gj.sweep(NET, _probe, seeds=2, sigma_w=[1.0, 3.0])
     with pytest.raises(KeyError, match="names: out, w2"):
         res["nope"]
