@@ -79,3 +79,20 @@ def test_a_sweep_of_zeros_and_overflow_keeps_its_data_plot_and_summary(tmp_path,
     assert summary["first_layer_grad_median"][0] == 0.0  # sigma_w = 0: no gradient reaches W_1
     for name in ("arrays.npz", "sweep.png", "sweep.pdf"):
         assert (out / name).stat().st_size > 0
+
+
+def test_train_into_a_path_under_a_file_is_one_line(empty_cwd, capsys):
+    # The output check comes before the run's size estimate is printed.
+    (empty_cwd / "file").write_text("x")
+    _refused(capsys, ["train", "--steps", "2", "--out", "file/sub"], "--out='file/sub'")
+
+
+def test_python_dash_m_gradjax_is_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gradjax", "theory", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: gradjax theory")

@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         raise renamed_field(err, FLAGS) from None
     from gradjax.cost import format_bytes
 
+    # Checked before the estimate is printed, so a refused --out gives its one line only.
+    out = writable_dir(args.out)
     # Up front, so a very long run is never silent (with or without the progress bar).
     print(
         f"gradjax train: {estimate.steps} steps x {estimate.step_flops:.3g} FLOP per step = "
@@ -152,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
         f"{GUESS_FLOPS_PER_S:.0e} FLOP/s), memory {format_bytes(estimate.bytes)}",
         file=sys.stderr,
     )
-    out = writable_dir(args.out)
 
     import numpy as np
 
