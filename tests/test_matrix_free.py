@@ -101,6 +101,22 @@ def test_layer_estimates_match_exact_spectra(getkey):
     np.testing.assert_allclose(np.asarray(est.sigma_max), np.asarray(exact.sigma_max), rtol=1e-2)
 
 
+def test_layers_in_turn_and_batched_agree(getkey, monkeypatch):
+    # The CPU runs the hidden layers one at a time (lax.map), other backends as one batch
+    # (vmap): the same probes and start vectors, so the same numbers up to rounding.
+    net = gj.build(gj.NetConfig(depth=5, width=48, activation="tanh", sigma_w=1.3))
+    params, x, key = net.init(getkey()), jax.random.normal(getkey(), (48,)), getkey()
+
+    def estimate():
+        return gj.layer_spectrum_estimates(net, params, x, key=key, probes=8, lanczos_steps=10)
+
+    in_turn = estimate()
+    monkeypatch.setattr(gj.matrix_free, "on_cpu", lambda: False)
+    batched = estimate()
+    for a, b in zip(jax.tree.leaves(in_turn), jax.tree.leaves(batched), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+
 def test_batchnorm_batch_map_estimates(getkey):
     # BatchNorm couples the batch: the estimates are those of the whole batch map, which
     # batch_layer_jacobians materialises.
