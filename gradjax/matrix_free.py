@@ -271,32 +271,37 @@ def ritz_top_eigenvalue(*bases: KrylovBasis) -> tuple[TopEigenvalue, ...]:
     in one CPU program must not run at the same time (see :mod:`gradjax.lapack`).
 
     Args:
-      *bases: :class:`KrylovBasis` values with the same number of steps; each may carry
-        leading batch axes (from ``vmap``), and their vector sizes may differ.
+      *bases: :class:`KrylovBasis` values; each may carry leading batch axes (from
+        ``vmap``), and their vector sizes and step counts may differ.
 
     Returns:
       One :class:`TopEigenvalue` per basis, with the basis' batch axes.
     """
     if not bases:
         raise invalid("bases", (), "at least one KrylovBasis")
-    steps = {b.basis.shape[-2] for b in bases}
-    if len(steps) != 1:
-        raise invalid("bases", sorted(steps), "bases with one number of steps")
+    size = max(b.basis.shape[-2] for b in bases)
     hs = []
     for b in bases:
-        lead = b.basis.shape[:-2]
+        lead, m = b.basis.shape[:-2], b.basis.shape[-2]
         rayleigh = _rayleigh_matrix
         for _ in lead:
             rayleigh = jax.vmap(rayleigh)
-        m = b.basis.shape[-2]
-        hs.append(rayleigh(b).reshape(-1, m, m))
+        h = rayleigh(b).reshape(-1, m, m)
+        if m < size:
+            # A shorter basis (a Krylov space capped by a smaller operator) is padded with
+            # diagonal entries below its spectrum: its top Ritz pair is unchanged.
+            floor = -2.0 * (jnp.max(jnp.abs(h), axis=(1, 2)) + 1.0)
+            h = jnp.pad(h, ((0, 0), (0, size - m), (0, size - m)))
+            padded = jnp.diag(jnp.arange(size) >= m).astype(h.dtype)
+            h = h + floor[:, None, None] * padded
+        hs.append(h)
     evals, evecs = jnp.linalg.eigh(jnp.concatenate(hs))
     out, at = [], 0
     for b, h in zip(bases, hs, strict=True):
-        lead = b.basis.shape[:-2]
+        lead, m = b.basis.shape[:-2], b.basis.shape[-2]
         count = h.shape[0]
-        e = evals[at : at + count].reshape(*lead, *evals.shape[1:])
-        v = evecs[at : at + count].reshape(*lead, *evecs.shape[1:])
+        e = evals[at : at + count].reshape(*lead, size)
+        v = evecs[at : at + count, :m].reshape(*lead, m, size)
         at += count
         pair = _top_pair
         for _ in lead:

@@ -82,10 +82,16 @@ def test_ritz_values_of_bases_of_different_sizes_share_one_solve(getkey):
         evals = np.linalg.eigvalsh(np.asarray(a, np.float64))
         assert theta <= evals[-1] * (1 + 1e-5)
         assert np.min(np.abs(evals - float(theta))) <= float(res) * 1.01 + 1e-5
+    # A basis capped by a smaller operator (6 steps) shares the solve with 20-step ones.
+    tiny = sym(getkey(), 6)
+    k_tiny = basis(lambda v: tiny @ v, getkey(), size=6, steps=20)
+    top_tiny, top_small2 = gj.matrix_free.ritz_top_eigenvalue(k_tiny, k_small)
+    exact_tiny = np.linalg.eigvalsh(np.asarray(tiny, np.float64))[-1]
+    np.testing.assert_allclose(float(top_tiny.value), exact_tiny, rtol=1e-4)
+    assert float(top_tiny.error) < 1e-3 * exact_tiny
+    np.testing.assert_allclose(float(top_small2.value), exact_small, rtol=1e-4)
     with pytest.raises(GradjaxInputError, match="bases"):
-        gj.matrix_free.ritz_top_eigenvalue(
-            k_small, basis(lambda v: small @ v, getkey(), size=20, steps=5)
-        )
+        gj.matrix_free.ritz_top_eigenvalue()
 
 
 def test_layer_estimates_match_exact_spectra(getkey):
@@ -115,6 +121,21 @@ def test_layers_in_turn_and_batched_agree(getkey, monkeypatch):
     batched = estimate()
     for a, b in zip(jax.tree.leaves(in_turn), jax.tree.leaves(batched), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+
+def test_narrow_input_layer_with_more_steps_than_inputs(getkey):
+    # input_dim 4 < 10 Lanczos steps: the input layer's Krylov space is its whole input space,
+    # so its sigma_max is exact; the hidden layers' bases are longer and share the solve.
+    net = gj.build(gj.NetConfig(depth=3, width=24, input_dim=4, sigma_w=1.2))
+    params, x = net.init(getkey()), jax.random.normal(getkey(), (4,))
+    est = gj.layer_spectrum_estimates(net, params, x, key=getkey(), probes=4, lanczos_steps=10)
+    jac = gj.layer_jacobians(net, params, x)
+    exact = [
+        np.linalg.svd(np.asarray(j, np.float64), compute_uv=False)[0]
+        for j in [jac.first, *jac.hidden]
+    ]
+    np.testing.assert_allclose(float(est.sigma_max[0]), exact[0], rtol=1e-4)
+    assert np.all(np.asarray(est.sigma_max) <= np.asarray(exact) * (1 + 1e-4))
 
 
 def test_batchnorm_batch_map_estimates(getkey):
