@@ -56,7 +56,19 @@ def test(args: list[str]) -> None:
     _install_package()
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
+    # The tests, then every docstring example of the installed package.
     _run(BIN / "pytest", "-n", "2", *args)
+    _run(
+        BIN / "pytest",
+        "-n",
+        "2",
+        "-q",
+        "--doctest-modules",
+        "--pyargs",
+        "gradjax",
+        "-p",
+        "no:cacheprovider",
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,8 @@ singular value of every layer Jacobian) for one network at one input:
 
   * ``exact``: materialise every layer Jacobian (:func:`gradjax.layer_jacobians`, forward
     mode) and take its singular values (LAPACK): O(depth * width^3) operations;
-  * ``matrix_free``: :func:`gradjax.matrix_free.layer_spectrum_estimates`, Hutchinson's trace
+  * ``matrix_free``: :func:`gradjax.measure.matrix_free.layer_spectrum_estimates`, Hutchinson's
+  trace
     estimator and Lanczos on J^T J through JVP/VJP only, with a fixed number of probes and
     steps: O(depth * width^2) operations (each JVP or VJP is one product with a width x width
     weight matrix).
@@ -21,7 +22,7 @@ products), the matrix-free constant being smaller.
 Limits: the matrix-free products read every weight matrix once per Lanczos step, so once
 the weights leave the last-level cache the wall time is bound by memory bandwidth and its
 slope in width exceeds the operation count's 2. Both methods are timed under gradjax's thread
-rule for its batched LAPACK work (:mod:`gradjax.threads`), as ``gradjax figures`` runs them.
+rule for its batched LAPACK work (:mod:`gradjax.utils.threads`), as ``gradjax figures`` runs them.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradjax as gj
-from gradjax import threads
 from gradjax.benchmarks import harness
-from gradjax.fitting import log_slope
-from gradjax.matrix_free import layer_spectrum_estimates
+from gradjax.measure.matrix_free import layer_spectrum_estimates
+from gradjax.utils import threads
+from gradjax.utils.fitting import log_slope
 
 NAME = "cost_curves"
 METHODS = ("exact", "matrix_free")
@@ -80,7 +81,7 @@ def _spectral_stages(method: str, net: gj.Net, cfg: dict[str, Any]) -> list:
     The exact method is two programs, as gradjax's spectrum probe runs it: the Jacobians, then
     their singular values. A LAPACK batch that starts its own program is spread over the
     cores every time; after the Jacobians in one program it ran on one core about half the
-    time (see :mod:`gradjax.lapack`), which made the timings bimodal.
+    time (see :mod:`gradjax.utils.lapack`), which made the timings bimodal.
     """
     if method == "exact":
 
@@ -332,6 +333,6 @@ def run(quick: bool = False) -> dict:
 if __name__ == "__main__":
     import sys
 
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run(quick="--quick" in sys.argv)))

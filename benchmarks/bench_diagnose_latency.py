@@ -14,8 +14,6 @@ Ratios: ``cold_over_grad_compile`` (target <= 2.0) and ``warm_over_cold`` (<= 0.
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -69,12 +67,9 @@ def _problem(cfg: dict):
 
 
 def _clear_gradjax_caches() -> None:
-    # gradjax.diagnose the module (the package's `diagnose` attribute is the function).
-    diagnose = importlib.import_module("gradjax.diagnose")
-    boundary = importlib.import_module("gradjax.boundary")
-    for cache in (diagnose._PROGRAMS, diagnose._RESIDUAL, diagnose._OUTPUTS):
-        cache.clear()
-    boundary._DISCOVERED.clear()
+    from gradjax.diagnosis.measurement import clear_caches
+
+    clear_caches()
 
 
 def run(quick: bool = False) -> dict:
@@ -118,6 +113,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run()))

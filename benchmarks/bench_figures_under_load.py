@@ -1,11 +1,11 @@
 """``gradjax figures --quick`` on a busy machine: quiet, then beside one CPU-bound process.
 
-Both runs are fresh processes of the installed command (``python -m gradjax.cli figures
+Both runs are fresh processes of the installed command (``python -m gradjax.commands.cli figures
 --quick --force`` into an empty directory), so each pays its own start-up and compilation, as
 a user's run does; the competing process is a Python busy loop started just before the
 loaded run and stopped after it. The ratio ``loaded_over_quiet`` says how much one other job
 on the cores slows the figures job (target: at most 2x). Threads are the environment's and
-gradjax's own rule (:mod:`gradjax.threads`); nothing is set here.
+gradjax's own rule (:mod:`gradjax.utils.threads`); nothing is set here.
 
 ``quick=True`` runs only the Lyapunov figure (batched QR at depth 300, the figure that was
 slowest under load) instead of the whole quick set.
@@ -32,7 +32,16 @@ def _config(quick: bool) -> dict:
 def _figures_seconds(only: list[str] | None) -> float:
     """Wall time of one ``gradjax figures --quick`` process into a fresh directory."""
     with tempfile.TemporaryDirectory(prefix="gradjax-figures-") as out:
-        cmd = [sys.executable, "-m", "gradjax.cli", "figures", "--quick", "--force", "--out", out]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gradjax.commands.cli",
+            "figures",
+            "--quick",
+            "--force",
+            "--out",
+            out,
+        ]
         if only:
             cmd += ["--only", *only]
         t0 = time.perf_counter()
@@ -72,6 +81,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run(quick="--quick" in sys.argv)))

@@ -1,7 +1,8 @@
 """Lyapunov spectrum by QR at depth 1000 vs the exact product + SVD.
 
 A linear network with Gaussian weights (sigma_w = 1) has a closed-form Lyapunov spectrum
-(:func:`gradjax.lyapunov.gaussian_product_exponents`), so both methods are scored against it:
+(:func:`gradjax.measure.lyapunov.gaussian_product_exponents`), so both methods are scored against
+it:
   * ``gradjax``: :func:`gradjax.lyapunov_spectrum`, full spectrum, ``vmap`` over seeds, jitted;
   * ``exact_svd``: what a competent user writes without gradjax: the end-to-end Jacobian by
     ``jax.jacfwd`` of the forward pass (jitted, vmapped over seeds) and ``jnp.linalg.svd``,
@@ -135,6 +136,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run(quick=True)))

@@ -29,7 +29,7 @@ from flax import linen as nn
 
 import gradjax as gj
 from gradjax.benchmarks import harness
-from gradjax.data import digits
+from gradjax.training.data import digits
 
 NAME = "monitor_overhead"
 # The source tree's examples (absent from an installed package).
@@ -248,6 +248,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run()))

@@ -116,6 +116,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run()))

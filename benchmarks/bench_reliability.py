@@ -1,6 +1,7 @@
 """Reliability: bad input over the six verbs, and kill / corrupt / concurrent sweep trials.
 
-Every case runs ``python -m gradjax.cli VERB ...`` as a user would, in its own empty working
+Every case runs ``python -m gradjax.commands.cli VERB ...`` as a user would, in its own empty
+working
 directory, and is classified:
 
 * ``refused_cleanly``: exit status 2, exactly one line on stderr, no traceback, and nothing
@@ -141,7 +142,7 @@ def classify(verb: str, args: list[str], *, timeout_s: float) -> str:
         cwd = Path(cwd)
         (cwd / "file").write_text("a regular file\n")  # for --out file/sub
         before = sorted(os.listdir(cwd))
-        argv = [sys.executable, "-m", "gradjax.cli", verb, *args]
+        argv = [sys.executable, "-m", "gradjax.commands.cli", verb, *args]
         if verb != "theory" and "--out" not in args:
             argv += ["--out", "out"]
         try:
@@ -168,7 +169,7 @@ def _sweep_argv(out: Path, extra: list[str] = ()) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "gradjax.cli",
+        "gradjax.commands.cli",
         "sweep",
         *SWEEP_SMALL,
         "--sigma-w",

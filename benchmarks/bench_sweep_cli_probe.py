@@ -1,12 +1,14 @@
 """The probe behind ``gradjax sweep`` on the ``sweep_spectra`` workload, against its parts.
 
-:func:`gradjax.probes.layer_gradient_and_spectrum_probe` combines the gradient probe with the
+:func:`gradjax.measure.probes.layer_gradient_and_spectrum_probe` combines the gradient probe with
+the
 two-part spectrum probe (Jacobians per network, singular values in one batched ``finalize``
 program per tile). Combining must cost no more than its parts, so the floor is their sum,
 each timed alone in the same run:
 
   * ``gradjax``: :func:`gradjax.sweep` with the combined probe, chunked as the engine chooses;
-  * ``gradient_probe_alone``: the same sweep with :func:`gradjax.probes.gradient_probe` only;
+  * ``gradient_probe_alone``: the same sweep with :func:`gradjax.measure.probes.gradient_probe`
+  only;
   * ``svd_alone``: :func:`gradjax.singular_values` of the same, precomputed layer Jacobians
     (one LAPACK call on the whole batch): the floor of the spectrum part.
 
@@ -86,6 +88,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run()))

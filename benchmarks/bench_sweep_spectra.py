@@ -1,7 +1,7 @@
 """Exact per-layer Jacobian spectra over seeds x sigma_w: gradjax's sweep vs the baselines.
 
 Three timings in one run, on the same networks:
-  * ``gradjax``: :func:`gradjax.sweep` with :func:`gradjax.probes.spectrum_probe` (Jacobians
+  * ``gradjax``: :func:`gradjax.sweep` with :func:`gradjax.measure.probes.spectrum_probe` (Jacobians
     in closed form, singular values by LAPACK, all vmapped and jitted), chunked as the engine
     chooses by default;
   * ``eager_loop``: what a competent user writes without gradjax: a Python loop over networks
@@ -12,8 +12,8 @@ Three timings in one run, on the same networks:
 
 Compared settings, each reported: the same call jitted and run with the process's own BLAS
 threads (``svd_alone_process_threads``, what a call inside a user's ``jax.jit`` gets, see
-:mod:`gradjax.threads`), and ``jnp.linalg.svd`` on the same batch (``svd_alone_jnp``; on a
-CPU it can run the batch on one thread, see :mod:`gradjax.lapack`).
+:mod:`gradjax.utils.threads`), and ``jnp.linalg.svd`` on the same batch (``svd_alone_jnp``; on a
+CPU it can run the batch on one thread, see :mod:`gradjax.utils.lapack`).
 """
 
 from __future__ import annotations
@@ -124,6 +124,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from gradjax.io import dumps_json
+    from gradjax.utils.files import dumps_json
 
     print(dumps_json(run()))

@@ -37,12 +37,12 @@ import numpy as np
 import optax
 
 import gradjax as gj
-from gradjax import data as gdata
 from gradjax.benchmarks import harness
-from gradjax.gradients import cross_entropy_loss
-from gradjax.io import dumps_json
-from gradjax.optim import chain_from_config
-from gradjax.train import train as train_runs
+from gradjax.measure.gradients import cross_entropy_loss
+from gradjax.training import data as gdata
+from gradjax.training.loop import train as train_runs
+from gradjax.training.optim import chain_from_config
+from gradjax.utils.files import dumps_json
 
 NAME = "training"
 

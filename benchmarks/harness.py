@@ -3,7 +3,7 @@
 Timings exclude compilation (one warm-up call first), wait for the result with
 ``block_until_ready`` and keep the median of several repeats. Nothing here sets a thread
 count or an environment variable: the record's ``machine.threads`` says what the benchmark
-found (:func:`gradjax.threads.settings`).
+found (:func:`gradjax.utils.threads.settings`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradjax import threads
-from gradjax.io import atomic_write_json
+from gradjax.utils import threads
+from gradjax.utils.files import atomic_write_json
 
 
 def block(tree: Any) -> Any:

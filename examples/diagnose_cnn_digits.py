@@ -21,7 +21,7 @@ import optax
 from flax import linen as nn
 
 import gradjax as gj
-from gradjax.data import digits
+from gradjax.training.data import digits
 
 DEPTH = 8  # convolutional blocks
 FEATURES = 16
@@ -91,7 +91,7 @@ def make_problem(*, variant: str = "sigmoid", batch: int = 128, seed: int = 0) -
     )
     x, y = data.x_train[:batch], data.y_train[:batch]
     variables = model.init(jax.random.key(seed), x)
-    options = {"activation": model.activation, "sigma_w": 1.0}
+    options = {"hints": {"activation": model.activation, "sigma_w": 1.0}}
     return {
         "apply_fn": model.apply,
         "params": variables,
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out:
             from pathlib import Path
 
-            from gradjax.plotting import save_figure
+            from gradjax.utils.plotting import save_figure
 
             out = Path(args.out)
             save_figure(

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 import gradjax as gj
-from gradjax.data import digits
+from gradjax.training.data import digits
 
 DEPTH = 12
 DIM = 32
@@ -99,7 +99,7 @@ def make_problem(*, variant: str = "post", batch: int = 128, seed: int = 0) -> d
     data = digits()
     model = Transformer(post_norm=variant == "post", rngs=nnx.Rngs(seed))
     batch_xy = (data.x_train[:batch], data.y_train[:batch])
-    options = {"norm": "layer", "residual": "plain", "lr": 3e-3}
+    options = {"lr": 3e-3}  # norms and residual blocks are found by inspection
     return {
         "apply_fn": model,
         "params": None,
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out:
             from pathlib import Path
 
-            from gradjax.plotting import save_figure
+            from gradjax.utils.plotting import save_figure
 
             save_figure(
                 report.plot(title=f"{variant}-LN Transformer at init: {report.verdict}"),
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out:
             from pathlib import Path
 
-            from gradjax.plotting import save_figure
+            from gradjax.utils.plotting import save_figure
 
             save_figure(
                 history.plot(title=f"{label}: per-module gradient norms"),

@@ -2,139 +2,174 @@
 
 Example:
   >>> import jax, gradjax as gj
-  >>> net = gj.build(gj.NetConfig(depth=32, width=128, activation="tanh", sigma_w=1.0))
-  >>> res = gj.sweep(net, gj.probes.gradient_probe(net), seeds=4, sigma_w=[0.5, 1.0, 2.0])
+  >>> net = gj.build(gj.NetConfig(depth=8, width=16, activation="tanh", sigma_w=1.0))
+  >>> res = gj.sweep(net, gj.probes.gradient_probe(net), seeds=2, sigma_w=[0.5, 1.0, 2.0],
+  ...                progress=False)
+  >>> res.axes, res["activations"].shape
+  (('seed', 'sigma_w'), (2, 3, 8))
 
-The top level holds what a researcher calls most (``__all__``, grouped below); everything
-else lives in a namespace, one per module: ``gj.theory``, ``gj.gaussian``, ``gj.spectra``,
-``gj.matrix_free``, ``gj.isometry``, ``gj.lyapunov``, ``gj.normalization``, ``gj.residual``,
-``gj.hessian``, ``gj.jacobians``, ``gj.gradients``, ``gj.signal``, ``gj.probes``,
-``gj.optim``, ``gj.initializers``, ``gj.activations``, ``gj.config``, ``gj.layout``,
-``gj.boundary``, ``gj.report`` (the diagnosis report and its verdicts), ``gj.advice``,
-``gj.flow_measurement``, ``gj.report_plot``, ``gj.data``, ``gj.io``, ``gj.store``,
-``gj.devices``, ``gj.distributed``, ``gj.cost``, ``gj.threads``, ``gj.errors``,
-``gj.plotting``, ``gj.models``, ``gj.lapack``, and the shared primitives ``gj.numerics``
-(overflow-safe norms), ``gj.fitting`` (growth fits) and ``gj.tree_paths`` (parameter path
-names).
+The package is laid out along the data flow, each subpackage using only those above it:
 
-One rule for names: a module named after its entry point is reached through that entry
-point, so ``gj.sweep``, ``gj.train``, ``gj.diagnose`` and ``gj.monitor`` are functions (their
-result types are top-level names: ``gj.SweepResult``, ``gj.TrainResult``, ``gj.Report``,
-``gj.NormHistory``); ``from gradjax.sweep import ...`` still reaches those modules.
+* ``gradjax.utils``: errors, files, numerics, fitting, pytree results, tree paths, threads,
+  LAPACK calls, plotting helpers (nothing of gradjax's own);
+* ``gradjax.meanfield``: mean-field theory, Gaussian expectations, the activation table;
+* ``gradjax.nets``: ``NetConfig``, initialisers, gradjax's networks and their layout;
+* ``gradjax.measure``: gradients, Jacobians, spectra, Lyapunov exponents, matrix-free
+  estimates, Hessian sharpness, isometry, normalisation, residual stacks, sweep probes;
+* ``gradjax.boundary``: a user's Linen / NNX model or pure function, seen one way;
+* ``gradjax.diagnosis``: measure, judge, advise and report (``gj.diagnose``);
+* ``gradjax.sweeps``: the sweep engine (``gj.sweep``), its store, cost model and devices;
+* ``gradjax.training``: Optax chains, the training loop (``gj.train``), monitoring, data;
+* ``gradjax.commands``: the ``gradjax`` command line.
+
+The top level holds what a researcher calls most (``__all__``). Every module is also a
+namespace under its own name (``gj.theory``, ``gj.probes``, ``gj.spectra``, ...), except modules named after an entry point: ``gj.sweep``, ``gj.train``,
+``gj.diagnose`` and ``gj.monitor`` are functions. Names are imported on first use, so
+``import gradjax`` and ``gradjax --help`` load no JAX.
 """
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
+import importlib as _importlib
 
-from gradjax import activations as activations
-from gradjax import advice as advice
-from gradjax import boundary as boundary
-from gradjax import config as config
-from gradjax import cost as cost
-from gradjax import data as data
-from gradjax import devices as devices
-from gradjax import distributed as distributed
-from gradjax import errors as errors
-from gradjax import fitting as fitting
-from gradjax import flow_measurement as flow_measurement
-from gradjax import gaussian as gaussian
-from gradjax import gradients as gradients
-from gradjax import hessian as hessian
-from gradjax import initializers as initializers
-from gradjax import io as io
-from gradjax import isometry as isometry
-from gradjax import jacobians as jacobians
-from gradjax import lapack as lapack
-from gradjax import layout as layout
-from gradjax import lyapunov as lyapunov
-from gradjax import matrix_free as matrix_free
-from gradjax import models as models
-from gradjax import normalization as normalization
-from gradjax import numerics as numerics
-from gradjax import optim as optim
-from gradjax import plotting as plotting
-from gradjax import probes as probes
-from gradjax import report as report
-from gradjax import report_plot as report_plot
-from gradjax import residual as residual
-from gradjax import signal as signal
-from gradjax import spectra as spectra
-from gradjax import store as store
-from gradjax import theory as theory
-from gradjax import threads as threads
-from gradjax import tree_paths as tree_paths
-from gradjax.activations import activation_names as activation_names
-from gradjax.activations import get_activation as get_activation
+# Namespace name -> module.
+_NAMESPACES = {
+    "errors": "gradjax.utils.errors",
+    "files": "gradjax.utils.files",
+    "numerics": "gradjax.utils.numerics",
+    "fitting": "gradjax.utils.fitting",
+    "pytree": "gradjax.utils.pytree",
+    "tree_paths": "gradjax.utils.tree_paths",
+    "threads": "gradjax.utils.threads",
+    "lapack": "gradjax.utils.lapack",
+    "plotting": "gradjax.utils.plotting",
+    "theory": "gradjax.meanfield.theory",
+    "gaussian": "gradjax.meanfield.gaussian",
+    "activations": "gradjax.meanfield.activations",
+    "models": "gradjax.nets.models",
+    "layout": "gradjax.nets.layout",
+    "initializers": "gradjax.nets.initializers",
+    "config": "gradjax.nets.config",
+    "gradients": "gradjax.measure.gradients",
+    "jacobians": "gradjax.measure.jacobians",
+    "spectra": "gradjax.measure.spectra",
+    "lyapunov": "gradjax.measure.lyapunov",
+    "matrix_free": "gradjax.measure.matrix_free",
+    "hessian": "gradjax.measure.hessian",
+    "isometry": "gradjax.measure.isometry",
+    "normalization": "gradjax.measure.normalization",
+    "residual": "gradjax.measure.residual",
+    "probes": "gradjax.measure.probes",
+    "forward": "gradjax.measure.forward",
+    "measurement": "gradjax.diagnosis.measurement",
+    "report": "gradjax.diagnosis.report",
+    "report_plot": "gradjax.diagnosis.report_plot",
+    "advice": "gradjax.diagnosis.advice",
+    "store": "gradjax.sweeps.store",
+    "cost": "gradjax.sweeps.cost",
+    "devices": "gradjax.sweeps.devices",
+    "distributed": "gradjax.sweeps.distributed",
+    "optim": "gradjax.training.optim",
+    "data": "gradjax.training.data",
+}
 
-# Networks and configuration.
-from gradjax.config import NetConfig as NetConfig
-from gradjax.config import TrainConfig as TrainConfig
+# Top-level name -> the module defining it.
+_NAMES = {
+    "activation_names": "gradjax.meanfield.activations",
+    "get_activation": "gradjax.meanfield.activations",
+    "NetConfig": "gradjax.nets.config",
+    "TrainConfig": "gradjax.training.config",
+    "Report": "gradjax.diagnosis.report",
+    "Thresholds": "gradjax.diagnosis.report",
+    "diagnose": "gradjax.diagnosis.pipeline",
+    "diagnose_net": "gradjax.diagnosis.pipeline",
+    "GradjaxInputError": "gradjax.utils.errors",
+    "GradientNorms": "gradjax.measure.gradients",
+    "LayerGradients": "gradjax.measure.gradients",
+    "cross_entropy_loss": "gradjax.measure.gradients",
+    "gradient_norms": "gradjax.measure.gradients",
+    "layer_gradient_norms": "gradjax.measure.gradients",
+    "layer_gradients": "gradjax.measure.gradients",
+    "mse_loss": "gradjax.measure.gradients",
+    "ChainRuleCheck": "gradjax.measure.jacobians",
+    "LayerJacobians": "gradjax.measure.jacobians",
+    "chain_rule_check": "gradjax.measure.jacobians",
+    "io_jacobian": "gradjax.measure.jacobians",
+    "layer_jacobians": "gradjax.measure.jacobians",
+    "LyapunovSpectrum": "gradjax.measure.lyapunov",
+    "lyapunov_spectrum": "gradjax.measure.lyapunov",
+    "chi1_probe": "gradjax.measure.matrix_free",
+    "empirical_chi1": "gradjax.measure.matrix_free",
+    "layer_spectrum_estimates": "gradjax.measure.matrix_free",
+    "matrix_free_probe": "gradjax.measure.matrix_free",
+    "Net": "gradjax.nets.models",
+    "build": "gradjax.nets.models",
+    "from_nnx": "gradjax.nets.models",
+    "NormHistory": "gradjax.training.monitor",
+    "latest_norms": "gradjax.training.monitor",
+    "module_group_norms": "gradjax.training.monitor",
+    "monitor": "gradjax.training.monitor",
+    "mitigation_chain": "gradjax.training.optim",
+    "Probe": "gradjax.measure.probes",
+    "ForwardStats": "gradjax.measure.forward",
+    "forward_statistics": "gradjax.measure.forward",
+    "SpectrumSummary": "gradjax.measure.spectra",
+    "singular_values": "gradjax.measure.spectra",
+    "spectrum_summary": "gradjax.measure.spectra",
+    "summarize_spectrum": "gradjax.measure.spectra",
+    "SweepResult": "gradjax.sweeps.engine",
+    "sweep": "gradjax.sweeps.engine",
+    "CriticalLine": "gradjax.meanfield.theory",
+    "FixedPoint": "gradjax.meanfield.theory",
+    "MeanField": "gradjax.meanfield.theory",
+    "critical_line": "gradjax.meanfield.theory",
+    "mean_field": "gradjax.meanfield.theory",
+    "predicted_gradient_growth": "gradjax.meanfield.theory",
+    "q_fixed_point": "gradjax.meanfield.theory",
+    "TrainHistory": "gradjax.training.loop",
+    "TrainResult": "gradjax.training.loop",
+    "train": "gradjax.training.loop",
+    "train_step": "gradjax.training.loop",
+}
 
-# Diagnosing and monitoring your own model.
-from gradjax.diagnose import Report as Report
-from gradjax.diagnose import Thresholds as Thresholds
-from gradjax.diagnose import diagnose as diagnose
-from gradjax.diagnose import diagnose_net as diagnose_net
-from gradjax.errors import GradjaxInputError as GradjaxInputError
+_SUBPACKAGES = (
+    "utils",
+    "meanfield",
+    "nets",
+    "measure",
+    "boundary",
+    "diagnosis",
+    "sweeps",
+    "training",
+    "commands",
+)
 
-# Measurements on one network: gradients, Jacobians, spectra, forward signal.
-from gradjax.gradients import GradientNorms as GradientNorms
-from gradjax.gradients import LayerGradients as LayerGradients
-from gradjax.gradients import cross_entropy_loss as cross_entropy_loss
-from gradjax.gradients import gradient_norms as gradient_norms
-from gradjax.gradients import layer_gradient_norms as layer_gradient_norms
-from gradjax.gradients import layer_gradients as layer_gradients
-from gradjax.gradients import mse_loss as mse_loss
-from gradjax.jacobians import ChainRuleCheck as ChainRuleCheck
-from gradjax.jacobians import LayerJacobians as LayerJacobians
-from gradjax.jacobians import chain_rule_check as chain_rule_check
-from gradjax.jacobians import io_jacobian as io_jacobian
-from gradjax.jacobians import layer_jacobians as layer_jacobians
-from gradjax.lyapunov import LyapunovSpectrum as LyapunovSpectrum
-from gradjax.lyapunov import lyapunov_spectrum as lyapunov_spectrum
-from gradjax.matrix_free import chi1_probe as chi1_probe
-from gradjax.matrix_free import empirical_chi1 as empirical_chi1
-from gradjax.matrix_free import layer_spectrum_estimates as layer_spectrum_estimates
-from gradjax.matrix_free import matrix_free_probe as matrix_free_probe
-from gradjax.models import Net as Net
-from gradjax.models import build as build
-from gradjax.models import from_nnx as from_nnx
-from gradjax.monitor import NormHistory as NormHistory
-from gradjax.monitor import latest_norms as latest_norms
-from gradjax.monitor import module_group_norms as module_group_norms
-from gradjax.monitor import monitor as monitor
 
-# Training with mitigations.
-from gradjax.optim import mitigation_chain as mitigation_chain
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(_importlib.import_module(_NAMES[name]), name)
+    elif name in _NAMESPACES:
+        value = _importlib.import_module(_NAMESPACES[name])
+    elif name in _SUBPACKAGES:
+        value = _importlib.import_module(f"gradjax.{name}")
+    elif name == "__version__":
+        value = _version()
+    else:
+        raise AttributeError(f"module 'gradjax' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-# Sweeps over seeds and scales.
-from gradjax.probes import Probe as Probe
-from gradjax.signal import ForwardStats as ForwardStats
-from gradjax.signal import forward_statistics as forward_statistics
-from gradjax.spectra import SpectrumSummary as SpectrumSummary
-from gradjax.spectra import singular_values as singular_values
-from gradjax.spectra import spectrum_summary as spectrum_summary
-from gradjax.spectra import summarize_spectrum as summarize_spectrum
-from gradjax.sweep import SweepResult as SweepResult
-from gradjax.sweep import sweep as sweep
 
-# Mean-field theory.
-from gradjax.theory import CriticalLine as CriticalLine
-from gradjax.theory import FixedPoint as FixedPoint
-from gradjax.theory import MeanField as MeanField
-from gradjax.theory import critical_line as critical_line
-from gradjax.theory import mean_field as mean_field
-from gradjax.theory import predicted_gradient_growth as predicted_gradient_growth
-from gradjax.theory import q_fixed_point as q_fixed_point
-from gradjax.train import TrainHistory as TrainHistory
-from gradjax.train import TrainResult as TrainResult
-from gradjax.train import train as train
-from gradjax.train import train_step as train_step
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES, *_NAMESPACES, *_SUBPACKAGES, "__version__"})
 
-try:
-    __version__ = _version("gradjax")
-except _PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0"
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradjax")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "0.0.0"
+
 
 __all__ = [
     # Networks and configuration.

@@ -2,7 +2,7 @@
 
 import sys
 
-from gradjax.cli import main
+from gradjax.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

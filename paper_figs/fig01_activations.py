@@ -28,7 +28,7 @@ def compute(cfg: dict, progress) -> dict:
     import jax.numpy as jnp
 
     import gradjax as gj
-    from gradjax import theory
+    from gradjax.meanfield import theory
 
     x = np.linspace(cfg["x_min"], cfg["x_max"], cfg["points"])
     arrays = {"x": x}
@@ -61,7 +61,7 @@ def compute(cfg: dict, progress) -> dict:
 
 
 def plot(cfg: dict, result: dict):
-    from gradjax.plotting import PALETTE, new_figure, styled
+    from gradjax.utils.plotting import PALETTE, new_figure, styled
 
     @styled
     def draw():

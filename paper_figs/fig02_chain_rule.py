@@ -140,7 +140,7 @@ def compute(cfg: dict, progress) -> dict:
 
 
 def plot(cfg: dict, result: dict):
-    from gradjax.plotting import band, new_figure, sequential_colors, styled
+    from gradjax.utils.plotting import band, new_figure, sequential_colors, styled
 
     @styled
     def draw():

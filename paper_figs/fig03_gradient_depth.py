@@ -49,7 +49,7 @@ def _sigma_w2_values(activation: str, critical: float) -> list[float]:
 
 def _fit_chi1(norms: np.ndarray, skip: int) -> np.ndarray:
     """Per-layer factor of ||dL/da_l||^2 towards the input, from layer ``skip`` on; per row."""
-    from gradjax.fitting import growth_per_layer
+    from gradjax.utils.fitting import growth_per_layer
 
     tail = norms[..., skip:].astype(np.float64)
     # Gradients grow towards the input when chi_1 > 1; the factor of the squared norm is the
@@ -131,7 +131,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
 
 def plot(cfg: dict, result: dict):
     """Three panels of ||dL/da_l|| / ||dL/da_L|| vs l with theory, plus the weight-gradient trap."""
-    from gradjax import plotting
+    from gradjax.utils import plotting
 
     @plotting.styled
     def draw():

@@ -113,7 +113,7 @@ def plot(cfg: dict, result: dict):
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.ticker import NullFormatter
 
-    from gradjax import plotting
+    from gradjax.utils import plotting
 
     @plotting.styled
     def draw():

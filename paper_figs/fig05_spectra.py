@@ -105,7 +105,7 @@ def _log_hist(ax, lam: np.ndarray, color, label: str | None, floor: float) -> fl
 def plot(cfg: dict, result: dict):
     """Histograms of log10 eigenvalues per depth, and variance / edge / mean vs depth."""
     import gradjax as gj
-    from gradjax.plotting import PALETTE, new_figure, sequential_colors, styled
+    from gradjax.utils.plotting import PALETTE, new_figure, sequential_colors, styled
 
     @styled
     def draw():

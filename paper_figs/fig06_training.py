@@ -174,9 +174,9 @@ def _sharpness(net, data, cfg: dict, settings: list[tuple[float, float]]) -> dic
     import jax.numpy as jnp
     import optax
 
-    from gradjax import optim
-    from gradjax.gradients import get_loss
-    from gradjax.hessian import hessian_top_eigenvalue
+    from gradjax.measure.gradients import get_loss
+    from gradjax.measure.hessian import hessian_top_eigenvalue
+    from gradjax.training import optim
 
     xent = get_loss("xent")
     w, every = cfg["warmup_steps"], cfg["sharpness_every"]
@@ -243,7 +243,8 @@ def compute(cfg: dict, progress) -> dict:
     import jax
 
     import gradjax as gj
-    from gradjax.train import early_oscillation, seed_quantiles, train, wilson_interval
+    from gradjax.training.loop import train
+    from gradjax.training.statistics import early_oscillation, seed_quantiles, wilson_interval
 
     data = gj.data.digits()
     net = gj.build(
@@ -403,7 +404,7 @@ def _num(v) -> float:
 
 
 def plot(cfg: dict, result: dict):
-    from gradjax.plotting import band, colors, new_figure, sequential_colors, styled
+    from gradjax.utils.plotting import band, colors, new_figure, sequential_colors, styled
 
     @styled
     def draw():

@@ -34,7 +34,7 @@ def config(quick: bool) -> dict:
 def _available_inits() -> list[str]:
     # "critical" needs gradjax.theory (mean-field chi_1 = 1); skip it only if absent.
     try:
-        from gradjax.theory import critical_sigma_w2  # noqa: F401
+        from gradjax.meanfield.theory import critical_sigma_w2  # noqa: F401
     except ImportError:
         return [i for i in INITS if i != "critical"]
     return list(INITS)
@@ -45,7 +45,8 @@ def compute(cfg: dict, progress) -> dict:
     import jax.numpy as jnp
 
     import gradjax as gj
-    from gradjax.train import seed_quantiles, train
+    from gradjax.training.loop import train
+    from gradjax.training.statistics import seed_quantiles
 
     data = gj.data.digits()
     inits = _available_inits()
@@ -70,7 +71,7 @@ def compute(cfg: dict, progress) -> dict:
             init="gaussian",
         )
         if "critical" in inits:
-            from gradjax.theory import critical_sigma_w2
+            from gradjax.meanfield.theory import critical_sigma_w2
 
             # Solved eagerly first: it is cached, so the traced init below reuses the value.
             numbers[f"{act}_critical_sigma_w2"] = float(critical_sigma_w2(act, 0.0))
@@ -113,7 +114,7 @@ def _f(v) -> float:
 
 
 def plot(cfg: dict, result: dict):
-    from gradjax.plotting import band, colors, new_figure, styled
+    from gradjax.utils.plotting import band, colors, new_figure, styled
 
     @styled
     def draw():

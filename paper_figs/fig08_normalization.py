@@ -183,7 +183,7 @@ def _profile_panel(ax, result, prefix, acts, rates, depth, colors, band, title):
 
 
 def plot(cfg: dict, result: dict):
-    from gradjax.plotting import band, colors, new_figure, styled
+    from gradjax.utils.plotting import band, colors, new_figure, styled
 
     @styled
     def draw():

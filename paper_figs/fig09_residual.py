@@ -157,7 +157,7 @@ def _forward_panel(ax, layers, arr, curves, title, theory_kw) -> None:
       title: the panel title.
       theory_kw: line style of the theory curves.
     """
-    from gradjax.plotting import band
+    from gradjax.utils.plotting import band
 
     for label, color, linestyle, text in curves:
         band(ax, layers, arr[f"{label}.m2"], color=color, linestyle=linestyle, label=text)
@@ -168,7 +168,7 @@ def _forward_panel(ax, layers, arr, curves, title, theory_kw) -> None:
 
 
 def plot(cfg: dict, result: dict):
-    from gradjax.plotting import PALETTE, band, new_figure, styled
+    from gradjax.utils.plotting import PALETTE, band, new_figure, styled
 
     @styled
     def draw():

@@ -132,7 +132,7 @@ def compute(cfg: dict, progress: Callable[[str], None]) -> dict:
 
 def plot(cfg: dict, result: dict):
     """Lyapunov spectra (left) and running log10 sigma_max / sigma_min (right)."""
-    from gradjax.plotting import PALETTE, band, new_figure, styled
+    from gradjax.utils.plotting import PALETTE, band, new_figure, styled
 
     @styled
     def draw():

@@ -97,7 +97,7 @@ def plot(cfg: dict[str, Any], result: dict[str, Any]):
     """Three log-log panels: time vs width, time vs depth, working memory vs width."""
     from matplotlib.ticker import LogLocator, NullFormatter
 
-    from gradjax.plotting import PALETTE, new_figure, styled
+    from gradjax.utils.plotting import PALETTE, new_figure, styled
 
     @styled
     def draw():

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from gradjax import threads
-from gradjax.errors import GradjaxInputError, invalid
-from gradjax.io import atomic_savez, atomic_write_text, json_safe
 from gradjax.paper_figs.claims import CLAIMS, VERDICTS
+from gradjax.utils import threads
+from gradjax.utils.errors import GradjaxInputError, invalid
+from gradjax.utils.files import atomic_savez, atomic_write_text, json_safe
 
 CACHE_DIR = ".cache"
 
@@ -133,7 +133,7 @@ def run_figures(
     """
     from tqdm.auto import tqdm
 
-    from gradjax.plotting import save_figure
+    from gradjax.utils.plotting import save_figure
 
     modules = discover()
     names = select(modules, only)

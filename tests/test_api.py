@@ -3,13 +3,15 @@
 Dotted paths (``gj.x.y`` / ``gradjax.x.y``) are collected with a regular expression from the
 whole repository's Python and Markdown files (docstrings, error messages, code, README), and
 each is resolved by attribute access from the installed package, importing submodules that
-``gradjax/__init__.py`` does not import itself (``gradjax.cli``, ``gradjax.benchmarks``).
+``gradjax/__init__.py`` does not import itself (``gradjax.commands.cli``, ``gradjax.benchmarks``).
 """
 
 import ast
 import importlib
 import inspect
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -54,19 +56,102 @@ def test_the_top_level_holds_only_all_and_namespaces():
         assert not hasattr(gj, internal), internal
 
 
-def test_every_module_is_a_namespace_or_reached_through_its_entry_point():
-    # One rule: gj.<module> is the module, unless the module is named after its entry point.
-    entry_points = {"sweep", "train", "diagnose", "monitor"}
-    skip = {"cli", "commands", "benchmarks", "paper_figs", "results"}
-    for path in sorted((ROOT / "gradjax").glob("*.py")):
-        name = path.stem
-        if name.startswith("_") or name in skip:
-            continue
-        obj = getattr(gj, name, None)
-        if name in entry_points:
-            assert callable(obj) and obj.__module__ == f"gradjax.{name}", name
-        else:
-            assert isinstance(obj, ModuleType) and obj.__name__ == f"gradjax.{name}", name
+def test_namespaces_are_modules_and_entry_points_are_functions():
+    # gj.<name> is a module of that name (gj.theory, gj.probes, ...), except the entry points,
+    # which are functions defined in their subpackage's module.
+    for name, dotted in gj._NAMESPACES.items():
+        obj = getattr(gj, name)
+        assert isinstance(obj, ModuleType) and obj.__name__ == dotted, name
+        assert dotted.rsplit(".", 1)[1] == name
+    homes = {
+        "sweep": "gradjax.sweeps.engine",
+        "train": "gradjax.training.loop",
+        "diagnose": "gradjax.diagnosis.pipeline",
+        "monitor": "gradjax.training.monitor",
+    }
+    for name, home in homes.items():
+        obj = getattr(gj, name)
+        assert callable(obj) and obj.__module__ == home, name
+    stdlib = {"io", "signal", "types", "typing", "json", "random", "string", "select"}
+    names = {path.stem for path in (ROOT / "gradjax").rglob("*.py")}
+    assert not names & stdlib, names & stdlib
+
+
+def test_the_layout_is_layered_without_module_level_cycles():
+    # Subpackages in data-flow order; a module imports (at module level) only from its own
+    # subpackage or one listed before it, so no module-level import cycle can exist.
+    order = ["utils", "meanfield", "nets", "boundary", "measure", "diagnosis", "sweeps"]
+    order += ["training", "commands"]
+    rank = {name: i for i, name in enumerate(order)}
+    problems = []
+    for path in sorted((ROOT / "gradjax").glob("*/*.py")):
+        here = path.parent.name
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only: imports inside functions are lazy
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gradjax."):
+                there = node.module.split(".")[1]
+                if rank.get(there, -1) > rank[here]:
+                    problems.append(f"{path.relative_to(ROOT)} imports {node.module}")
+    assert not problems, problems
+    assert len(order) - 1 >= 5  # at least four subpackages besides the commands
+
+
+def test_modules_and_functions_stay_small():
+    too_long, modules = [], []
+    for path in sorted((ROOT / "gradjax").rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 800:
+            modules.append(str(path.relative_to(ROOT)))
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = _code_lines(node, text)
+                if lines > 100:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.name} ({lines})")
+    assert not modules, modules
+    assert not too_long, too_long
+
+
+def _code_lines(node: ast.AST, text: str) -> int:
+    """Lines of code of a function: no docstring, comment or blank line counted."""
+    body = node.body
+    skip = set()
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        skip |= set(range(body[0].lineno, body[0].end_lineno + 1))
+    lines = text.splitlines()
+    count = 0
+    for number in range(node.lineno, node.end_lineno + 1):
+        stripped = lines[number - 1].strip()
+        if number not in skip and stripped and not stripped.startswith("#"):
+            count += 1
+    return count
+
+
+def test_model_kinds_are_told_apart_in_one_folder():
+    # isinstance checks against Linen or NNX module classes live in gradjax/boundary only.
+    pattern = re.compile(r"isinstance\([^)]*\b(nn|nnx|linen)\.Module\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "gradjax").rglob("*.py"))
+        if path.parent.name != "boundary"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, found
+
+
+def test_help_imports_no_jax():
+    code = (
+        "import sys, contextlib, io\n"
+        "from gradjax.commands.cli import main\n"
+        "verbs = ([], ['sweep'], ['theory'], ['train'], ['diagnose'], ['bench'], ['figures'])\n"
+        "for verb in verbs:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert main([*verb, '--help']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def _resolve(dotted: str) -> None:
@@ -138,9 +223,8 @@ def test_pyproject_packages_name_every_package_folder():
 
 
 def test_no_code_reaches_an_entry_point_module_through_the_package_attribute():
-    # `from gradjax import train as t` and `import gradjax.train as t` give the function, not
-    # the module: `t.train_step` would fail. Such modules are imported as `from gradjax.train
-    # import ...`.
+    # `from gradjax import train as t` gives the function, not a module: `t.train_step` would
+    # fail. Modules are imported by their own path (`from gradjax.training.loop import ...`).
     shadowed = r"(sweep|train|diagnose|monitor)"
     pattern = re.compile(
         rf"from gradjax import .*\b{shadowed} as (?!\1\b)\w+|import gradjax\.{shadowed} as"

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import pytest
 import threadpoolctl
 
-from gradjax.cli import main
 from gradjax.commands import bench
+from gradjax.commands.cli import main
 
 TINY = '''
 """A tiny benchmark: a jitted matmul vs the same matmul in NumPy."""

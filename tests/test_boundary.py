@@ -1,4 +1,4 @@
-"""Tests for gradjax.boundary: block discovery, NNX train mode, the factory loader, sweeps."""
+"""Tests for gradjax.boundary.core: block discovery, NNX train mode, the factory loader, sweeps."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,10 @@ import pytest
 from flax import nnx
 
 import gradjax as gj
-from gradjax.boundary import Site, choose_blocks, load_factory
-from gradjax.fitting import growth_per_layer
+from gradjax.boundary import Site, choose_blocks
+from gradjax.commands.factory import load_factory
+from gradjax.diagnosis.measurement import compiled_programs
+from gradjax.utils.fitting import growth_per_layer
 
 # ------------------------------------------------------------------ structure
 
@@ -74,13 +76,9 @@ def test_second_call_reuses_the_compiled_program(getkey):
     x = jax.random.normal(getkey(), (8, 6))
     y = jax.random.normal(getkey(), (8, 1))
     first = gj.diagnose(model, None, (x, y), "mse")
-    before = {
-        id(v) for v in __import__("gradjax.diagnose", fromlist=["_PROGRAMS"])._PROGRAMS.values()
-    }
+    before = {id(v) for v in compiled_programs()}
     second = gj.diagnose(model, None, (x, y + 1.0), "mse")
-    after = {
-        id(v) for v in __import__("gradjax.diagnose", fromlist=["_PROGRAMS"])._PROGRAMS.values()
-    }
+    after = {id(v) for v in compiled_programs()}
     assert before == after  # no new program for the same structure and shapes
     assert second.loss != first.loss  # yet the new data was measured
 
@@ -123,7 +121,7 @@ def test_load_factory_refuses_with_one_line(factories, spec, message):
 
 
 def test_cli_model_flag(factories, tmp_path, capsys):
-    from gradjax.cli import main
+    from gradjax.commands.cli import main
 
     out = tmp_path / "o"
     assert main(["diagnose", "--model", "zoo_pkg.wrong:make", "--out", str(out)]) == 2
@@ -146,7 +144,7 @@ def test_sweep_finds_the_critical_init_of_a_scanned_tanh_stack():
 
     model, variables, (x, y) = make(depth=12, width=64, batch=16)
     net = gj.boundary.sweepable(model, variables, x)
-    probe = gj.boundary.block_gradient_probe(net, (x, y), "mse")
+    probe = gj.probes.block_gradient_probe(net, (x, y), "mse")
     res = gj.sweep(net, probe, seeds=2, sigma_w=[0.25, 0.5, 1.0])
     norms = np.asarray(res.data["block_grad_norms"])
     growth = np.mean(growth_per_layer(norms, axis=-1), axis=0)

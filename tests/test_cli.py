@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from gradjax.cli import main
+from gradjax.commands.cli import main
 
 
 def test_sweep_writes_results_and_figure(tmp_path, capsys):
@@ -68,7 +68,7 @@ def test_unwritable_out_fails_before_work(tmp_path, capsys):
 
 def test_console_script_depth_zero_is_an_argparse_error():
     proc = subprocess.run(
-        [sys.executable, "-m", "gradjax.cli", "sweep", "--depth", "0", "--out", "x"],
+        [sys.executable, "-m", "gradjax.commands.cli", "sweep", "--depth", "0", "--out", "x"],
         capture_output=True,
         text=True,
     )

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import cost
+from gradjax.sweeps import cost
 
 
 def test_parameter_bytes_equal_the_built_network():

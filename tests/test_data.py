@@ -1,4 +1,4 @@
-"""Tests for gradjax.data: the digits split and the teacher-student task."""
+"""Tests for gradjax.training.data: the digits split and the teacher-student task."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from gradjax import data
-from gradjax.errors import GradjaxInputError
+from gradjax.training import data
+from gradjax.utils.errors import GradjaxInputError
 
 
 def test_digits_split_is_fixed_stratified_and_standardised():

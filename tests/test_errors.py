@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradjax.errors import GradjaxInputError, as_int, check_int, check_key, check_real
+from gradjax.utils.errors import GradjaxInputError, as_int, check_int, check_key, check_real
 
 
 @pytest.mark.parametrize("value", [8, np.int64(8), np.int32(8), np.uint8(8), np.array(8)])

@@ -10,7 +10,7 @@ from flax import linen as nn
 from flax import nnx
 
 import gradjax as gj
-from gradjax.fitting import growth_rate
+from gradjax.utils.fitting import growth_rate
 
 
 def _norms(grads):
@@ -67,7 +67,7 @@ def test_deep_mlp_with_dropout_nnx():
     from examples.mlp_dropout_nnx import KEEP, SIGMA_W, make
 
     model, _, (x, y) = make(depth=12, width=64, batch=32)
-    report = gj.diagnose(model, None, (x, y), "mse", activation="tanh")
+    report = gj.diagnose(model, None, (x, y), "mse", hints={"activation": "tanh"})
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(es):
@@ -91,7 +91,7 @@ def test_scan_stack_linen():
 
     depth, width = 32, 64
     model, variables, (x, y) = make(depth=depth, width=width, batch=32)
-    report = gj.diagnose(model, variables, (x, y), "mse", activation="tanh")
+    report = gj.diagnose(model, variables, (x, y), "mse", hints={"activation": "tanh"})
     p = variables["params"]
 
     def loss(es):

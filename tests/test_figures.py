@@ -6,7 +6,7 @@ import re
 import jax
 import pytest
 
-from gradjax.cli import main
+from gradjax.commands.cli import main
 from gradjax.paper_figs.claims import CLAIMS
 from gradjax.paper_figs.run import discover, run_figures
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from gradjax import gaussian
+from gradjax.meanfield import gaussian
 
 
 def _adaptive(fn, q):

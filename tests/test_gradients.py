@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import layout
+from gradjax.nets import layout
 
 
 def test_grad_matches_central_differences_float64(x64):

@@ -9,8 +9,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import gradjax as gj
-from gradjax import hessian
-from gradjax.errors import GradjaxInputError
+from gradjax.measure import hessian
+from gradjax.utils.errors import GradjaxInputError
 
 
 def _mlp_loss(key, widths=(6, 16, 12, 3), batch=32):

@@ -9,7 +9,7 @@ import pytest
 from scipy import integrate, special
 
 import gradjax as gj
-from gradjax.isometry import (
+from gradjax.measure.isometry import (
     critical_point,
     derivative_moments,
     fuss_catalan_density,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import gradjax as gj
-from gradjax import layout
+from gradjax.nets import layout
 
 
 def test_relu_factor_is_indicator_times_weight(getkey):

@@ -1,4 +1,4 @@
-"""gradjax.lapack: singular values by a direct LAPACK call, against float64 NumPy."""
+"""gradjax.utils.lapack: singular values by a direct LAPACK call, against float64 NumPy."""
 
 import importlib.metadata
 import os
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_reliability_hang import run_until_stalled
 
-from gradjax import lapack, threads
+from gradjax.utils import lapack, threads
 
 
 def _reference(x: np.ndarray) -> np.ndarray:
@@ -130,7 +130,7 @@ def test_orthogonal_initialisation_does_not_deadlock(tmp_path):
     script = tmp_path / "orthogonal_init.py"
     # The deadlock is in XLA's pool, whatever BLAS's threads: the program runs with OpenBLAS
     # single-threaded from the start, and as gradjax runs it in a default environment (its
-    # thread rule, gradjax.threads). Under that rule a default environment is also as fast.
+    # thread rule, gradjax.utils.threads). Under that rule a default environment is also as fast.
     script.write_text(
         "import jax, gradjax as gj\n"
         "from gradjax import threads\n"

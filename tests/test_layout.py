@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import layout
-from gradjax.errors import GradjaxInputError
+from gradjax.nets import layout
+from gradjax.utils.errors import GradjaxInputError
 
 
 def _params(getkey, residual=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax.lyapunov import (
+from gradjax.measure.lyapunov import (
     gaussian_product_exponents,
     lyapunov_spectrum,
     matrix_lyapunov_spectrum,

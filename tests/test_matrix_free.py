@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax.errors import GradjaxInputError
+from gradjax.utils.errors import GradjaxInputError
 
 
 def _matrix(key, m, n):

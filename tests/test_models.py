@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import layout
-from gradjax.activations import get_activation
-from gradjax.models import flax_module
+from gradjax.meanfield.activations import get_activation
+from gradjax.nets import layout
+from gradjax.nets.models import flax_module
 
 
 def _reference_forward(cfg, params, x):

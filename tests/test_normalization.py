@@ -7,7 +7,7 @@ import pytest
 from scipy import integrate
 
 import gradjax as gj
-from gradjax.normalization import gaussian_expectation
+from gradjax.measure.normalization import gaussian_expectation
 
 
 def _batch(key, b, d, dtype=jnp.float32):

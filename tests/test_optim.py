@@ -1,4 +1,4 @@
-"""Tests for gradjax.optim: the mitigation chain and the gradient-norm recorder."""
+"""Tests for gradjax.training.optim: the mitigation chain and the gradient-norm recorder."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradjax import optim
-from gradjax.config import TrainConfig
-from gradjax.errors import GradjaxInputError
+from gradjax.training import optim
+from gradjax.training.config import TrainConfig
+from gradjax.utils.errors import GradjaxInputError
 
 
 def _tree(key, scale=1.0):

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gradjax import plotting
+from gradjax.utils import plotting
 
 
 def _fake_sweep(grads, mean_sq, cond):
@@ -113,7 +113,7 @@ def test_concurrent_saves_of_one_figure_all_succeed(tmp_path, writers):
     script = textwrap.dedent(
         f"""
         from matplotlib.figure import Figure
-        from gradjax.plotting import save_figure
+        from gradjax.utils.plotting import save_figure
         fig = Figure()
         fig.subplots().plot([1.0, 2.0, 3.0])
         for _ in range(10):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax.probes import Probe, as_probe, combine
+from gradjax.measure.probes import Probe, as_probe, combine
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import probes, theory
-from gradjax.errors import GradjaxInputError
+from gradjax.meanfield import theory
+from gradjax.measure import probes
+from gradjax.utils.errors import GradjaxInputError
 
 NET = gj.build(gj.NetConfig(depth=3, width=4, activation="tanh"))  # 4 -> 4 -> 4 -> 4 -> 1
 PARAMS = NET.init(jax.random.key(0))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gradjax.cli import main
+from gradjax.commands.cli import main
 
 OUT = "out"  # relative: the test runs in an empty directory and checks it stays empty
 

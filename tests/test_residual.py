@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import layout
-from gradjax.fitting import log_slope
+from gradjax.nets import layout
+from gradjax.utils.fitting import log_slope
 
 
 def _batch(key, b, d, dtype=jnp.float32):

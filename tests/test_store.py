@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import store
+from gradjax.sweeps import store
 
 NET = gj.build(gj.NetConfig(depth=3, width=6, activation="tanh"))
 KW = dict(seeds=4, sigma_w=[0.5, 1.5], chunk=(1, 2), progress=False)

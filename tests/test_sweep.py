@@ -47,8 +47,8 @@ def test_lazy_probe_equals_the_materialised_sweep_and_shares_weights():
     b = gj.sweep(net, plain, **kwargs)
     np.testing.assert_allclose(a["mean_sq"], b["mean_sq"], rtol=2e-5)
     # Shared weights: a lazy chunk's memory grows far more slowly with its scale count.
-    from gradjax.probes import as_probe
-    from gradjax.sweep import _memory_model
+    from gradjax.measure.probes import as_probe
+    from gradjax.sweeps.engine import _memory_model
 
     lazy_model, plain_model = (_memory_model(net, as_probe(p), "float32") for p in (lazy, plain))
     assert lazy_model.total.per_point < plain_model.total.per_point
@@ -109,8 +109,8 @@ def test_explicit_chunks_are_whole_tiles():
 
 
 def test_cpu_tiles_keep_their_largest_array_under_the_allocator_threshold():
-    from gradjax.probes import as_probe
-    from gradjax.sweep import _CPU_REUSED_BUFFER_BYTES, _memory_model, _tile_scales
+    from gradjax.measure.probes import as_probe
+    from gradjax.sweeps.engine import _CPU_REUSED_BUFFER_BYTES, _memory_model, _tile_scales
 
     net = gj.build(gj.NetConfig(depth=9, width=256, activation="tanh"))
     probe = as_probe(gj.probes.spectrum_probe(net))
@@ -130,7 +130,7 @@ def test_cpu_tiles_keep_their_largest_array_under_the_allocator_threshold():
 
 
 def test_default_budget_comes_from_the_device():
-    from gradjax.sweep import _budget_bytes
+    from gradjax.sweeps.engine import _budget_bytes
 
     class FakeGpu:
         platform = "gpu"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax.probes import as_probe
+from gradjax.measure.probes import as_probe
 
 # ``gradjax.sweep`` is the function re-exported by the package; the module by its full name.
 sweep_module = importlib.import_module("gradjax.sweep")
@@ -194,7 +194,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradjax as gj
-from gradjax import distributed
+from gradjax.sweeps import distributed
 
 pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 info = distributed.initialize(
@@ -252,7 +252,7 @@ def test_two_process_sweep_equals_the_single_process_one(setup, tmp_path):
 
 
 def test_device_defaults_and_progress_are_one_home():
-    from gradjax import devices
+    from gradjax.sweeps import devices
 
     # Four fake CPU devices in one process: LAPACK-bound sweeps take one, training all.
     assert devices.default_devices() == tuple(jax.devices()[:1])

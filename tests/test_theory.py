@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import gradjax as gj
-from gradjax import theory
-from gradjax.cli import main as cli_main
-from gradjax.errors import GradjaxInputError
+from gradjax.commands.cli import main as cli_main
+from gradjax.meanfield import theory
+from gradjax.meanfield.activations import checked_activation
+from gradjax.utils.errors import GradjaxInputError
 
 
 def _f(x) -> float:
@@ -183,11 +184,13 @@ def test_mean_field_under_user_jit_and_vmap_and_no_recompile():
     direct = gj.mean_field("tanh", grid, 0.05)
     via_vmap = jax.jit(
         jax.vmap(
-            lambda s: theory._mean_field_point(theory._checked("tanh"), s, jnp.float32(0.05), 500)
+            lambda s: theory._mean_field_point(
+                checked_activation("tanh"), s, jnp.float32(0.05), 500
+            )
         )
     )(grid)
     np.testing.assert_allclose(np.asarray(via_vmap.chi1), np.asarray(direct.chi1), rtol=1e-6)
-    fn = theory._mean_field_fn(theory._checked("tanh"), 500, 1)
+    fn = theory._mean_field_fn(checked_activation("tanh"), 500, 1)
     before = fn._cache_size()
     gj.mean_field("tanh", grid + 0.1, 0.2)
     assert fn._cache_size() == before

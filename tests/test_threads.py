@@ -1,4 +1,4 @@
-"""gradjax.threads: one BLAS thread while gradjax's batched factorisations run, and only then.
+"""gradjax.utils.threads: one BLAS thread while gradjax's batched factorisations run, and only then.
 
 The thread count is read from inside the running XLA program (a host callback) through
 OpenBLAS's own ``openblas_get_num_threads``, independently of threadpoolctl, which sets it.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from gradjax import lapack, threads
+from gradjax.utils import lapack, threads
 
 
 def _openblas_threads() -> list[int]:

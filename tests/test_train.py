@@ -15,13 +15,17 @@ import optax
 import pytest
 
 import gradjax as gj
-from gradjax import data as gdata
-from gradjax.config import TrainConfig
-from gradjax.errors import GradjaxInputError
-from gradjax.optim import chain_from_config, set_hyperparams
+from gradjax.training import data as gdata
+from gradjax.training.config import TrainConfig
+from gradjax.training.optim import chain_from_config, set_hyperparams
+from gradjax.utils.errors import GradjaxInputError
 
 # The module (the package's name ``train`` is the function).
-gtrain = importlib.import_module("gradjax.train")
+testimate = importlib.import_module("gradjax.training.estimate")
+tloop = importlib.import_module("gradjax.training.loop")
+tresults = importlib.import_module("gradjax.training.results")
+tstats = importlib.import_module("gradjax.training.statistics")
+ttrainable = importlib.import_module("gradjax.boundary.trainable")
 
 # One small network on the digits, shared by most tests so compiled programs are reused.
 DATA = gdata.digits()
@@ -38,7 +42,7 @@ HYPER = {"learning_rate": [0.1, 1e8, 0.1], "clip": [math.inf, math.inf, 0.01]}
 
 @pytest.fixture(scope="module")
 def result():
-    return gtrain.train(NET, DATA, TCFG, seeds=3, key=0, hyper=HYPER)
+    return tloop.train(NET, DATA, TCFG, seeds=3, key=0, hyper=HYPER)
 
 
 def _schedule(peak: float, t: int) -> float:
@@ -49,7 +53,7 @@ def _schedule(peak: float, t: int) -> float:
 
 @jax.jit
 def _reference_step(params, lr, i):
-    # Plain SGD by hand: w <- w - lr * grad (independent of gradjax.optim and train).
+    # Plain SGD by hand: w <- w - lr * grad (independent of gradjax.training.optim and train).
     x, y = DATA.x_train[i], DATA.y_train[i]
     loss, g = jax.value_and_grad(lambda p: gj.cross_entropy_loss(NET.apply(p, x), y))(params)
     params = jax.tree.map(lambda w, d: w - lr * d, params, g)
@@ -63,7 +67,7 @@ def _reference_run(seed_index: int, peak: float):
     """A plain per-seed Python loop over steps: the independent reference for train()."""
     key = jax.random.split(jax.random.key(0), 3)[seed_index]
     params = NET.init(jax.random.fold_in(key, 0))
-    idx = gtrain._batch_indices(jax.random.fold_in(key, 1), DATA.n_train, STEPS, 32)
+    idx = tloop._batch_indices(jax.random.fold_in(key, 1), DATA.n_train, STEPS, 32)
     losses, first = [], -1
     for t in range(STEPS):
         lr = jnp.float32(_schedule(peak, t))
@@ -90,8 +94,8 @@ def test_vmapped_training_equals_per_seed_training(result):
 def test_seeds_split_over_devices_equal_one_device(result):
     # conftest provides 4 CPU devices: the shared run's 3 seeds are split 3 ways; the same run
     # with all seeds on one device is the reference (one new program, not two).
-    assert len(gtrain._seed_devices(None, 3)) == 3
-    one = gtrain.train(NET, DATA, TCFG, seeds=3, key=0, hyper=HYPER, devices=1)
+    assert len(tloop._seed_devices(None, 3)) == 3
+    one = tloop.train(NET, DATA, TCFG, seeds=3, key=0, hyper=HYPER, devices=1)
     split = result.history
     # One seed per device batches its matmuls differently from three on one: float rounding.
     # The exploding run must blow up at the same step either way (its NaNs line up too).
@@ -119,26 +123,31 @@ def test_exploding_run_records_first_nonfinite_step(result):
 
 def test_diverged_runs_do_not_pollute_the_others(result):
     # The sane runs are the same with and without the exploding runs beside them.
-    alone = gtrain.train(
+    alone = tloop.train(
         NET, DATA, TCFG, seeds=3, key=0, hyper={"learning_rate": [0.1] * 3, "clip": [math.inf] * 3}
     )
     np.testing.assert_allclose(result.history.loss[0], alone.history.loss[0], rtol=1e-5, atol=1e-7)
-    q = gtrain.seed_quantiles(result.history.loss)
+    q = tstats.seed_quantiles(result.history.loss)
     assert np.isfinite(q.median[0]).all() and np.isfinite(q.median[2]).all()
     np.testing.assert_array_equal(q.count[1, 20:], 0)
-    rate = gtrain.divergence_rate(result.history)
+    rate = tstats.divergence_rate(result.history)
     np.testing.assert_allclose(rate.rate, [0.0, 1.0, 0.0])
 
 
 def test_train_does_not_recompile_on_a_repeat_call(result):
-    before = gtrain._compiled.cache_info()
-    again = gtrain.train(NET, DATA, TCFG, seeds=3, key=0, hyper=HYPER)
-    after = gtrain._compiled.cache_info()
+    before = tloop._compiled.cache_info()
+    again = tloop.train(NET, DATA, TCFG, seeds=3, key=0, hyper=HYPER)
+    after = tloop._compiled.cache_info()
     assert after.hits == before.hits + 1 and after.misses == before.misses
     names = ("clip", "learning_rate")
-    devices = gtrain._seed_devices(None, 3)
-    _, segment_all, _ = gtrain._compiled(
-        gtrain._net_model(NET), TCFG, gtrain._chain_overrides(TCFG, names), names, False, devices
+    devices = tloop._seed_devices(None, 3)
+    _, segment_all, _ = tloop._compiled(
+        ttrainable.net_trainable(NET),
+        TCFG,
+        tloop._chain_overrides(TCFG, names),
+        names,
+        False,
+        devices,
     )
     assert segment_all._cache_size() == 1
     np.testing.assert_array_equal(again.history.loss, result.history.loss)
@@ -150,11 +159,11 @@ def test_jitted_train_step_does_not_recompile(getkey):
 
     def step(state, x, y):
         traces.append(1)  # runs only while tracing
-        return gtrain.train_step(NET, tx, "xent", state, x, y)
+        return tloop.train_step(NET, tx, "xent", state, x, y)
 
     jstep = jax.jit(step)
     params = NET.init(getkey())
-    state = gtrain.TrainState(
+    state = tresults.TrainState(
         params=params,
         opt_state=tx.init(params),
         alive=jnp.ones((), bool),
@@ -191,7 +200,7 @@ def test_given_initial_params_and_save(tmp_path, getkey):
     base = jax.vmap(NET.init)(keys)
     params = jax.tree.map(lambda a: jnp.stack([a, 3.0 * a]), base)  # (hyper=2, seed=2)
     tcfg = TCFG.replace(steps=4, warmup_steps=0)
-    res = gtrain.train(NET, DATA, tcfg, seeds=2, params=params)
+    res = tloop.train(NET, DATA, tcfg, seeds=2, params=params)
     w0 = np.linalg.norm(np.asarray(params["input"]["W"]), axis=(-2, -1))
     np.testing.assert_allclose(res.history.initial_weight_norms[..., 0], w0, rtol=1e-5)
     out = res.save(tmp_path / "run")
@@ -218,21 +227,21 @@ def test_digits_accuracy_matches_a_linear_baseline(result):
 def test_statistics_against_closed_forms():
     # Wilson (1927) 95% intervals, published values: 0/10 -> [0, 0.2775]; 5/10 -> [0.2366,
     # 0.7634].
-    r = gtrain.wilson_interval(np.array([0, 5]), 10)
+    r = tstats.wilson_interval(np.array([0, 5]), 10)
     np.testing.assert_allclose(r.low, [0.0, 0.2366], atol=1e-4)
     np.testing.assert_allclose(r.high, [0.2775, 0.7634], atol=1e-4)
     # A monotone curve has no excess variation; a zigzag e, 1, e, 1 has 2 (three swings of
     # log size 1, net change 1).
-    assert gtrain.early_oscillation(np.array([4.0, 3.0, 2.0, 1.0]), steps=4) == 0.0
+    assert tstats.early_oscillation(np.array([4.0, 3.0, 2.0, 1.0]), steps=4) == 0.0
     zig = np.exp(np.array([1.0, 0.0, 1.0, 0.0]))
-    np.testing.assert_allclose(gtrain.early_oscillation(zig, steps=4), 2.0)
-    assert gtrain.early_oscillation(np.array([1.0, np.nan, np.nan]), steps=3) == np.inf
+    np.testing.assert_allclose(tstats.early_oscillation(zig, steps=4), 2.0)
+    assert tstats.early_oscillation(np.array([1.0, np.nan, np.nan]), steps=3) == np.inf
     # Smoothing over 2 steps cancels a period-2 zigzag on a linear trend exactly.
     trend = np.exp(-0.1 * np.arange(8) + np.array([0.3, -0.3] * 4))
-    assert gtrain.early_oscillation(trend, steps=8) > 2.0
-    np.testing.assert_allclose(gtrain.early_oscillation(trend, steps=8, smooth=2), 0.0, atol=1e-12)
-    np.testing.assert_allclose(gtrain.early_peak(np.array([2.0, 8.0, 1.0]), steps=3), 4.0)
-    q = gtrain.seed_quantiles(np.array([[1.0, 2.0, 3.0, np.nan, np.inf]]))
+    assert tstats.early_oscillation(trend, steps=8) > 2.0
+    np.testing.assert_allclose(tstats.early_oscillation(trend, steps=8, smooth=2), 0.0, atol=1e-12)
+    np.testing.assert_allclose(tstats.early_peak(np.array([2.0, 8.0, 1.0]), steps=3), 4.0)
+    q = tstats.seed_quantiles(np.array([[1.0, 2.0, 3.0, np.nan, np.inf]]))
     np.testing.assert_allclose([q.median[0], q.q25[0], q.q75[0]], [2.0, 1.5, 2.5])
     assert int(q.count[0]) == 3
 
@@ -252,13 +261,13 @@ def test_statistics_against_closed_forms():
 )
 def test_bad_input(kwargs, field):
     with pytest.raises(GradjaxInputError, match=field):
-        gtrain.train(NET, DATA, TCFG, **kwargs)
+        tloop.train(NET, DATA, TCFG, **kwargs)
 
 
 def test_mismatched_network_is_rejected():
     wrong = gj.build(gj.NetConfig(depth=2, width=8, input_dim=5, out_dim=3))
     with pytest.raises(GradjaxInputError, match="input_dim"):
-        gtrain.train(wrong, DATA, TCFG)
+        tloop.train(wrong, DATA, TCFG)
 
 
 def test_overflow_inside_the_network_is_a_nonfinite_step_not_zero_gradients():
@@ -277,7 +286,7 @@ def test_overflow_inside_the_network_is_a_nonfinite_step_not_zero_gradients():
     out = net.apply(params, DATA.x_train[:32])
     assert np.isfinite(np.asarray(out)).all()  # the loss alone does not show the overflow
     batched = jax.tree.map(lambda a: a[None, None], params)  # (hyper=1, seed=1)
-    res = gtrain.train(net, DATA, TCFG.replace(steps=2, warmup_steps=0), seeds=1, params=batched)
+    res = tloop.train(net, DATA, TCFG.replace(steps=2, warmup_steps=0), seeds=1, params=batched)
     h = res.history
     assert int(h.first_nonfinite[0, 0]) == 0
     assert np.isnan(np.asarray(h.grad_norms[0, 0])).all()
@@ -313,7 +322,7 @@ def _optax_reference(init, apply, kernels, seed_index, steps, lr):
     """A hand-written optax SGD loop with train()'s key convention (fold_in 0: init, 1: batches)."""
     key = jax.random.split(jax.random.key(7), 2)[seed_index]
     params = init(jax.random.fold_in(key, 0))
-    idx = gtrain._batch_indices(jax.random.fold_in(key, 1), DATA.n_train, steps, 32)
+    idx = tloop._batch_indices(jax.random.fold_in(key, 1), DATA.n_train, steps, 32)
     tx = optax.sgd(lr)
     opt = tx.init(params)
 
@@ -352,7 +361,7 @@ def test_user_flax_model_matches_a_hand_written_optax_loop(kind):
         apply = lambda p, x: nnx.merge(graphdef, p)(x)
         kernels = lambda g: [g["first"]["kernel"][...], g["second"]["kernel"][...]]
         layers = ("first", "second")
-    res = gtrain.train(model, DATA, tcfg, seeds=2, key=jax.random.key(7), devices=1)
+    res = tloop.train(model, DATA, tcfg, seeds=2, key=jax.random.key(7), devices=1)
     assert res.layers == layers
     h = res.history
     assert h.grad_norms.shape == (1, 2, steps, 2)
@@ -398,7 +407,7 @@ def _one_line_refusal(capsys, code, *fragments):
     ],
 )
 def test_cli_refuses_before_writing(tmp_path, capsys, args, fragments):
-    from gradjax.cli import main
+    from gradjax.commands.cli import main
 
     out = tmp_path / "run"
     code = main([*TINY, "--out", str(out), *args])
@@ -407,7 +416,7 @@ def test_cli_refuses_before_writing(tmp_path, capsys, args, fragments):
 
 
 def test_cli_trains_with_adamw_and_refuses_other_results(tmp_path, capsys):
-    from gradjax.cli import main
+    from gradjax.commands.cli import main
 
     # --help lists the optimisers of the one table, adamw included, with the default.
     assert main(["train", "--help"]) == 0
@@ -450,8 +459,8 @@ def test_cli_trains_with_adamw_and_refuses_other_results(tmp_path, capsys):
 
 
 def test_cli_long_run_reports_progress_without_a_bar(tmp_path, capsys, monkeypatch):
-    from gradjax.cli import main
     from gradjax.commands import train as train_command
+    from gradjax.commands.cli import main
 
     # A host guessed at 1 FLOP/s makes 3 tiny steps a long run: its estimate and its steps
     # are printed with --no-progress (a long run with --no-progress was silent).
@@ -501,19 +510,19 @@ def test_user_models_that_cannot_train_are_refused_up_front():
 
     short = TCFG.replace(steps=2, warmup_steps=0)
     with pytest.raises(GradjaxInputError, match="model=.*batch_stats"):
-        gtrain.train(WithBatchNorm(), DATA, short, seeds=1)
+        tloop.train(WithBatchNorm(), DATA, short, seeds=1)
     wrong = (lambda k: {"w": jnp.zeros((64, 3))}, lambda p, x: x @ p["w"])
     with pytest.raises(GradjaxInputError, match="model output size=3"):
-        gtrain.train(wrong, DATA, short, seeds=1)
+        tloop.train(wrong, DATA, short, seeds=1)
     # 200,000 x 74 float32 weights x (params, gradient, two Adam slots) x 10^4 seeds:
     # 2.2 TB, refused from shapes alone (nothing is drawn or compiled).
-    est = gtrain.estimate(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
+    est = testimate.estimate(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
     weights = 200_000 * 64 + 200_000 * 10
     assert est.bytes > 10_000 * 4 * 4 * weights
     assert est.step_flops == 10_000 * 6 * 32 * weights
     refusal = r"training \(steps=2, model=Wide, seeds=10000\) needs"
     with pytest.raises(GradjaxInputError, match=refusal):
-        gtrain.train(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
+        tloop.train(Wide(), DATA, short.replace(optimizer="adam"), seeds=10_000)
 
 
 def test_an_nnx_module_instance_is_every_seed_s_starting_point():
@@ -521,7 +530,7 @@ def test_an_nnx_module_instance_is_every_seed_s_starting_point():
 
     module = _nnx_mlp_class()(rngs=nnx.Rngs(3))
     short = TCFG.replace(steps=2, warmup_steps=0)
-    res = gtrain.train(module, DATA, short, seeds=2, devices=1)
+    res = tloop.train(module, DATA, short, seeds=2, devices=1)
     expected = [np.linalg.norm(np.asarray(module.first.kernel[...]))]
     expected.append(np.linalg.norm(np.asarray(module.second.kernel[...])))
     for s in range(2):

@@ -1,1 +1,1 @@
-"""The ``gradjax`` subcommands, one module each (see :mod:`gradjax.cli`)."""
+"""The ``gradjax`` subcommands, one module each (see :mod:`gradjax.commands.cli`)."""

@@ -20,7 +20,7 @@ import traceback
 from typing import Any
 
 from gradjax.commands.common import writable_dir
-from gradjax.errors import GradjaxInputError, invalid
+from gradjax.utils.errors import GradjaxInputError, invalid
 
 PREFIX = "bench_"
 SUITE = "gradjax.benchmarks"

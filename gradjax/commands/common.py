@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from gradjax.errors import GradjaxInputError
+from gradjax.utils.errors import GradjaxInputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,7 +137,7 @@ def grid(
     """
     import numpy as np
 
-    from gradjax.config import parse_range
+    from gradjax.nets.config import parse_range
 
     bound = " > 0" if strictly_positive else (f" >= {minimum:g}" if minimum is not None else "")
     allowed = (
@@ -192,7 +192,7 @@ class LibraryNames(Sequence):
     ``--help`` is printed keeps ``gradjax --help`` quick.
 
     Args:
-      module: the module holding the table, e.g. ``"gradjax.activations"``.
+      module: the module holding the table, e.g. ``"gradjax.meanfield.activations"``.
       table: the table's name in it, e.g. ``"ACTIVATIONS"``; its string keys are the names.
     """
 

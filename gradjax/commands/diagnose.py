@@ -88,14 +88,14 @@ def add_parser(sub) -> None:
     mlp.add_argument(
         "--activation",
         default="tanh",
-        **library_choice("gradjax.activations", "ACTIVATIONS"),
+        **library_choice("gradjax.meanfield.names", "ACTIVATION_NAMES"),
         metavar="ACTIVATION",
         help="activation (with --model: the model's, for init advice); one of %(choices)s",
     )
     mlp.add_argument(
         "--init",
         default="gaussian",
-        **library_choice("gradjax.config", "INIT_KINDS"),
+        **library_choice("gradjax.nets.config", "INIT_KINDS"),
         metavar="INIT",
         help="weight init; one of %(choices)s",
     )
@@ -138,15 +138,15 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradjax.config import NetConfig
-    from gradjax.errors import GradjaxInputError
+    from gradjax.nets.config import NetConfig
+    from gradjax.utils.errors import GradjaxInputError
 
     cfg = None
     if args.model is not None:
         # The factory defines the model: MLP flags would be silently ignored, so they are
         # refused (--activation is kept: it names the model's activation for the advice).
         _refuse_mlp_flags(args, "--model (the factory defines its own model)", keep="activation")
-        from gradjax.boundary import load_factory
+        from gradjax.commands.factory import load_factory
 
         # Loaded before --out is created: a refused model leaves nothing behind.
         loaded = load_factory(args.model)
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         # An example is its own model: MLP flags would be silently ignored, so they are refused.
         _refuse_mlp_flags(args, f"--example={args.example!r} (the example defines its own model)")
     else:
-        from gradjax.cost import check_fits, estimate_network_bytes, memory_limit_bytes
+        from gradjax.sweeps.cost import check_fits, estimate_network_bytes, memory_limit_bytes
 
         # A size that cannot fit is refused here, in one line, before XLA would abort.
         check_fits(
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     import jax
 
-    from gradjax.diagnose import diagnose, diagnose_net
+    from gradjax.diagnosis.pipeline import diagnose, diagnose_net
 
     if args.model is not None:
         model, params, batch = loaded
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             params,
             batch,
             args.loss,
-            activation=activation,
+            hints={"activation": activation},
             **(probe if args.lr is not None else {}),
         )
         title = f"{args.model}: {report.verdict}"
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         )
         title = f"example {args.example}: {report.verdict}"
     else:
-        from gradjax import models
+        from gradjax.nets import models
 
         net = models.build(cfg)
         k_init, k_x, k_y = jax.random.split(jax.random.key(args.seed), 3)
@@ -218,8 +218,8 @@ def run(args: argparse.Namespace) -> int:
             f"$\\sigma_w$={args.sigma_w:g} ({args.init}): {report.verdict}"
         )
 
-    from gradjax.io import atomic_write_json, atomic_write_text
-    from gradjax.plotting import save_figure
+    from gradjax.utils.files import atomic_write_json, atomic_write_text
+    from gradjax.utils.plotting import save_figure
 
     text = report.summary()
     atomic_write_text(out / "report.txt", text + "\n")
@@ -240,7 +240,7 @@ def _refuse_mlp_flags(args: argparse.Namespace, source: str, keep: str | None = 
     Raises:
       GradjaxInputError: naming the first changed flag, its value and ``source``.
     """
-    from gradjax.errors import GradjaxInputError
+    from gradjax.utils.errors import GradjaxInputError
 
     for field, default in MLP_DEFAULTS.items():
         if field != keep and getattr(args, field) != default:
@@ -251,7 +251,7 @@ def _refuse_mlp_flags(args: argparse.Namespace, source: str, keep: str | None = 
 
 
 def _example_problem(name: str, *, batch: int, seed: int) -> dict:
-    from gradjax.errors import GradjaxInputError
+    from gradjax.utils.errors import GradjaxInputError
 
     script, kwargs = EXAMPLES[name]
     # The examples are scripts of the source tree, next to the gradjax package.

@@ -16,7 +16,7 @@ from gradjax.commands.common import (
     renamed_field,
     writable_dir,
 )
-from gradjax.io import dumps_json
+from gradjax.utils.files import dumps_json
 
 # Library argument -> command-line flag, for the errors the library raises.
 FLAGS = flags(
@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
         default=None,
         help="use the first N devices (default: all accelerators of all hosts; one on CPU)",
     )
-    dist = p.add_argument_group("multi-host (see gradjax.distributed for the launch)")
+    dist = p.add_argument_group("multi-host (see gradjax.sweeps.distributed for the launch)")
     dist.add_argument(
         "--distributed",
         action="store_true",
@@ -90,8 +90,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradjax.config import NetConfig
-    from gradjax.errors import GradjaxInputError, invalid
+    from gradjax.nets.config import NetConfig
+    from gradjax.utils.errors import GradjaxInputError, invalid
 
     if not args.distributed and (
         args.coordinator is not None
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise invalid("--distributed", False, "--distributed with --coordinator/--num-processes")
     if args.distributed:
         # Before any other JAX call: the backend must start knowing about the other hosts.
-        from gradjax import distributed
+        from gradjax.sweeps import distributed
 
         distributed.initialize(
             coordinator_address=args.coordinator,
@@ -123,20 +123,22 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.devices is not None and not args.distributed:
             # Refused before the output directory is made, so a refusal leaves nothing behind.
-            from gradjax.distributed import select_devices
+            from gradjax.sweeps.distributed import select_devices
 
             select_devices(args.devices, default=())
     except GradjaxInputError as err:
         raise renamed_field(err, FLAGS) from None
     loaded = None
     if args.model is not None:
-        from gradjax.boundary import load_factory
+        from gradjax.commands.factory import load_factory
 
         loaded = load_factory(args.model)  # before --out is made: a refusal leaves nothing
     created = not Path(args.out).exists()
     out = writable_dir(args.out)
 
-    from gradjax import models, plotting, probes
+    from gradjax.measure import probes
+    from gradjax.nets import models
+    from gradjax.utils import plotting
 
     if loaded is not None:
         return _sweep_model(args, loaded, sigma_w, sigma_b, out, created)
@@ -172,8 +174,9 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
     """``--model``: per-block ``||dL/da_l||`` over seeds x kernel scale of the user's model."""
     import numpy as np
 
-    from gradjax.boundary import block_gradient_probe, sweepable
-    from gradjax.fitting import growth_per_layer
+    from gradjax.boundary import sweepable
+    from gradjax.measure.probes import block_gradient_probe
+    from gradjax.utils.fitting import growth_per_layer
 
     model, params, (x, y) = loaded
     net = sweepable(model, params, x)
@@ -226,8 +229,8 @@ def _median(values):
 
 def _run_sweep(args, net, probe, probe_name, sigma_w, sigma_b, out, created):
     """The library sweep with the command's settings; refusals name the flags, leave nothing."""
-    from gradjax.errors import GradjaxInputError
-    from gradjax.sweep import sweep as _sweep
+    from gradjax.sweeps.engine import sweep as _sweep
+    from gradjax.utils.errors import GradjaxInputError
 
     try:
         return _sweep(

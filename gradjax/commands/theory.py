@@ -45,7 +45,7 @@ def _number(value: float) -> float | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradjax.errors import GradjaxInputError, check_real
+    from gradjax.utils.errors import GradjaxInputError, check_real
 
     check_real("--sigma-b2", args.sigma_b2, minimum=0.0)
     if args.sigma_w2 is not None:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    from gradjax import theory
+    from gradjax.meanfield import theory
 
     line = theory.critical_line(args.activation, [args.sigma_b2])
     lo, hi = theory.SIGMA_W2_RANGE

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from gradjax.commands.common import (
@@ -18,7 +17,7 @@ from gradjax.commands.common import (
     seed,
     writable_dir,
 )
-from gradjax.io import dumps_json
+from gradjax.utils.files import dumps_json
 
 # Library argument -> command-line flag, for the errors the library raises.
 FLAGS = flags(
@@ -57,22 +56,28 @@ def add_parser(sub) -> None:
         "directory holding a sweep or a different training run is refused.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    acts = library_choice("gradjax.activations", "ACTIVATIONS")
+    acts = library_choice("gradjax.meanfield.names", "ACTIVATION_NAMES")
     p.add_argument("--activation", default="relu", **acts, help="activation")
     p.add_argument(
-        "--init", default="he", **library_choice("gradjax.config", "INIT_KINDS"), help="weight init"
+        "--init",
+        default="he",
+        **library_choice("gradjax.nets.config", "INIT_KINDS"),
+        help="weight init",
     )
     p.add_argument("--sigma-w", type=nonnegative_real, default=1.0, help="weight scale")
     p.add_argument("--depth", type=positive_int, default=20, help="blocks")
     p.add_argument("--width", type=positive_int, default=128, help="hidden width")
     p.add_argument("--seeds", type=positive_int, default=8, help="independent runs")
     p.add_argument(
-        "--dataset", default="digits", **library_choice("gradjax.data", "DATASETS"), help="data"
+        "--dataset",
+        default="digits",
+        **library_choice("gradjax.training.config", "DATASETS"),
+        help="data",
     )
     p.add_argument(
         "--optimizer",
         default="sgd",
-        **library_choice("gradjax.optim", "OPTIMIZERS"),
+        **library_choice("gradjax.training.config", "OPTIMIZERS"),
         help="optimiser (adamw: Adam with --weight-decay decoupled)",
     )
     p.add_argument("--lr", type=positive_real, default=0.01, help="peak learning rate")
@@ -103,8 +108,9 @@ def _human_seconds(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradjax.config import NetConfig, TrainConfig
-    from gradjax.errors import GradjaxInputError
+    from gradjax.nets.config import NetConfig
+    from gradjax.training.config import TrainConfig
+    from gradjax.utils.errors import GradjaxInputError
 
     try:
         tcfg = TrainConfig(
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             l1=args.l1,
         )
-        from gradjax import data as gdata
+        from gradjax.training import data as gdata
 
         data = gdata.get_dataset(args.dataset)
         cfg = NetConfig(
@@ -129,20 +135,19 @@ def run(args: argparse.Namespace) -> int:
             init=args.init,
             sigma_w=args.sigma_w,
         )
-        from gradjax import models
-
-        # The module itself: the package's name ``train`` is the function.
-        gtrain = importlib.import_module("gradjax.train")
+        from gradjax.nets import models
+        from gradjax.training.estimate import check_fits
+        from gradjax.training.run_folder import check_output_dir, run_meta
 
         net = models.build(cfg)
         # Refused before anything is written: a run that cannot fit, or a directory that
         # holds other results.
-        estimate = gtrain.check_fits(net, data, tcfg, seeds=args.seeds)
-        meta = gtrain.run_meta(net, data, tcfg, seeds=args.seeds, key=args.seed)
-        gtrain.check_output_dir(args.out, meta)
+        estimate = check_fits(net, data, tcfg, seeds=args.seeds)
+        meta = run_meta(net, data, tcfg, seeds=args.seeds, key=args.seed)
+        check_output_dir(args.out, meta)
     except GradjaxInputError as err:
         raise renamed_field(err, FLAGS) from None
-    from gradjax.cost import format_bytes
+    from gradjax.sweeps.cost import format_bytes
 
     # Checked before the estimate is printed, so a refused --out gives its one line only.
     out = writable_dir(args.out)
@@ -157,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from gradjax import plotting
+    from gradjax.training.loop import train
+    from gradjax.training.plots import plot_training
+    from gradjax.training.statistics import divergence_rate, seed_quantiles
+    from gradjax.utils import plotting
 
     progress: object = not args.no_progress
     if args.no_progress and estimate.total_flops / GUESS_FLOPS_PER_S > LONG_RUN_S:
@@ -165,12 +173,12 @@ def run(args: argparse.Namespace) -> int:
         def progress(done: int, total: int) -> None:
             print(f"gradjax train: step {done}/{total}", file=sys.stderr, flush=True)
 
-    result = gtrain.train(net, data, tcfg, seeds=args.seeds, key=args.seed, progress=progress)
+    result = train(net, data, tcfg, seeds=args.seeds, key=args.seed, progress=progress)
     result.save(out)
-    plotting.save_figure(gtrain.plot_training(result), out / "curves")
+    plotting.save_figure(plot_training(result), out / "curves")
     h = result.history
-    acc = gtrain.seed_quantiles(np.asarray(h.test.accuracy))
-    rate = gtrain.divergence_rate(h)
+    acc = seed_quantiles(np.asarray(h.test.accuracy))
+    rate = divergence_rate(h)
     summary = {
         "out": str(out),
         "divergence_rate": rate.rate[0],
@@ -178,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         "first_nonfinite_step": np.asarray(h.first_nonfinite)[0],
         "test_accuracy_median": acc.median[0],
         "test_accuracy_iqr": [acc.q25[0], acc.q75[0]],
-        "final_loss_median": gtrain.seed_quantiles(np.asarray(h.loss)[..., -1]).median[0],
+        "final_loss_median": seed_quantiles(np.asarray(h.loss)[..., -1]).median[0],
     }
     print(dumps_json(summary))
     return 0

@@ -1,0 +1,268 @@
+"""The model boundary: a user's Flax Linen or NNX model, or a pure function, seen one way.
+
+Every entry point that takes a user's model (:func:`gradjax.diagnose`, sweeps through
+:func:`sweepable`, the ``--model`` option of the command line) goes through :func:`wrap`,
+which returns a :class:`Boundary`:
+
+* ``params``: the differentiable parameters (Linen ``"params"``, NNX ``nnx.Param`` state, or
+  the pytree of a pure function),
+* ``apply(params, x, probes)``: the forward pass, where ``probes`` (zeros) are added to the
+  output of every *block*, so ``dL/dprobe`` is ``dL/da_l`` for each block output ``a_l``,
+* ``blocks(x)``: the blocks in execution order.
+
+The user's code is used as written. Linen modules are observed through
+``nn.intercept_methods``: the interceptor adds a zero probe, stored as a variable of the
+module's own scope, to each submodule's ``__call__`` output; a stack built with ``nn.scan``
+therefore gets a probe with the same leading layer axis as its parameters, so every layer of
+the stack is a block. NNX has no interceptor: the boundary works on a copy made with
+``nnx.split``/``nnx.merge`` inside the traced function (so BatchNorm statistics and Dropout
+RNG counts are mutated on the copy, never across trace levels) and, while tracing, wraps
+``__call__`` of the copy's module classes so the copy's submodules add their probes.
+
+Blocks are found from structure: the submodules (or layers of a scanned stack) that repeat
+most under one parent, e.g. ``Block_0 .. Block_11`` of a Transformer, ``blocks/0 ..`` of an
+``nnx.List``, ``trunk/0 ..`` of an ``nn.scan``; names play no part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradjax.utils.caching import BoundedCache
+from gradjax.utils.tree_paths import module_parts
+
+# Name of the probe variable a Linen submodule gets in its own "params" scope.
+PROBE = "gradjax_probe"
+# Sites and probe shapes by (model structure, shapes): a second look at a model is free.
+_DISCOVERED = BoundedCache(64)
+
+
+def clear_discovered() -> None:
+    """Forgets the blocks discovered so far (the next look at a model traces it again)."""
+    _DISCOVERED.clear()
+
+
+class Site(NamedTuple):
+    """One submodule whose output can be probed.
+
+    Attributes:
+      name: its module path joined with ``"/"`` (``"Block_3"``, ``"blocks/2"``, ``"trunk"``).
+      cls: its class name.
+      layers: the number of layers of a scanned stack (the probe's leading axis), or ``None``.
+      has_params: whether parameters live under its path.
+    """
+
+    name: str
+    cls: str
+    layers: int | None
+    has_params: bool
+
+
+class Block(NamedTuple):
+    """One block output ``a_l``: a site, or one layer of a stacked site."""
+
+    name: str
+    site: str
+    layer: int | None
+
+
+@dataclasses.dataclass(eq=False)
+class Boundary:
+    """A model seen by gradjax: parameters, a probed forward pass and its blocks.
+
+    Attributes:
+      kind: ``"linen"``, ``"nnx"`` or ``"function"``.
+      params: the differentiable parameters.
+      state: everything else the forward pass reads (Linen collections and RNGs, NNX
+        non-parameter state), an argument of :meth:`apply` so compiled programs can be
+        shared between models of one structure.
+      key: a hashable description of the model's structure (for caches of compiled
+        programs; the parameters' shapes and dtypes are added by the caller).
+      module: the user's model object (Linen module, NNX module or function).
+    """
+
+    kind: str
+    params: Any
+    state: Any
+    key: Hashable
+    module: Any
+    _apply: Callable[[Any, Any, Any, Any], Any]
+    _discover: Callable[[Any], tuple[list[Site], dict[str, Any]]]
+
+    def apply(
+        self, params: Any, x: Any, probes: Mapping[str, Any] | None = None, *, state: Any = None
+    ) -> Any:
+        """The model's output, ``probes[site]`` added to each probed site's output.
+
+        Args:
+          params: parameters (of this model's structure).
+          x: the inputs.
+          probes: zero probes by site (see :meth:`zero_probes`), or ``None``.
+          state: the non-differentiable state (default: this model's :attr:`state`).
+
+        Returns:
+          The output.
+        """
+        return self._apply(params, self.state if state is None else state, x, probes)
+
+    def cache_key(self, *trees: Any) -> Hashable:
+        """:attr:`key` with the shapes and dtypes of the parameters, state and ``trees``."""
+        return (self.key, shapes_key(self.params), shapes_key(self.state), shapes_key(trees))
+
+    def _discovered(self, x: Any) -> tuple[list[Site], dict[str, Any]]:
+        return _DISCOVERED.get_or_make(self.cache_key(x), lambda: self._discover(x))
+
+    def sites(self, x: Any) -> list[Site]:
+        """Every probed submodule, in execution order (first call first)."""
+        return self._discovered(x)[0]
+
+    def blocks(self, x: Any) -> list[Block]:
+        """The block outputs ``a_l`` in execution order (input side first)."""
+        return choose_blocks(self.sites(x))
+
+    def zero_probes(self, x: Any) -> dict[str, Any]:
+        """Zero probes (``jax.ShapeDtypeStruct`` trees made arrays) for the block sites."""
+        shapes = self._discovered(x)[1]
+        names = dict.fromkeys(b.site for b in self.blocks(x))
+        # NumPy zeros: no program for XLA to compile per shape.
+        return {n: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes[n]) for n in names}
+
+    def block_norms(self, probe_grads: Mapping[str, Any], x: Any) -> np.ndarray:
+        """``||dL/da_l||`` per block from the gradients of the probes, ``(blocks,)``.
+
+        On the host in float64: no overflow for huge float32 gradients, and no reductions
+        for XLA to compile into the measuring program.
+        """
+        return host_norms(
+            [
+                [v if b.layer is None else v[b.layer] for v in leaves64(probe_grads[b.site])]
+                for b in self.blocks(x)
+            ]
+        )
+
+    def norm_kinds(self, x: Any) -> tuple[str, ...]:
+        """The normalisation layers found among the submodules: ``"batch"``, ``"layer"``,
+        ``"group"`` (RMSNorm counts as ``"layer"``)."""
+        kinds = []
+        for s in self.sites(x):
+            c = s.cls.lower()
+            if "batchnorm" in c:
+                kinds.append("batch")
+            elif "layernorm" in c or "rmsnorm" in c:
+                kinds.append("layer")
+            elif "groupnorm" in c:
+                kinds.append("group")
+        return tuple(dict.fromkeys(kinds))
+
+
+# ---------------------------------------------------------------------------- block choice
+
+
+def choose_blocks(sites: list[Site]) -> list[Block]:
+    """The block outputs among the sites: the largest set of repeated siblings.
+
+    Among the direct children of every parent path, a class repeated at least twice (a
+    scanned stack counts its layers) is a candidate; repeated modules that hold submodules
+    (blocks) come before repeated single layers, then those owning parameters, then the
+    most repeats, then the parent nearest the root. Without any repetition the top-level
+    submodules are the blocks.
+
+    Args:
+      sites: the sites in execution order.
+
+    Returns:
+      The blocks in execution order.
+    """
+    by_parent: dict[tuple[str, ...], list[Site]] = {}
+    for s in sites:
+        parts = tuple(s.name.split("/"))
+        by_parent.setdefault(parts[:-1], []).append(s)
+    names = [s.name for s in sites]
+
+    def composite(site: Site) -> bool:  # holds submodules of its own (a block, not a layer)
+        return any(n.startswith(site.name + "/") for n in names)
+
+    best: tuple[tuple[bool, bool, int, int], tuple[str, ...], str] | None = None
+    for parent, children in by_parent.items():
+        for cls in dict.fromkeys(c.cls for c in children):
+            members = [c for c in children if c.cls == cls]
+            count = sum(c.layers or 1 for c in members)
+            if count < 2:
+                continue
+            # Repeated composite modules (Transformer or residual blocks) before repeated
+            # single layers (an attention's projections); then the most repeats, then the
+            # parent nearest the root.
+            score = (
+                all(composite(c) for c in members),
+                all(c.has_params for c in members),
+                count,
+                -len(parent),
+            )
+            if best is None or score > best[0]:
+                best = (score, parent, cls)
+    if best is None:
+        chosen = [s for s in sites if "/" not in s.name]
+    else:
+        _, parent, cls = best
+        chosen = [s for s in by_parent[parent] if s.cls == cls]
+    out = []
+    for s in chosen:
+        if s.layers:
+            out += [Block(f"{s.name}/{i}", s.name, i) for i in range(s.layers)]
+        else:
+            out.append(Block(s.name, s.name, None))
+    return out
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def leaves64(tree: Any) -> list[np.ndarray]:
+    return [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(tree)]
+
+
+def host_norms(groups: list[list[np.ndarray]]) -> np.ndarray:
+    """Euclidean norm of each group of arrays, in float64 on the host."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(
+            [math.sqrt(sum(float(np.sum(np.square(v))) for v in g)) for g in groups], np.float64
+        )
+
+
+def shapes_key(tree: Any) -> Hashable:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return (treedef, tuple((tuple(np.shape(v)), str(jnp.result_type(v))) for v in leaves))
+
+
+def float_leaves_only(out: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(out)
+    return bool(leaves) and all(
+        hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating) for v in leaves
+    )
+
+
+def add_probe(out: Any, probe: Any) -> Any:
+    return jax.tree.map(lambda a, p: a + p.astype(a.dtype), out, probe)
+
+
+def param_paths(params: Any) -> list[tuple[str, ...]]:
+    return [module_parts(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def owns(paths: list[tuple[str, ...]], site: tuple[str, ...]) -> bool:
+    return any(p[: len(site)] == site and len(p) > len(site) for p in paths)
+
+
+def hashable(obj: Any) -> Hashable:
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        return ("id", id(obj))

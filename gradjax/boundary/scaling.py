@@ -1,0 +1,167 @@
+"""A user's model in the sweep engine's protocol: one seed's draw, scaled along the sweep axes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradjax.boundary.core import Boundary
+from gradjax.boundary.kinds import wrap
+from gradjax.utils.tree_paths import module_parts
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What a sweep records about a user's model (its metadata and resume fingerprint).
+
+    Attributes:
+      model: the model's class (or function) name.
+      kind: ``"linen"``, ``"nnx"`` or ``"function"``.
+      blocks: number of blocks found.
+      inputs: the example input's shape.
+      sigma_w: the default weight scale (1: the model's own init).
+      sigma_b: the default bias scale (0: the model's own, zero, biases).
+    """
+
+    model: str
+    kind: str
+    blocks: int
+    inputs: str
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sweepable:
+    """A user's Flax model in the sweep engine's protocol (``init_base``, ``scale``).
+
+    ``init_base(key)`` draws the model's parameters for a seed: a Linen model through its own
+    ``init`` (the user's initialisers), an NNX model or a function by redrawing every kernel
+    as Gaussian noise with that kernel's own standard deviation (NNX has no pure ``init``
+    from a key). Every bias that sits beside a kernel gets a standard-normal base draw.
+    ``scale(base, sigma_w=s, sigma_b=b)`` multiplies each kernel by ``s`` and sets each such
+    bias to ``b`` times its draw: a seed's draws are shared along the scale axes (common
+    random numbers), and ``sigma_w = 1``, ``sigma_b = 0`` is the model as initialised.
+
+    Build one with :func:`sweepable`; it is hashable by identity, so the engine's compiled
+    tiles are reused for it.
+    """
+
+    boundary: Boundary
+    example: Any
+    cfg: ModelConfig
+    _linen_init: Callable[[Any], Any] | None
+
+    @property
+    def dtype(self) -> Any:
+        leaves = jax.tree_util.tree_leaves(self.boundary.params)
+        return jnp.result_type(*leaves) if leaves else jnp.float32
+
+    def init_base(self, key: jax.Array) -> dict[str, Any]:
+        """The base draw of one seed: ``{"params": ..., "bias_noise": ...}``."""
+        k_init, k_bias = jax.random.split(key)
+        if self._linen_init is not None:
+            params = self._linen_init(k_init)
+        else:
+            leaves, treedef = jax.tree_util.tree_flatten(self.boundary.params)
+            kernel = jax.tree_util.tree_leaves(_kernels(self.boundary.params))
+            keys = jax.random.split(k_init, len(leaves))
+            drawn = [
+                jax.random.normal(kk, jnp.shape(v), jnp.result_type(v)) * jnp.std(v) if is_k else v
+                for kk, v, is_k in zip(keys, leaves, kernel, strict=True)
+            ]
+            params = jax.tree_util.tree_unflatten(treedef, drawn)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        keys = jax.random.split(k_bias, len(leaves))
+        noise = [
+            jax.random.normal(kk, jnp.shape(v), jnp.result_type(v))
+            for kk, v in zip(keys, leaves, strict=True)
+        ]
+        return {"params": params, "bias_noise": jax.tree_util.tree_unflatten(treedef, noise)}
+
+    def scale(self, base: Any, *, sigma_w: Any, sigma_b: Any, lazy: bool = False) -> Any:
+        """The parameters at ``(sigma_w, sigma_b)`` from a seed's base draw."""
+        del lazy  # the parameters are always materialised
+        kernels = _kernels(self.boundary.params)
+        biases = _paired_biases(self.boundary.params)
+
+        def one(v, noise, is_kernel, is_bias):
+            if is_kernel:
+                return v * jnp.asarray(sigma_w, jnp.result_type(v))
+            if is_bias:
+                return noise * jnp.asarray(sigma_b, jnp.result_type(v))
+            return v
+
+        return jax.tree.map(one, base["params"], base["bias_noise"], kernels, biases)
+
+
+def _kernels(params: Any) -> Any:
+    """Bools over ``params``: the weights and kernels (two axes or more per layer)."""
+    from gradjax.utils.tree_paths import layer_slices
+
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    flags = [False] * len(leaves)
+    for s in layer_slices(params):
+        flags[s.index] = flags[s.index] or s.ndim >= 2
+    return jax.tree_util.tree_unflatten(treedef, flags)
+
+
+def _paired_biases(params: Any) -> Any:
+    """Bools over ``params``: each ``bias`` leaf whose module also holds a ``kernel``."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    parts = [module_parts(p) for p, _ in paths]
+    kernels = {q[:-1] for q in parts if q and q[-1] == "kernel"}
+    flags = [bool(q) and q[-1] == "bias" and q[:-1] in kernels for q in parts]
+    return jax.tree_util.tree_unflatten(treedef, flags)
+
+
+def sweepable(
+    model: Any,
+    params: Any,
+    example_input: Any,
+    **wrap_kwargs: Any,
+) -> Sweepable:
+    """A user's model ready for :func:`gradjax.sweep` over seeds x init scale.
+
+    Args:
+      model: a Linen module, an ``nnx.Module`` (``params`` ``None``) or a pure function.
+      params: the Linen variables or the function's parameters.
+      example_input: a batch of inputs (for a Linen ``init`` and the block discovery).
+      **wrap_kwargs: passed to :func:`wrap` (``apply_kwargs``, ``mutable``, ``rngs``).
+
+    Returns:
+      The :class:`Sweepable`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradjax as gj
+      >>> from flax import linen as nn
+      >>> model = nn.Sequential([nn.Dense(8), nn.tanh, nn.Dense(8), nn.tanh, nn.Dense(1)])
+      >>> x = jnp.ones((4, 3)); y = jnp.zeros((4, 1))
+      >>> net = gj.boundary.sweepable(model, model.init(jax.random.key(0), x), x)
+      >>> probe = gj.probes.block_gradient_probe(net, (x, y), "mse")
+      >>> res = gj.sweep(net, probe, seeds=2, sigma_w=[0.5, 2.0], progress=False)
+      >>> res.data["block_grad_norms"].shape  # (seed, sigma_w, block): the three Dense
+      (2, 2, 3)
+    """
+    boundary = wrap(model, params, **wrap_kwargs)
+    linen_init = None
+    if boundary.kind == "linen":
+        module = boundary.module
+
+        def linen_init(key):
+            return module.init({"params": key, "dropout": key}, example_input)["params"]
+
+    name = getattr(model, "__name__", None) or type(model).__name__
+    shape = jax.tree.map(lambda v: list(np.shape(v)), example_input)
+    cfg = ModelConfig(
+        model=str(name),
+        kind=boundary.kind,
+        blocks=len(boundary.blocks(example_input)),
+        inputs=str(shape),
+    )
+    return Sweepable(boundary, example_input, cfg, linen_init)

@@ -1,0 +1,210 @@
+"""Advice from a gradient-flow verdict: the critical weight scale and concrete fixes.
+
+:func:`suggest` turns a verdict and what is known of the model (activation, weight scale,
+normalisation, residual blocks, a first-step probe, a training history) into changes, most
+important first; :func:`critical_sigma_w2` is the edge-of-chaos weight variance of
+mean-field theory (Schoenholz et al. 2017) that the init advice names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from gradjax.diagnosis.report import StepProbe, Thresholds
+from gradjax.utils.errors import GradjaxInputError, check_choice, check_real
+
+__all__ = ["ModelHints", "activation_name", "critical_sigma_w2", "suggest"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelHints:
+    """What the advice needs to know that a model cannot tell about itself.
+
+    A Flax model's normalisation layers and residual blocks are found by inspecting and
+    testing it; ``norm`` and ``residual`` here only count for a pure function. The
+    activation and the weight scale name the critical initialisation in the advice.
+
+    Attributes:
+      activation: the activation (a name, or a function known by its name), or ``None``.
+      sigma_w: the current weight scale (std multiplier of ``1/sqrt(fan_in)``), or ``None``.
+      sigma_b: the bias standard deviation.
+      norm: ``"batch"``, ``"layer"``, ``"group"`` or ``None`` (pure functions only).
+      residual: whether the blocks are residual (pure functions only; ``None``: unknown).
+    """
+
+    activation: Any = None
+    sigma_w: float | None = None
+    sigma_b: float = 0.0
+    norm: str | None = None
+    residual: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm is not None:
+            check_choice("norm", self.norm, ("batch", "layer", "group"))
+        if self.sigma_w is not None:
+            check_real("sigma_w", self.sigma_w, minimum=0.0)
+        check_real("sigma_b", self.sigma_b, minimum=0.0)
+
+
+def critical_sigma_w2(activation: str, sigma_b: float = 0.0) -> float | None:
+    """The weight variance with chi_1 = 1 (edge of chaos) for ``activation`` at ``sigma_b``.
+
+    Args:
+      activation: an activation name.
+      sigma_b: bias standard deviation.
+
+    Returns:
+      :func:`gradjax.meanfield.theory.critical_sigma_w2` at ``sigma_b^2``, or ``None`` where chi_1
+      does
+      not cross 1 in the theory module's search range (no critical init to suggest).
+    """
+    from gradjax.meanfield.theory import critical_sigma_w2 as theory_critical
+
+    try:
+        value = float(theory_critical(activation, float(sigma_b) ** 2))
+    except GradjaxInputError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+_RELU_FAMILY = {"relu": 2.0, "leaky_relu": 2.0 / (1 + 0.01**2)}
+
+
+def activation_name(activation: Any) -> str | None:
+    """The table name of an activation given by name or as a function, else ``None``.
+
+    A function is known by its ``__name__`` when that is a name of gradjax's activation table
+    (``jax.nn.gelu`` is ``"gelu"``); anything else has no name (it is never printed as a
+    function repr).
+    """
+    from gradjax.meanfield.activations import ACTIVATIONS
+
+    if activation is None:
+        return None
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", None)
+    return name if isinstance(name, str) and name in ACTIVATIONS else None
+
+
+def suggest(
+    verdict: str,
+    *,
+    growth_per_layer: float,
+    clip_threshold: float,
+    thresholds: Thresholds,
+    activation: str | None = None,
+    sigma_w: float | None = None,
+    sigma_b: float = 0.0,
+    norm: str | None = None,
+    residual: bool | None = None,
+    depth: int | None = None,
+    early_spike: float | None = None,
+    warmup_steps: int | None = None,
+    step_probe: StepProbe | None = None,
+) -> tuple[str, ...]:
+    """Concrete changes for a verdict, tied to the standard fixes.
+
+    One weight-scale target is given: the critical one of mean-field theory (chi_1 = 1) when
+    the activation is known, otherwise the first-order rescale ``sigma_w / growth`` (only for
+    nets without normalisation, where the weight scale sets the gradient growth).
+
+    Args:
+      verdict: the overall verdict.
+      growth_per_layer: measured backward growth factor per block.
+      clip_threshold: the observed-norm percentile (``nan`` if none).
+      thresholds: the thresholds used.
+      activation: the activation's table name, if known.
+      sigma_w: the current weight scale (std multiplier of ``1/sqrt(fan_in)``), if known.
+      sigma_b: the bias standard deviation.
+      norm: ``"batch"``, ``"layer"``, ``"group"`` or ``None`` (none found).
+      residual: whether the blocks are residual (``None``: unknown).
+      depth: number of blocks.
+      early_spike: max early global norm over the later median, from a training history.
+      warmup_steps: a warm-up length to suggest (default: a tenth of the recorded steps).
+      step_probe: the first-step probe, if one was run.
+
+    Returns:
+      Suggestions, most important first.
+    """
+    out: list[str] = []
+    clip = f"{clip_threshold:.3g}" if math.isfinite(clip_threshold) else None
+    rate = growth_per_layer
+    bad = verdict in ("vanishing", "exploding")
+    crit = None
+    if activation is not None:
+        crit = _RELU_FAMILY.get(activation) or critical_sigma_w2(activation, sigma_b)
+    if bad and crit is not None and norm is None:
+        now = f" (now sigma_w^2 = {sigma_w**2:.3g})" if sigma_w is not None else ""
+        out.append(
+            f"use the critical init for {activation} at sigma_b = {sigma_b:g}: "
+            f"sigma_w^2 = {crit:.3g}{now}; chi_1 = 1 (edge of chaos)"
+            + (", with orthogonal weights for dynamical isometry" if activation == "tanh" else "")
+        )
+    elif bad and norm is None and math.isfinite(rate) and rate > 0:
+        out.append(
+            f"the gradient is multiplied by {rate:.3g} per block on its way to the input; "
+            f"multiply the weight init scale by about 1/{rate:.3g} = {1 / rate:.3g}"
+        )
+    if verdict == "vanishing" and activation == "sigmoid":
+        out.append(
+            "switch sigmoid to tanh or a ReLU-family activation (sigmoid' <= 0.25 and its "
+            "non-zero mean shifts every layer)"
+        )
+    if verdict == "vanishing":
+        if norm is None:
+            out.append("add normalisation (LayerNorm, or BatchNorm for large batches)")
+        if residual is False:
+            scale = f" scaled by 1/sqrt(depth) = {1 / math.sqrt(depth):.3g}" if depth else ""
+            out.append(f"add residual connections{scale} (or SkipInit/ReZero, gain 0 at init)")
+        if norm is not None and residual:
+            out.append(
+                "the gradient fades towards the input through normalised residual blocks: "
+                "the pattern of post-LN stacks; move the norm before each branch (pre-LN) "
+                "or add a learning-rate warm-up"
+            )
+    if verdict in ("exploding", "non-finite"):
+        out.append(
+            "the observed gradient norms are themselves the explosion, so no clipping "
+            "threshold is read from them: fix the scale first, then clip at a high quantile "
+            "of the norms of the fixed model (optax.clip_by_global_norm)"
+        )
+        out.append("add a learning-rate warm-up (e.g. optax.warmup_cosine_decay_schedule)")
+        if residual:
+            out.append("scale the residual branches by 1/sqrt(depth) or use SkipInit")
+        if norm == "batch":
+            out.append(
+                "deep BatchNorm nets explode at init (Yang et al. 2019): use fewer BN layers, "
+                "LayerNorm, or residual blocks"
+            )
+    if verdict == "inconclusive":
+        out.append(
+            "no block outputs were found, so no gradient-flow verdict: pass a Flax model "
+            "(Linen or NNX) or a function with `perturbations=` to measure ||dL/da_l||"
+        )
+    if step_probe is not None and step_probe.unstable:
+        lr = step_probe.lrs[0]
+        out.insert(
+            0,
+            f"add a learning-rate warm-up: one {step_probe.optimizer} step at lr = {lr:.3g} "
+            f"takes the loss from {step_probe.loss0:.4g} to {step_probe.losses[0]:.4g}, while "
+            f"lr = {step_probe.safe_lr:.3g} is stable; ramp up, e.g. "
+            f"optax.linear_schedule(0.0, {lr:.3g}, transition_steps=...) or "
+            "optax.warmup_cosine_decay_schedule (post-LN Transformers need this; pre-LN "
+            "usually does not)",
+        )
+    if early_spike is not None and early_spike > thresholds.warmup_spike:
+        steps = f" over the first {warmup_steps} steps" if warmup_steps else ""
+        out.append(
+            f"early global norms reach {early_spike:.3g}x the later median: add a linear "
+            f"warm-up{steps}"
+        )
+    if verdict == "healthy" and not out:
+        out.append("gradient flow is within the thresholds; no change needed")
+        if clip is not None:
+            out.append(
+                f"(optional) a clipping safety net at the observed p{thresholds.clip_percentile:g}:"
+                f" optax.clip_by_global_norm({clip})"
+            )
+    # Keep the first occurrence of each suggestion, in order.
+    return tuple(dict.fromkeys(out))

@@ -1,0 +1,404 @@
+"""Diagnose the gradient flow of any model: Flax Linen, Flax NNX, a pure JAX function.
+
+:func:`diagnose` takes a model as its user wrote it (through :mod:`gradjax.boundary`), one
+batch and a loss, and measures in one compiled program, cached by the model's structure and
+the shapes so that a second call reuses it:
+
+* ``||dL/da_l||`` for the output ``a_l`` of every block (the repeated submodules: Transformer
+  blocks, residual blocks, the layers of an ``nn.scan`` stack), captured without any change
+  to the model's code,
+* the gradient norm of every parameter leaf and module group (one per layer for a stack),
+* the global gradient norm of ``microbatches`` slices of the batch (each slice's share of
+  the full-batch gradient, times ``n / size``: for a mean loss without batch coupling the
+  gradient of that slice alone), through the same compiled program: the observed
+  distribution a clipping threshold is read from,
+* whether the blocks are residual: with every kernel inside the blocks set to zero, does the
+  first block's output still reach the loss? (two more runs of the same program)
+
+Verdicts come only from gradient flow, the series ``||dL/da_l||``, judged region by region
+against stated thresholds (:mod:`gradjax.diagnosis.report`); the suggestions come from
+:mod:`gradjax.diagnosis.advice`, the measurements from :mod:`gradjax.diagnosis.measurement` and the
+figure
+from :mod:`gradjax.diagnosis.report_plot`.
+
+Where no block outputs exist (a pure function without ``perturbations``, a model with fewer
+than two blocks) the report shows the parameter-gradient norms and says ``inconclusive``:
+a weight gradient ``delta_l a_{l-1}^T`` mixes forward and backward signals and is no
+gradient-flow measurement.
+
+The per-layer growth rate is ``exp(-slope)`` of a least-squares line through
+``log ||g_l||`` against ``l`` (:func:`gradjax.utils.fitting.growth_rate`): the factor by which the
+gradient is multiplied per block on its way back (mean-field theory predicts
+``sqrt(chi_1)`` for a random MLP, Schoenholz et al. 2017).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradjax.boundary import wrap
+from gradjax.diagnosis.advice import ModelHints, activation_name, suggest
+from gradjax.diagnosis.measurement import Measurement, check_params_finite
+from gradjax.diagnosis.report import LayerSpectrum, Report, StepProbe, Thresholds, judge
+from gradjax.measure.gradients import get_loss
+from gradjax.utils.errors import check_choice, check_int, check_real, invalid
+
+LossLike = str | Callable[[Any, Any], jax.Array]
+
+__all__ = ["diagnose", "diagnose_net"]
+
+
+# ---------------------------------------------------------------------------- diagnose
+
+
+def diagnose(
+    model: Any,
+    params: Any,
+    batch: tuple[Any, Any],
+    loss_fn: LossLike,
+    *,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    mutable: Sequence[str] | None = None,
+    rngs: Any = None,
+    perturbations: Any = None,
+    hints: ModelHints | Mapping[str, Any] | None = None,
+    microbatches: int = 8,
+    norm_history: Any = None,
+    thresholds: Thresholds | None = None,
+    layers: Sequence[Callable[[jax.Array], jax.Array]] | None = None,
+    layer_names: Sequence[str] | None = None,
+    max_jacobian_size: int = 1 << 22,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    probe_halvings: int = 5,
+) -> Report:
+    """Diagnoses the gradient flow of a model on one batch: measure, judge, advise, report.
+
+    Args:
+      model: an ``nnx.Module`` (``params`` is ``None``), a Linen module or its ``.apply``
+        (``params`` are its variables), or a pure function ``model(params, x)``; any kind
+        :func:`gradjax.boundary.wrap` takes.
+      params: the Linen variables, the function's parameters, or ``None`` for NNX.
+      batch: ``(inputs, targets)``; inputs have the batch on axis 0.
+      loss_fn: ``loss_fn(output, targets) -> scalar``, or ``"mse"``/``"xent"``.
+      apply_kwargs: keyword arguments of every forward call (``{"train": True}``).
+      mutable: Linen collections updated in the forward pass (``["batch_stats"]``).
+      rngs: Linen RNGs of the forward pass (``{"dropout": key}``).
+      perturbations: pure functions only: zero arrays added to the activations, passed as
+        ``model(params, x, perturbations=...)``; each leaf is a block.
+      hints: what the model cannot tell about itself (:class:`~gradjax.diagnosis.advice.
+        ModelHints`, or a dict of its fields): activation and weight scale for the init
+        advice; normalisation and residual blocks of a pure function.
+      microbatches: slices of the batch whose global norms form the observed distribution
+        (one more run of the compiled gradient program per slice).
+      norm_history: optional :class:`gradjax.NormHistory` (or array of global norms)
+        from training; the clip threshold and warm-up advice then come from it.
+      thresholds: verdict thresholds (default :class:`Thresholds`).
+      layers: optional per-example layer maps ``a_{l-1} -> a_l`` applied in sequence from one
+        input; each gets an exact Jacobian spectrum.
+      layer_names: names for ``layers`` (default ``"1"``, ``"2"``, ...).
+      max_jacobian_size: layers whose Jacobian has more entries are not summarised.
+      lr: the planned learning rate; when given, the loss after one first ``optimizer`` step
+        at ``lr`` and at ``probe_halvings`` halvings of it is measured (:class:`StepProbe`).
+      optimizer: ``"adam"`` or ``"sgd"``, for the first-step probe.
+      probe_halvings: how many halved rates the probe tries.
+
+    Returns:
+      A :class:`Report`.
+
+    Raises:
+      GradjaxInputError: if the loss is not a scalar, the batch does not fit the model, or
+        the parameters hold non-finite values.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradjax as gj
+      >>> from flax import linen as nn
+      >>> model = nn.Sequential([nn.Dense(16), nn.tanh, nn.Dense(16), nn.tanh, nn.Dense(1)])
+      >>> x = jnp.ones((8, 4)); y = jnp.zeros((8, 1))
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> report = gj.diagnose(model, variables, (x, y), "mse")
+      >>> report.activation_names
+      ('layers_0', 'layers_2', 'layers_4')
+    """
+    thresholds = _checked_options(thresholds, microbatches, lr, optimizer, probe_halvings)
+    hints = _checked_hints(hints)
+    x, y = _checked_batch(batch)
+    if params is not None:
+        check_params_finite(params)
+    boundary = wrap(
+        model, params, apply_kwargs=apply_kwargs, mutable=mutable, rngs=rngs,
+        perturbations=perturbations,
+    )  # fmt: skip
+    if boundary.kind == "nnx":
+        check_params_finite(boundary.params)
+    # Measure (shapes are checked first, so a wrong batch or loss is refused before any run).
+    measured = Measurement(boundary, get_loss(loss_fn), x, y)
+    flow = measured.flow(microbatches)
+    spectra = _spectra(layers, layer_names, x, max_jacobian_size)
+    step_probe = None
+    if lr is not None:
+        step_probe = _step_probe(measured, lr, optimizer, probe_halvings, thresholds)
+    # Judge, then advise from the measurements.
+    judged = judge(flow, thresholds)
+    observed, early_spike, warmup_steps = flow.microbatch_global_norms, None, None
+    if norm_history is not None:
+        observed, early_spike, warmup_steps = _history_stats(norm_history)
+    finite = observed[np.isfinite(observed)]
+    clip = math.nan
+    if finite.size and judged.verdict not in ("exploding", "non-finite"):
+        clip = float(np.percentile(finite, thresholds.clip_percentile))
+    blocks = len(flow.block_names)
+    context = {
+        "activation": activation_name(hints.activation),
+        "sigma_w": hints.sigma_w,
+        "sigma_b": hints.sigma_b,
+        "norm": flow.norms_found[0] if flow.norms_found else hints.norm,
+        "norms_found": list(flow.norms_found),
+        "residual": flow.residual if flow.residual is not None else hints.residual,
+        "blocks": blocks,
+    }
+    suggestions = suggest(
+        judged.verdict,
+        growth_per_layer=judged.growth_per_layer,
+        clip_threshold=clip,
+        thresholds=thresholds,
+        **{k: context[k] for k in ("activation", "sigma_w", "sigma_b", "norm", "residual")},
+        depth=blocks or None,
+        early_spike=early_spike,
+        warmup_steps=warmup_steps,
+        step_probe=step_probe,
+    )
+    return _report(flow, judged, clip, spectra, step_probe, suggestions, thresholds, context)
+
+
+def _checked_options(
+    thresholds: Any, microbatches: Any, lr: Any, optimizer: Any, probe_halvings: Any
+) -> Thresholds:
+    thresholds = Thresholds() if thresholds is None else thresholds
+    if not isinstance(thresholds, Thresholds):
+        raise invalid("thresholds", thresholds, "a gradjax.Thresholds")
+    check_int("microbatches", microbatches, minimum=1)
+    if lr is not None:
+        check_real("lr", lr, strictly_positive=True)
+    check_choice("optimizer", optimizer, ("adam", "sgd"))
+    check_int("probe_halvings", probe_halvings, minimum=1, maximum=30)
+    return thresholds
+
+
+def _checked_hints(hints: Any) -> ModelHints:
+    if hints is None or isinstance(hints, ModelHints):
+        return hints or ModelHints()
+    if isinstance(hints, Mapping):
+        fields = {f.name for f in dataclasses.fields(ModelHints)}
+        unknown = sorted(set(hints) - fields)
+        if unknown:
+            raise invalid("hints", unknown[0], "fields of ModelHints: " + ", ".join(sorted(fields)))
+        return ModelHints(**hints)
+    raise invalid("hints", type(hints).__name__, "a gradjax.diagnosis.advice.ModelHints or a dict")
+
+
+def _checked_batch(batch: Any) -> tuple[Any, Any]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise invalid("batch", type(batch).__name__, "a pair (inputs, targets)")
+    x, y = batch
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves or jnp.ndim(leaves[0]) == 0:
+        raise invalid("batch inputs", getattr(x, "shape", x), "arrays with a batch axis 0")
+    return x, y
+
+
+def _report(flow, judged, clip, spectra, step_probe, suggestions, thresholds, context) -> Report:
+    return Report(
+        kind=flow.kind,
+        loss=flow.loss,
+        leaf_names=flow.leaf_names,
+        leaf_grad_norms=flow.leaf_grad_norms,
+        leaf_param_norms=flow.leaf_param_norms,
+        groups=flow.groups,
+        group_grad_norms=flow.group_grad_norms,
+        group_weight_grad_norms=flow.group_weight_grad_norms,
+        group_param_norms=flow.group_param_norms,
+        activation_names=flow.block_names,
+        activation_grad_norms=flow.block_grad_norms,
+        series=judged.series,
+        series_names=judged.names,
+        series_values=judged.values,
+        growth_per_layer=judged.growth_per_layer,
+        regions=judged.regions,
+        verdict=judged.verdict,
+        global_norm=flow.global_norm,
+        microbatch_global_norms=flow.microbatch_global_norms,
+        clip_threshold=clip,
+        spectra=spectra,
+        step_probe=step_probe,
+        suggestions=suggestions,
+        thresholds=thresholds,
+        context=context,
+    )
+
+
+def _step_probe(
+    measured: Measurement, lr: float, optimizer: str, halvings: int, thresholds: Thresholds
+) -> StepProbe:
+    """The loss after one first ``optimizer`` step at ``lr`` and at ``halvings`` halvings."""
+    objective, params = measured.objective, measured.boundary.params
+    pert, x, y, grads = measured.probes, measured.x, measured.y, measured.param_grads
+    lrs = np.asarray([lr * 0.5**k for k in range(halvings + 1)])
+    direction = jax.tree.map(jnp.sign if optimizer == "adam" else (lambda g: g), grads)
+
+    @jax.jit
+    def losses(rates):
+        def after(rate):
+            stepped = jax.tree.map(
+                lambda p, d: p - jnp.asarray(rate, jnp.asarray(p).dtype) * d, params, direction
+            )
+            return objective(stepped, pert, x, y)
+
+        return jax.lax.map(after, rates)
+
+    loss0 = float(objective(params, pert, x, y))
+    values = np.asarray(losses(jnp.asarray(lrs, jnp.float32)), np.float64)
+    gains = np.where(np.isfinite(values), loss0 - values, -np.inf)
+    best = float(np.max(gains))
+    ok = gains >= thresholds.step_gain * best if best > 0 else np.zeros_like(gains, bool)
+    safe = float(lrs[np.argmax(ok)]) if ok.any() else math.nan
+    return StepProbe(
+        optimizer=optimizer,
+        lrs=tuple(float(v) for v in lrs),
+        losses=tuple(float(v) for v in values),
+        loss0=loss0,
+        unstable=bool(not ok[0]),
+        safe_lr=safe,
+    )
+
+
+def _history_stats(history: Any) -> tuple[np.ndarray, float | None, int | None]:
+    if hasattr(history, "global_norms"):
+        norms = np.asarray(history.global_norms(), np.float64)
+    else:
+        norms = np.asarray(history, np.float64).reshape(-1)
+    if norms.size == 0:
+        raise invalid("norm_history", "empty", "a history with at least one step")
+    n_early = max(1, norms.size // 10)
+    early, late = norms[:n_early], norms[n_early:]
+    spike = None
+    late = late[np.isfinite(late)]
+    if late.size and np.median(late) > 0:
+        with np.errstate(invalid="ignore"):
+            peak = np.nanmax(np.where(np.isfinite(early), early, np.inf))
+        spike = float(peak / np.median(late))
+    return norms, spike, n_early
+
+
+def _spectra(
+    layers: Sequence[Callable[[jax.Array], jax.Array]] | None,
+    names: Sequence[str] | None,
+    x: Any,
+    max_size: int,
+) -> tuple[LayerSpectrum, ...]:
+    if layers is None:
+        return ()
+    from gradjax.measure.jacobians import jacobian
+    from gradjax.measure.spectra import spectrum_summary
+
+    layers = list(layers)
+    names = [str(i + 1) for i in range(len(layers))] if names is None else list(names)
+    if len(names) != len(layers):
+        raise invalid("layer_names", len(names), f"{len(layers)} names, one per layer")
+    a = jnp.asarray(jax.tree_util.tree_leaves(x)[0][0])
+    out = []
+    for name, f in zip(names, layers, strict=True):
+        if not callable(f):
+            raise invalid("layers", type(f).__name__, "callables a_{l-1} -> a_l")
+        out_shape = jax.eval_shape(f, a)
+        if out_shape.size * a.size <= max_size:
+            jac = jacobian(lambda v, f=f, s=a.shape: f(v.reshape(s)).reshape(-1), a.reshape(-1))
+            s = jax.device_get(jax.jit(spectrum_summary)(jac))
+            out.append(
+                LayerSpectrum(
+                    layer=name,
+                    mean_sq=float(s.mean_sq),
+                    sigma_max=float(s.sigma_max),
+                    sigma_min=float(s.sigma_min),
+                    condition=float(s.condition),
+                )
+            )
+        a = f(a)
+    return tuple(out)
+
+
+def diagnose_net(
+    net: Any,
+    params: Any,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    loss: LossLike = "mse",
+    jacobians: bool = True,
+    **kwargs: Any,
+) -> Report:
+    """:func:`diagnose` for a gradjax :class:`~gradjax.nets.models.Net`, its config as context.
+
+    Every block output is exposed (its ``dL/da_l`` is exactly
+    :func:`gradjax.layer_gradient_norms`'s ``activations``), every block is a layer for the
+    Jacobian spectra (per example; skipped with BatchNorm, which couples the batch), and
+    the activation, sigma_w, sigma_b, norm and residual come from ``net.cfg``.
+
+    Args:
+      net: the network.
+      params: its parameters.
+      x: inputs ``(batch, input_dim)``.
+      y: targets for ``loss``.
+      loss: a loss name or callable.
+      jacobians: whether to summarise per-layer Jacobians.
+      **kwargs: passed to :func:`diagnose`.
+
+    Returns:
+      A :class:`Report` whose series is ``||dL/da_l||`` for blocks ``1..depth``.
+    """
+    from gradjax.nets.models import Net
+
+    if not isinstance(net, Net):
+        raise invalid("net", type(net).__name__, "a gradjax Net (gradjax.build(cfg))")
+    net.check_input(x)
+    cfg = net.cfg
+    lead = jnp.shape(x)[:-1]
+    names = [f"block{i + 1}" for i in range(cfg.depth)]
+    zeros = {name: jnp.zeros((*lead, cfg.width), net.dtype) for name in names}
+
+    def apply(p, xb, *, perturbations):
+        stacked = jnp.stack([perturbations[name] for name in names])
+        return net.forward(p, xb, perturbations=stacked).output
+
+    layer_fns = None
+    if jacobians and cfg.norm != "batch":
+        layer_fns = [
+            (lambda a, i=i: net.block(net.layer_params(params, i), a, residual=i > 0)[2])
+            for i in range(cfg.depth)
+        ]
+    hints = {
+        "activation": cfg.activation,
+        "sigma_w": float(cfg.sigma_w) * (math.sqrt(2.0) if cfg.init == "he" else 1.0),
+        "sigma_b": float(cfg.sigma_b),
+        "norm": cfg.norm,
+        "residual": cfg.residual is not None,
+    }
+    hints.update(dict(kwargs.pop("hints", None) or {}))
+    return diagnose(
+        apply,
+        params,
+        (x, y),
+        loss,
+        perturbations=zeros,
+        layers=layer_fns,
+        layer_names=names if layer_fns else None,
+        hints=hints,
+        **kwargs,
+    )

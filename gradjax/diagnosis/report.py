@@ -1,0 +1,523 @@
+"""The gradient-flow report: thresholds, verdicts, regions and their text and JSON forms.
+
+A per-layer series ``||dL/da_l||`` (input side first) is split into at most three contiguous
+regions (input, middle, output); each region's geometric-mean norm is divided by the norm at
+the output-most layer, where the gradient enters:
+
+* ``vanishing`` if that ratio is below ``Thresholds.vanishing`` (default 0.1),
+* ``exploding`` if it is above ``Thresholds.exploding`` (default 10),
+* ``healthy`` otherwise, and ``non-finite`` if any gradient is NaN or infinite.
+
+:func:`gradjax.diagnose` fills a :class:`Report`; :meth:`Report.compare` sets two side by
+side (:class:`Comparison`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from gradjax.utils.errors import check_real, invalid
+from gradjax.utils.files import json_safe
+from gradjax.utils.fitting import growth_rate
+
+VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "inconclusive")
+
+__all__ = [
+    "VERDICTS",
+    "Comparison",
+    "LayerSpectrum",
+    "Region",
+    "Report",
+    "StepProbe",
+    "Thresholds",
+    "classify",
+    "overall_verdict",
+    "regions",
+]
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """The stated thresholds behind every verdict.
+
+    Attributes:
+      vanishing: a region whose geometric-mean gradient norm is below ``vanishing`` times the
+        output-most layer's is vanishing (default 0.1, one decade).
+      exploding: above ``exploding`` times the output-most layer's is exploding (default 10).
+      clip_percentile: the percentile of the observed global gradient norms suggested as the
+        ``clip_by_global_norm`` threshold (default 90).
+      warmup_spike: in a recorded training history, a warm-up is suggested when the largest
+        global norm of the first tenth of the steps exceeds ``warmup_spike`` times the median
+        of the rest (default 10).
+      step_gain: the first optimiser step at the planned learning rate is unstable when its
+        loss decrease is below ``step_gain`` times the best decrease among the halved rates
+        (default 0.5).
+    """
+
+    vanishing: float = 0.1
+    exploding: float = 10.0
+    clip_percentile: float = 90.0
+    warmup_spike: float = 10.0
+    step_gain: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_real("thresholds.vanishing", self.vanishing, strictly_positive=True)
+        check_real("thresholds.exploding", self.exploding, strictly_positive=True)
+        if not self.vanishing < 1.0 < self.exploding:
+            raise invalid(
+                "thresholds",
+                (self.vanishing, self.exploding),
+                "vanishing < 1 < exploding",
+            )
+        check_real("thresholds.clip_percentile", self.clip_percentile, minimum=0.0)
+        if self.clip_percentile > 100:
+            raise invalid("thresholds.clip_percentile", self.clip_percentile, "a number <= 100")
+        check_real("thresholds.warmup_spike", self.warmup_spike, strictly_positive=True)
+        check_real("thresholds.step_gain", self.step_gain, strictly_positive=True)
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One contiguous region of the per-layer series and its verdict.
+
+    Attributes:
+      name: ``"input"``, ``"middle"``, ``"output"`` or ``"all"``.
+      layers: the layer names it covers (input side first).
+      ratio: geometric-mean gradient norm of the region over the output-most layer's.
+      growth_per_layer: backward growth factor per layer inside the region (``nan`` for one
+        layer).
+      verdict: one of :data:`VERDICTS`.
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    ratio: float
+    growth_per_layer: float
+    verdict: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpectrum:
+    """Singular-value summary of one layer's Jacobian ``da_l/da_{l-1}`` (one example)."""
+
+    layer: str
+    mean_sq: float
+    sigma_max: float
+    sigma_min: float
+    condition: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StepProbe:
+    """The loss after one first optimiser step at the planned rate and at smaller ones.
+
+    Adam's first update is exactly ``-lr * sign(g)`` (bias-corrected moments of one gradient,
+    ``eps`` aside), so this tells, before training, whether the planned learning rate already
+    overshoots at step one: the situation a warm-up exists for (Liu et al. 2020; Xiong et al.
+    2020 for post-LN Transformers).
+
+    Attributes:
+      optimizer: ``"adam"`` (step ``-lr sign(g)``) or ``"sgd"`` (step ``-lr g``).
+      lrs: the probed rates, the planned one first, then halvings.
+      losses: the loss after one step at each rate.
+      loss0: the loss before the step.
+      unstable: the planned step gains less than ``Thresholds.step_gain`` of the best
+        decrease among the rates (or raises the loss).
+      safe_lr: the largest probed rate whose decrease is at least that fraction of the best.
+    """
+
+    optimizer: str
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    loss0: float
+    unstable: bool
+    safe_lr: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What :func:`gradjax.diagnose` found: measurements, verdicts and suggestions.
+
+    Attributes:
+      kind: ``"linen"``, ``"nnx"`` or ``"function"``.
+      loss: loss on the batch.
+      leaf_names: parameter leaves in execution order (input side first).
+      leaf_grad_norms: ``||dL/dtheta||`` per leaf.
+      leaf_param_norms: ``||theta||`` per leaf.
+      groups: module-path groups in execution order.
+      group_grad_norms: gradient norm of each group (all its leaves).
+      group_weight_grad_norms: gradient norm of each group's matrices/kernels only (``nan``
+        for groups without one, e.g. a LayerNorm).
+      group_param_norms: parameter norm of each group.
+      activation_names: exposed activations in execution order.
+      activation_grad_norms: ``||dL/da||`` for each, over the whole batch.
+      series: ``"activations"`` or ``"parameters"``: which series the verdict reads.
+      series_names: its layer names, input side first.
+      series_values: its norms.
+      growth_per_layer: backward growth factor per layer over the whole series.
+      regions: the :class:`Region` verdicts.
+      verdict: overall verdict.
+      global_norm: the batch's global gradient norm.
+      microbatch_global_norms: global norms of the micro-batches (the observed distribution).
+      clip_threshold: the suggested ``clip_by_global_norm`` threshold (the
+        ``clip_percentile``-th percentile of the observed norms; of ``norm_history`` when one is
+        given), or ``nan`` if nothing was observed.
+      spectra: per-layer Jacobian summaries (empty unless ``layers`` was given).
+      step_probe: the first-step probe (``None`` unless ``lr`` was given).
+      suggestions: concrete changes, most important first.
+      thresholds: the :class:`Thresholds` used.
+      context: what the caller said about the model (activation, sigma_w, ...).
+    """
+
+    kind: str
+    loss: float
+    leaf_names: tuple[str, ...]
+    leaf_grad_norms: np.ndarray
+    leaf_param_norms: np.ndarray
+    groups: tuple[str, ...]
+    group_grad_norms: np.ndarray
+    group_weight_grad_norms: np.ndarray
+    group_param_norms: np.ndarray
+    activation_names: tuple[str, ...]
+    activation_grad_norms: np.ndarray
+    series: str
+    series_names: tuple[str, ...]
+    series_values: np.ndarray
+    growth_per_layer: float
+    regions: tuple[Region, ...]
+    verdict: str
+    global_norm: float
+    microbatch_global_norms: np.ndarray
+    clip_threshold: float
+    spectra: tuple[LayerSpectrum, ...]
+    step_probe: StepProbe | None
+    suggestions: tuple[str, ...]
+    thresholds: Thresholds
+    context: dict[str, Any]
+
+    # -------------------------------------------------------------- views
+
+    def summary(self) -> str:
+        """A readable text report: verdicts, the per-layer table and the suggestions."""
+        t = self.thresholds
+        lines = [
+            f"gradient-flow report ({self.kind} model, loss {self.loss:.4g})",
+            f"verdict: {self.verdict.upper()}   backward growth per block: "
+            f"{self.growth_per_layer:.3g}   global grad norm: {self.global_norm:.3g}",
+            f"thresholds: vanishing if region/output-layer gradient ratio < {t.vanishing:g}, "
+            f"exploding if > {t.exploding:g}",
+            _structure_line(self.context),
+            "",
+            f"{'region':<8} {'layers':>7} {'ratio':>10} {'growth/layer':>13}  verdict",
+        ]
+        for r in self.regions:
+            lines.append(
+                f"{r.name:<8} {len(r.layers):>7d} {r.ratio:>10.3g} {r.growth_per_layer:>13.3g}"
+                f"  {r.verdict}"
+            )
+        if self.series == "parameters":
+            lines += [
+                "",
+                "no block outputs found: the series below is ||dL/dW|| per module, which is not "
+                "a gradient-flow measurement; no verdict is drawn from it",
+            ]
+        label = "||dL/da_l|| per block" if self.series == "activations" else "||dL/dW||"
+        lines += ["", f"per-layer series ({label}, input side first):"]
+        width = max([len(n) for n in self.series_names] + [5])
+        lines.append(f"  {'layer':<{width}} {'||grad||':>10}")
+        for name, value in zip(self.series_names, self.series_values, strict=True):
+            lines.append(f"  {name:<{width}} {value:>10.3g}")
+        lines += ["", "parameter groups (execution order):"]
+        width = max([len(g) for g in self.groups] + [5])
+        lines.append(f"  {'group':<{width}} {'||grad||':>10} {'||param||':>10} {'ratio':>10}")
+        for g, gn, pn in zip(
+            self.groups, self.group_grad_norms, self.group_param_norms, strict=True
+        ):
+            rel = gn / pn if pn > 0 else math.inf
+            lines.append(f"  {g:<{width}} {gn:>10.3g} {pn:>10.3g} {rel:>10.3g}")
+        if self.spectra:
+            lines += ["", "layer Jacobians (first example):"]
+            lines.append(f"  {'layer':<8} {'mean s^2':>10} {'s_max':>10} {'s_min':>10}")
+            for s in self.spectra:
+                lines.append(
+                    f"  {s.layer:<8} {s.mean_sq:>10.3g} {s.sigma_max:>10.3g} {s.sigma_min:>10.3g}"
+                )
+        if self.step_probe is not None:
+            sp = self.step_probe
+            steps = ", ".join(f"{lr:.3g}: {v:.4g}" for lr, v in zip(sp.lrs, sp.losses, strict=True))
+            lines += [
+                "",
+                f"first {sp.optimizer} step (loss before {sp.loss0:.4g}) -> {steps}",
+                f"  planned lr {sp.lrs[0]:.3g} is {'UNSTABLE' if sp.unstable else 'stable'}; "
+                f"largest stable probed lr {sp.safe_lr:.3g}",
+            ]
+        if math.isfinite(self.clip_threshold):
+            lines += [
+                "",
+                f"observed global norms: median {np.median(self.microbatch_global_norms):.3g}, "
+                f"p{t.clip_percentile:g} = {self.clip_threshold:.3g}",
+            ]
+        lines += ["", "suggestions:"]
+        lines += [f"  {i + 1}. {s}" for i, s in enumerate(self.suggestions)] or ["  none"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-safe Python data (non-finite floats as strings)."""
+        return json_safe(
+            {
+                "kind": self.kind,
+                "loss": self.loss,
+                "verdict": self.verdict,
+                "growth_per_layer": self.growth_per_layer,
+                "global_norm": self.global_norm,
+                "clip_threshold": self.clip_threshold,
+                "thresholds": dataclasses.asdict(self.thresholds),
+                "series": {
+                    "kind": self.series,
+                    "names": list(self.series_names),
+                    "values": self.series_values,
+                },
+                "regions": [dataclasses.asdict(r) for r in self.regions],
+                "leaves": {
+                    n: {"grad_norm": g, "param_norm": p}
+                    for n, g, p in zip(
+                        self.leaf_names, self.leaf_grad_norms, self.leaf_param_norms, strict=True
+                    )
+                },
+                "groups": [
+                    {"name": n, "grad_norm": g, "weight_grad_norm": w, "param_norm": p}
+                    for n, g, w, p in zip(
+                        self.groups,
+                        self.group_grad_norms,
+                        self.group_weight_grad_norms,
+                        self.group_param_norms,
+                        strict=True,
+                    )
+                ],
+                "activations": dict(
+                    zip(self.activation_names, self.activation_grad_norms, strict=True)
+                ),
+                "microbatch_global_norms": self.microbatch_global_norms,
+                "spectra": [dataclasses.asdict(s) for s in self.spectra],
+                "step_probe": None
+                if self.step_probe is None
+                else dataclasses.asdict(self.step_probe),
+                "suggestions": list(self.suggestions),
+                "context": self.context,
+            }
+        )
+
+    def plot(self, *, title: str | None = None):
+        """The report as a figure (see :func:`gradjax.diagnosis.report_plot.plot_report`)."""
+        from gradjax.diagnosis.report_plot import plot_report
+
+        return plot_report(self, title=title)
+
+    def compare(self, other: Report) -> Comparison:
+        """This report (before) against ``other`` (after a fix), block by block.
+
+        Args:
+          other: the report of the changed model (same blocks, or not).
+
+        Returns:
+          A :class:`Comparison`.
+        """
+        if not isinstance(other, Report):
+            raise invalid("other", type(other).__name__, "a gradjax Report")
+        after = dict(zip(other.series_names, other.series_values, strict=True))
+        common = tuple(n for n in self.series_names if n in after)
+        before = dict(zip(self.series_names, self.series_values, strict=True))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.array([after[n] / before[n] for n in common], np.float64)
+        return Comparison(
+            verdicts=(self.verdict, other.verdict),
+            growth=(self.growth_per_layer, other.growth_per_layer),
+            loss=(self.loss, other.loss),
+            global_norm=(self.global_norm, other.global_norm),
+            series=(self.series, other.series),
+            common_layers=common,
+            ratios=ratios,
+        )
+
+
+def _structure_line(context: Mapping[str, Any]) -> str:
+    blocks = context.get("blocks", 0)
+    norms = context.get("norms_found") or ([context["norm"]] if context.get("norm") else [])
+    residual = context.get("residual")
+    res = "unknown" if residual is None else ("yes" if residual else "no")
+    return (
+        f"structure: {blocks} blocks, normalisation: {', '.join(norms) or 'none found'}, "
+        f"residual: {res}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Two reports side by side (:meth:`Report.compare`): each pair is (before, after).
+
+    Attributes:
+      verdicts: the overall verdicts.
+      growth: backward growth per block.
+      loss: the losses.
+      global_norm: the global gradient norms.
+      series: the series kinds (``"activations"`` or ``"parameters"``).
+      common_layers: the series names present in both, input side first.
+      ratios: after / before of the series value of each common layer.
+    """
+
+    verdicts: tuple[str, str]
+    growth: tuple[float, float]
+    loss: tuple[float, float]
+    global_norm: tuple[float, float]
+    series: tuple[str, str]
+    common_layers: tuple[str, ...]
+    ratios: np.ndarray
+
+    def summary(self) -> str:
+        """A short text: verdict, growth and norms before and after, and the largest changes."""
+        lines = [
+            f"verdict: {self.verdicts[0]} -> {self.verdicts[1]}",
+            f"backward growth per block: {self.growth[0]:.3g} -> {self.growth[1]:.3g}",
+            f"loss: {self.loss[0]:.4g} -> {self.loss[1]:.4g}",
+            f"global grad norm: {self.global_norm[0]:.3g} -> {self.global_norm[1]:.3g}",
+        ]
+        if len(self.common_layers):
+            lines.append(f"per-block ||dL/da|| after/before ({len(self.common_layers)} blocks):")
+            for name, r in zip(self.common_layers, self.ratios, strict=True):
+                lines.append(f"  {name:<24} x{r:.3g}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe data."""
+        return json_safe(dataclasses.asdict(self))
+
+
+# ---------------------------------------------------------------------------- verdicts
+
+
+def classify(ratio: float, thresholds: Thresholds) -> str:
+    """The verdict for a region whose gradient is ``ratio`` times the output layer's."""
+    if not math.isfinite(ratio):
+        return "non-finite"
+    if ratio < thresholds.vanishing:
+        return "vanishing"
+    if ratio > thresholds.exploding:
+        return "exploding"
+    return "healthy"
+
+
+def regions(names: Sequence[str], values: np.ndarray, thresholds: Thresholds) -> tuple[Region, ...]:
+    """Splits a per-layer series into input/middle/output regions and judges each one.
+
+    Args:
+      names: layer names, input side first.
+      values: gradient norms, same order.
+      thresholds: the :class:`Thresholds`.
+
+    Returns:
+      The regions (one ``"all"`` region for fewer than three layers).
+    """
+    values = np.asarray(values, np.float64)
+    n = len(values)
+    if n == 0:
+        return ()
+    ref = values[-1]
+    parts = (
+        [("all", np.arange(n))]
+        if n < 3
+        else list(zip(("input", "middle", "output"), np.array_split(np.arange(n), 3), strict=True))
+    )
+    out = []
+    for label, idx in parts:
+        v = values[idx]
+        if not (np.all(np.isfinite(v)) and np.isfinite(ref)):
+            ratio = math.nan
+        elif ref <= 0 or np.any(v <= 0):
+            ratio = 0.0 if ref > 0 else math.inf
+        else:
+            ratio = float(np.exp(np.mean(np.log(v)) - np.log(ref)))
+        out.append(
+            Region(
+                name=label,
+                layers=tuple(names[i] for i in idx),
+                ratio=ratio,
+                growth_per_layer=growth_rate(v),
+                verdict=classify(ratio, thresholds),
+            )
+        )
+    return tuple(out)
+
+
+def overall_verdict(regs: Sequence[Region]) -> str:
+    """The verdict of a whole series: the worst of its regions.
+
+    Args:
+      regs: the regions (:func:`regions`).
+
+    Returns:
+      ``"non-finite"`` if any region is, else the verdict of the region whose ratio is
+      furthest from 1 in log scale (``"healthy"`` for no regions).
+    """
+    if not regs:
+        return "healthy"
+    if any(r.verdict == "non-finite" for r in regs):
+        return "non-finite"
+    worst = max(regs, key=lambda r: abs(math.log(r.ratio)) if r.ratio > 0 else math.inf)
+    return worst.verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """The verdict on one measured flow.
+
+    Attributes:
+      series: ``"activations"`` (``||dL/da_l||`` of the blocks) or ``"parameters"`` (weight
+        gradients, when there are fewer than two blocks: no gradient-flow verdict then).
+      names: the series' entries, input side first.
+      values: their norms.
+      regions: the :class:`Region` verdicts.
+      verdict: the overall verdict.
+      growth_per_layer: the backward growth factor per block (``nan`` for parameters).
+    """
+
+    series: str
+    names: tuple[str, ...]
+    values: np.ndarray
+    regions: tuple[Region, ...]
+    verdict: str
+    growth_per_layer: float
+
+
+def judge(flow: Any, thresholds: Thresholds) -> Judgement:
+    """Judges a measured flow region by region (:func:`regions`, :func:`overall_verdict`).
+
+    Args:
+      flow: a :class:`gradjax.diagnosis.measurement.Flow`.
+      thresholds: the verdict thresholds.
+
+    Returns:
+      The :class:`Judgement`; ``"non-finite"`` whenever a parameter gradient is.
+    """
+    if len(flow.block_names) >= 2:
+        names, values = flow.block_names, np.asarray(flow.block_grad_norms, np.float64)
+        regs = regions(names, values, thresholds)
+        series, verdict, rate = "activations", overall_verdict(regs), growth_rate(values)
+    else:
+        keep = [j for j, has in enumerate(flow.group_has_matrices) if has]
+        names = tuple(flow.groups[j] for j in keep)
+        values = np.asarray(flow.group_weight_grad_norms, np.float64)[keep]
+        series, regs, verdict, rate = "parameters", (), "inconclusive", math.nan
+    if not np.all(np.isfinite(flow.leaf_grad_norms)):
+        verdict = "non-finite"
+    return Judgement(series, tuple(names), values, regs, verdict, rate)

@@ -1,0 +1,3 @@
+"""Shared helpers that know nothing of gradjax's science: errors, files, numerics, fits,
+pytree results, tree paths, threads, LAPACK calls and plotting.
+"""
