@@ -22,9 +22,10 @@ The package is laid out along the data flow, each subpackage using only those ab
 * ``gradjax.training``: Optax chains, the training loop (``gj.train``), monitoring, data;
 * ``gradjax.commands``: the ``gradjax`` command line.
 
-The top level holds what a researcher calls most (``__all__``). Every module is also a
-namespace under its own name (``gj.theory``, ``gj.probes``, ``gj.spectra``, ...), except modules named after an entry point: ``gj.sweep``, ``gj.train``,
-``gj.diagnose`` and ``gj.monitor`` are functions. Names are imported on first use, so
+The top level holds what a researcher calls most (``__all__``). The modules a researcher
+reaches for are namespaces under their own names (``gj.theory``, ``gj.probes``,
+``gj.spectra``, ...); the entry points ``gj.sweep``, ``gj.train``, ``gj.diagnose`` and
+``gj.monitor`` are functions. Names are imported on first use, so
 ``import gradjax`` and ``gradjax --help`` load no JAX.
 """
 

@@ -397,8 +397,8 @@ def _over_layers(fn: Callable, *stacked: Any) -> Any:
     Every estimate reads its layer's weights once per Lanczos step, twice over (JVP and VJP).
     On a CPU, one layer at a time keeps those weights in cache from step to step (a width-1024
     float32 layer is 4 MiB), where a batch over all layers streams every layer's weights from
-    memory at each step: about three times slower at width 1024. An accelerator wants the
-    batch.
+    memory at each step (the benchmark ``matrix_free`` measures the difference). An
+    accelerator wants the batch.
     """
     if on_cpu():
         return jax.lax.map(lambda args: fn(*args), stacked)

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from gradjax.boundary.scaling import Sweepable
-from gradjax.measure.forward import forward_statistics
 from gradjax.measure.gradients import LossFn, get_loss, layer_gradient_norms
 from gradjax.measure.jacobians import batch_layer_jacobians, expected_factors, layer_jacobians
 from gradjax.measure.spectra import singular_values, summarize_spectrum
@@ -156,16 +155,6 @@ def spectrum_probe(net: Net, *, batch: int = 8) -> Probe:
         return {"first": summarize_spectrum(first), "hidden": summarize_spectrum(hidden)}
 
     return Probe(per_network=jacobians, finalize=summaries, lazy_scales=True)
-
-
-def signal_probe(net: Net, *, batch: int = 2) -> Probe:
-    """Forward statistics q_l, c_l of ``batch`` N(0, 1) inputs; see :class:`ForwardStats`."""
-
-    def per_network(params: Params, key: jax.Array):
-        x = jax.random.normal(key, (batch, net.cfg.input_dim), net.dtype)
-        return forward_statistics(net, params, x)
-
-    return Probe(per_network=per_network, lazy_scales=True)  # a forward pass only
 
 
 def combine(**probes: Probe | Callable) -> Probe:

@@ -125,8 +125,3 @@ def initialize(
         local_device_ids=local_device_ids,
     )
     return info()
-
-
-def is_main_process() -> bool:
-    """Whether this is process 0, the one that writes files."""
-    return jax.process_index() == 0

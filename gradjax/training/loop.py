@@ -365,9 +365,8 @@ def train(
         split over them (``shard_map``; seeds are independent, so there is no
         communication), using the largest device count that divides ``seeds``. On a CPU,
         ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (set before JAX starts)
-        makes one device per core: each trains its share of seeds on its own core, which
-        roughly doubles throughput on two cores because XLA runs small batched matmuls on
-        about one core per device.
+        makes one device per core: each trains its share of seeds on its own core (XLA runs
+        small batched matmuls on about one core per device).
 
     Returns:
       A :class:`TrainResult` with axes ``("hyper", "seed")``.
