@@ -198,3 +198,32 @@ def test_stacked_layers_are_found_from_shapes_not_names():
     expect = np.sqrt(np.sum(np.square(d["kernel"][2])) + np.sum(np.square(d["bias"][2])))
     assert float(norms["trunk/2/Dense_0"]) == pytest.approx(float(expect), rel=1e-6)
     assert len(norms) == 2 + 2 * 3  # hidden, Dense_1, and two modules per layer
+
+
+def test_history_under_nnx_optimizer_holds_each_steps_norms(getkey):
+    # nnx.Optimizer keeps its Optax state in Variables that later steps overwrite; the
+    # history must hold each step's own norms, computed here independently in float64 NumPy.
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(4, 16, rngs=rngs)
+            self.l2 = nnx.Linear(16, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jnp.tanh(self.l1(x)))
+
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.chain(gj.monitor(), optax.sgd(0.5)), wrt=nnx.Param)
+    states, truth = [], []
+    for step in range(4):
+        x = jax.random.normal(getkey(), (8, 4))
+        y = jnp.full((8, 1), 3.0 * (step + 1))
+        grads = nnx.grad(lambda m, x=x, y=y: jnp.mean((m(x) - y) ** 2))(model)
+        leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+        truth.append(
+            float(np.sqrt(sum(np.sum(np.square(np.asarray(v, np.float64))) for v in leaves)))
+        )
+        optimizer.update(model, grads)
+        states.append(gj.latest_norms(optimizer.opt_state))
+    history = gj.NormHistory.from_states(states)
+    np.testing.assert_allclose(np.asarray(history.global_norms()), truth, rtol=1e-5)
+    assert len(set(np.round(truth, 3))) == 4  # the steps differ, so a live copy would fail

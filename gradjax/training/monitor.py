@@ -121,7 +121,9 @@ def latest_norms(opt_state: Any) -> dict[str, jax.Array]:
         ``record_gradient_norms``) transformation.
 
     Returns:
-      ``{group: norm}`` (arrays; with leading axes under ``vmap``).
+      ``{group: norm}``: arrays of that step, never a live reference (an ``nnx.Optimizer``
+      keeps its state in ``nnx.Variable`` objects that later steps overwrite), with leading
+      axes under ``vmap``.
     """
     found = [
         s
@@ -136,7 +138,13 @@ def latest_norms(opt_state: Any) -> dict[str, jax.Array]:
             type(opt_state).__name__,
             "the state of an optimiser built with gradjax.monitor(...)",
         )
-    return dict(found[0].norms)
+    # A Variable's current value, not the Variable: the record must not follow later steps.
+    return {k: jnp.asarray(_current(v)) for k, v in found[0].norms.items()}
+
+
+def _current(value: Any) -> Any:
+    get = getattr(value, "get_value", None)  # an nnx.Variable: its value now
+    return get() if callable(get) else value
 
 
 @pytree_dataclass
