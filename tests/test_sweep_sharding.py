@@ -16,8 +16,8 @@ import pytest
 import gradjax as gj
 from gradjax.measure.probes import as_probe
 
-# ``gradjax.sweep`` is the function re-exported by the package; the module by its full name.
-sweep_module = importlib.import_module("gradjax.sweep")
+# ``gradjax.sweep`` is the function re-exported by the package; the engine module by its full name.
+sweep_module = importlib.import_module("gradjax.sweeps.engine")
 
 SIGMA_W = np.array([0.5, 1.0, 1.5])
 

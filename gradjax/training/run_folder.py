@@ -47,7 +47,7 @@ def run_description(
     )
 
 
-def runrun_description(
+def run_meta(
     net: Net,
     data: Dataset,
     tcfg: TrainConfig,
