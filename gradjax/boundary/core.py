@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradjax.boundary.recurrence import TimeScan, analyse, perturbed_call
 from gradjax.utils.caching import BoundedCache
 from gradjax.utils.tree_paths import module_parts
 
@@ -42,11 +43,14 @@ from gradjax.utils.tree_paths import module_parts
 PROBE = "gradjax_probe"
 # Sites and probe shapes by (model structure, shapes): a second look at a model is free.
 _DISCOVERED = BoundedCache(64)
+# Scans over time and the sites that run inside them, by (model structure, shapes).
+_RECURRENCE = BoundedCache(64)
 
 
 def clear_discovered() -> None:
     """Forgets the blocks discovered so far (the next look at a model traces it again)."""
     _DISCOVERED.clear()
+    _RECURRENCE.clear()
 
 
 class Site(NamedTuple):
@@ -124,8 +128,115 @@ class Boundary:
         return self._discovered(x)[0]
 
     def blocks(self, x: Any) -> list[Block]:
-        """The block outputs ``a_l`` in execution order (input side first)."""
-        return choose_blocks(self.sites(x))
+        """The block outputs ``a_l`` in execution order (input side first).
+
+        Submodules run inside a recurrence over time (an RNN cell's gates) are layers of one
+        step, not blocks of the model's depth: they are left out before blocks are chosen.
+        """
+        inside = self._recurrence(x)[1]
+        return choose_blocks([s for s in self.sites(x) if s.name not in inside])
+
+    def time_scans(self, x: Any) -> tuple[TimeScan, ...]:
+        """The recurrences over time of the forward pass (:mod:`gradjax.boundary.recurrence`)."""
+        return self._recurrence(x)[0]
+
+    def apply_through_time(
+        self, params: Any, x: Any, probes: Any, perturbations: Sequence[Any], *, state: Any
+    ) -> Any:
+        """:meth:`apply` with ``perturbations[k][j][t]`` added to carry value ``j`` of scan
+        ``k`` after step ``t``, so their gradients are ``dL/dh_t`` (works under ``jit``).
+
+        Args:
+          params: parameters.
+          x: the inputs.
+          probes: block probes, as for :meth:`apply`.
+          perturbations: for each of :meth:`time_scans`, its carry perturbations.
+          state: the non-differentiable state.
+
+        Returns:
+          The output.
+        """
+        closed, scans, out_tree, flat, _ = self._traced(params, probes, state, x)
+        outs = perturbed_call(closed, scans, flat, perturbations)
+        return jax.tree_util.tree_unflatten(out_tree, outs)
+
+    def blocks_in_sequence(self, x: Any) -> bool:
+        """Whether each block's output depends on the block before it (a stack), as the
+        traced computation shows; ``False`` for parallel branches such as the two
+        directions of a bidirectional RNN. Layers of one scanned stack count as in sequence.
+        """
+        upstream = self._recurrence(x)[2]
+        blocks = self.blocks(x)
+        return all(
+            a.site == b.site or b.site not in upstream or a.site in upstream[b.site]
+            for a, b in zip(blocks, blocks[1:], strict=False)
+        )
+
+    def _traced(self, params: Any, probes: Any, state: Any, x: Any, probe_mask: bool = False):
+        """The forward pass traced on flat inputs, its scans over time and, with
+        ``probe_mask``, what each probe leaf is added to (:func:`recurrence.analyse`)."""
+        flat, treedef = jax.tree_util.tree_flatten((params, probes, state, x))
+        n_x = len(jax.tree_util.tree_leaves(x))
+        n_p = len(jax.tree_util.tree_leaves(params))
+        n_e = len(jax.tree_util.tree_leaves(probes))
+        input_mask = ((1 << n_x) - 1) << (len(flat) - n_x)
+
+        def forward(*leaves):
+            p, e, s, xx = jax.tree_util.tree_unflatten(treedef, leaves)
+            return self._apply(p, s, xx, e)
+
+        closed, out_shape = jax.make_jaxpr(forward, return_shape=True)(*flat)
+        mask = ((1 << n_e) - 1) << n_p if probe_mask else 0
+        scans, added = analyse(closed, input_mask, mask)
+        if self.kind == "linen":  # name stacks start with the root module's class name
+            scans = tuple(
+                dataclasses.replace(s, name=s.name.split("/", 1)[1]) if "/" in s.name else s
+                for s in scans
+            )
+        return closed, scans, jax.tree_util.tree_structure(out_shape), flat, added
+
+    def _recurrence(self, x: Any) -> tuple:
+        return _RECURRENCE.get_or_make(self.cache_key(x), lambda: self._find_recurrence(x))
+
+    def _find_recurrence(self, x: Any) -> tuple:
+        """Scans over time, the sites inside them and, for each site, the sites upstream.
+
+        One trace with a probe on every site: a probe that reaches a scan's loop-invariant
+        operands sits on a submodule that runs inside it; the value a probe is added to
+        depends on the probes of the sites upstream of it.
+        """
+        sites, shapes = self._discovered(x)
+        probes = (
+            {}
+            if self.kind == "function"
+            else {n: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes[n]) for n in shapes}
+        )
+        _, scans, _, _, added = self._traced(self.params, probes or None, self.state, x, True)
+        bits: dict[str, int] = {}
+        offset = len(jax.tree_util.tree_leaves(self.params))
+        for name in sorted(probes):  # a dict flattens in sorted key order
+            count = len(jax.tree_util.tree_leaves(probes[name]))
+            bits[name] = ((1 << count) - 1) << offset
+            offset += count
+        reached = 0
+        for scan in scans:
+            reached |= scan.consts_from
+        inside = frozenset(n for n, b in bits.items() if b & reached)
+        upstream = {}
+        for name, b in bits.items():
+            feeds = [d for k, d in added.items() if b >> k & 1]
+            if feeds:
+                union = 0
+                for d in feeds:
+                    union |= d
+                upstream[name] = frozenset(m for m, mb in bits.items() if m != name and mb & union)
+        if scans and inside:
+            # The scans as the measuring program sees them: probes on the blocks only (a probe
+            # inside a step would make the step's output a different value from its carry).
+            chosen = {b.site for b in choose_blocks([s for s in sites if s.name not in inside])}
+            kept = {n: e for n, e in probes.items() if n in chosen}
+            scans = self._traced(self.params, kept or None, self.state, x)[1]
+        return scans, inside, upstream
 
     def zero_probes(self, x: Any) -> dict[str, Any]:
         """Zero probes (``jax.ShapeDtypeStruct`` trees made arrays) for the block sites."""

@@ -102,6 +102,7 @@ def suggest(
     early_spike: float | None = None,
     warmup_steps: int | None = None,
     step_probe: StepProbe | None = None,
+    time_axis: Any = None,
 ) -> tuple[str, ...]:
     """Concrete changes for a verdict, tied to the standard fixes.
 
@@ -123,10 +124,15 @@ def suggest(
       early_spike: max early global norm over the later median, from a training history.
       warmup_steps: a warm-up length to suggest (default: a tenth of the recorded steps).
       step_probe: the first-step probe, if one was run.
+      time_axis: the recurrence over time the verdict is about
+        (:class:`gradjax.diagnosis.report.TimeAxis`), when the verdict comes from the time
+        axis; the depth-axis fixes then do not apply.
 
     Returns:
       Suggestions, most important first.
     """
+    if time_axis is not None and verdict in ("vanishing", "exploding"):
+        return _time_suggestions(time_axis, verdict)
     out: list[str] = []
     clip = f"{clip_threshold:.3g}" if math.isfinite(clip_threshold) else None
     rate = growth_per_layer
@@ -208,3 +214,38 @@ def suggest(
             )
     # Keep the first occurrence of each suggestion, in order.
     return tuple(dict.fromkeys(out))
+
+
+def _time_suggestions(axis: Any, verdict: str) -> tuple[str, ...]:
+    """Fixes for a gradient that vanishes or explodes over the steps of a recurrence."""
+    steps = len(axis.steps)
+    measured = (
+        f"through {axis.name} the gradient is multiplied by {axis.growth_per_step:.3g} per step "
+        f"on its way back ({steps} steps: ||dL/dh|| {axis.norms[0]:.3g} at the first step run, "
+        f"{axis.norms[-1]:.3g} at the last)"
+    )
+    if verdict == "vanishing":
+        under = (
+            f"; it underflows to zero from t = {axis.underflow_step} back"
+            if axis.underflow_step is not None
+            else ""
+        )
+        return (
+            measured + under,
+            "the early steps barely reach the loss: use a gated cell (nn.OptimizedLSTMCell, "
+            "nn.GRUCell), an orthogonal recurrent kernel at gain 1, or a shorter horizon "
+            "(truncated backpropagation through time)",
+            "find the recurrent kernel scale where growth per step crosses 1 with "
+            "`gradjax sweep --model ... --kernels PATTERN` (PATTERN matching the recurrent "
+            "kernels only)",
+        )
+    return (
+        measured,
+        "clip the global gradient norm (optax.clip_by_global_norm, Pascanu et al. 2013: the "
+        "fix invented for recurrent nets) and scale the recurrent kernel down: below "
+        "1/gamma in largest singular value (gamma bounding the activation's derivative, 1 "
+        "for tanh) the gradient cannot explode",
+        "find the recurrent kernel scale where growth per step crosses 1 with "
+        "`gradjax sweep --model ... --kernels PATTERN` (PATTERN matching the recurrent "
+        "kernels only)",
+    )

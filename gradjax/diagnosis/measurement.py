@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gradjax.boundary.core import Boundary
@@ -33,6 +34,7 @@ _OUTPUTS: BoundedCache = BoundedCache(32)
 
 __all__ = [
     "Flow",
+    "TimeChain",
     "Measurement",
     "clear_caches",
     "compiled_programs",
@@ -44,6 +46,7 @@ __all__ = [
     "param_order",
     "residual_test",
     "slice_norms",
+    "time_chains",
 ]
 
 
@@ -171,6 +174,18 @@ def _kernel_mask(boundary: Boundary, x: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, kernel)
 
 
+def _every_block_has_kernels(boundary: Boundary, x: Any, mask: Any) -> bool:
+    """Whether every block owns a kernel that :func:`residual_test` zeroes."""
+    paths = jax.tree_util.tree_flatten_with_path(boundary.params)[0]
+    owned = [
+        module_parts(p) for (p, _), zero in zip(paths, jax.tree.leaves(mask), strict=True) if zero
+    ]
+    return all(
+        any(parts[: len(site)] == site for parts in owned)
+        for site in {tuple(b.site.split("/")) for b in boundary.blocks(x)}
+    )
+
+
 def gradient_program(
     boundary: Boundary, loss: Callable[..., Any], x: Any, y: Any, probes: Any
 ) -> Callable[..., Any]:
@@ -178,22 +193,32 @@ def gradient_program(
 
     ``program(params, state, probes, x, y, weights)`` pulls ``weights[i] * dL/dout_i`` back
     through the model: with all weights 1 it is the full-batch gradient (and ``dL/da_l`` for
-    every block); with the indicator of a slice of examples it is that slice's share of it.
+    every block, ``dL/dh_t`` for every step of every recurrence over time); with the
+    indicator of a slice of examples it is that slice's share of it.
     One compiled program serves the full batch and every slice.
     """
     key = (boundary.cache_key(x, y, probes), loss if _is_hashable(loss) else id(loss))
     if key in _PROGRAMS:
         return _PROGRAMS[key]
 
+    scans = boundary.time_scans(x)
+
+    def forward(p, e, t, state, x):
+        if not scans:
+            return boundary.apply(p, x, e, state=state)
+        return boundary.apply_through_time(p, x, e, t, state=state)
+
     def measure(p, state, e, x, y, weights):
-        out, pullback = jax.vjp(lambda p, e: boundary.apply(p, x, e, state=state), p, e)
+        # Zero perturbations of every recurrence's carry at every step: dL/dt is dL/dh_t.
+        t = [[jnp.zeros(s.shape, s.dtype) for s in scan.shapes] for scan in scans]
+        out, pullback = jax.vjp(lambda p, e, t: forward(p, e, t, state, x), p, e, t)
         value, cot = jax.value_and_grad(lambda o: loss(o, y))(out)
         cot = jax.tree.map(
             lambda c: c * weights.reshape((-1,) + (1,) * (c.ndim - 1)).astype(c.dtype), cot
         )
-        gp, ge = pullback(cot)
+        gp, ge, gt = pullback(cot)
         # Norms are taken on the host (float64): the program is the gradient and no more.
-        return value, gp, ge
+        return value, gp, ge, gt
 
     program = jax.jit(measure)
     _PROGRAMS[key] = program
@@ -259,6 +284,9 @@ def residual_test(
         return None
     first = blocks[0]
     mask = _kernel_mask(boundary, x)
+    if not _every_block_has_kernels(boundary, x, mask):
+        _RESIDUAL[key] = None  # a block computing with kernels it does not own: not testable
+        return None
     # NumPy on the host: no small programs for XLA to compile just to make inputs.
     zeroed = jax.tree.map(
         lambda v, z: np.zeros(np.shape(v), np.asarray(v).dtype) if z else v, boundary.params, mask
@@ -287,6 +315,65 @@ def _is_hashable(obj: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class TimeChain:
+    """The gradient reaching every step of one recurrence over time (host arrays, float64).
+
+    Attributes:
+      name: where the recurrence runs (its module's path, or ``scan_<i>``).
+      steps: the time indices in the order the recurrence runs them (a reversed scan, e.g.
+        the backward direction of a bidirectional RNN, from the last index to the first).
+      norms: ``||dL/dh_t||`` over the batch, in that order (``h``: the carry values the step
+        also emits; all carry values when it emits none).
+      state_norms: ``||dL/dc_t||`` of the other carry values (an LSTM's cell state), or
+        ``None`` when there are none.
+      tiny: the smallest normal number of the carry's dtype: a norm at or below it has
+        underflowed.
+    """
+
+    name: str
+    steps: np.ndarray
+    norms: np.ndarray
+    state_norms: np.ndarray | None
+    tiny: float
+
+
+def time_chains(scans: Any, grads: Any) -> tuple[TimeChain, ...]:
+    """Per-step norms of the carry gradients of every recurrence (:class:`TimeChain`).
+
+    Args:
+      scans: the recurrences (:meth:`gradjax.boundary.Boundary.time_scans`).
+      grads: for each, the gradients of its carry perturbations, ``(steps, ...)`` each.
+
+    Returns:
+      One chain per recurrence, in execution order.
+    """
+    out = []
+    for scan, g in zip(scans, grads, strict=True):
+        hidden = scan.hidden if any(scan.hidden) else (True,) * len(scan.hidden)
+
+        def per_step(chosen: list[Any], steps: int = scan.length) -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):
+                sq = sum(
+                    np.sum(np.square(np.asarray(v, np.float64)).reshape(steps, -1), axis=1)
+                    for v in chosen
+                )
+                return np.sqrt(sq)
+
+        order = np.arange(scan.length)[::-1] if scan.reverse else np.arange(scan.length)
+        state = [v for v, h in zip(g, hidden, strict=True) if not h]
+        out.append(
+            TimeChain(
+                name=scan.name,
+                steps=order,
+                norms=per_step([v for v, h in zip(g, hidden, strict=True) if h])[order],
+                state_norms=per_step(state)[order] if state else None,
+                tiny=float(np.finfo(scan.shapes[0].dtype).tiny),
+            )
+        )
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
 class Flow:
     """What one batch measured of a model's gradient flow (host arrays, float64).
 
@@ -307,6 +394,11 @@ class Flow:
       microbatch_global_norms: the global norms of slices of the batch.
       residual: whether the blocks are residual (``None``: not testable).
       norms_found: the normalisation layers found among the submodules.
+      time_chains: ``||dL/dh_t||`` per step of every recurrence over time
+        (:class:`TimeChain`), in execution order; empty for a model without one.
+      blocks_repeat: whether the blocks are a repeated stack (two or more of one class, each
+        fed by the one before), not the top-level submodules of a model without repetition
+        or parallel branches.
     """
 
     kind: str
@@ -325,6 +417,8 @@ class Flow:
     microbatch_global_norms: np.ndarray
     residual: bool | None
     norms_found: tuple[str, ...]
+    time_chains: tuple[TimeChain, ...] = ()
+    blocks_repeat: bool = True
 
 
 class Measurement:
@@ -393,7 +487,7 @@ class Measurement:
         """
         b, x, y = self.boundary, self.x, self.y
         ones = np.ones((self.size,), np.float32)
-        value, gp, ge = jax.device_get(self.program(b.params, b.state, self.probes, x, y, ones))
+        value, gp, ge, gt = jax.device_get(self.program(b.params, b.state, self.probes, x, y, ones))
         self.param_grads = gp
         k = min(microbatches, self.size // 2)  # slices of >= 2 examples (BatchNorm needs two)
         slices = layer_slices(b.params)
@@ -426,4 +520,18 @@ class Measurement:
             ),
             residual=residual_test(self.program, b, self.probes, x, y),
             norms_found=b.norm_kinds(x) if b.kind != "function" else (),
+            time_chains=time_chains(b.time_scans(x), gt),
+            blocks_repeat=_blocks_repeat(b, x),
         )
+
+
+def _blocks_repeat(boundary: Boundary, x: Any) -> bool:
+    if boundary.kind == "function":
+        return True  # the caller's perturbations name the blocks
+    classes = {s.name: s.cls for s in boundary.sites(x)}
+    blocks = boundary.blocks(x)
+    return (
+        len(blocks) >= 2
+        and len({classes[b.site] for b in blocks}) == 1
+        and boundary.blocks_in_sequence(x)
+    )

@@ -174,6 +174,9 @@ def diagnose(
         early_spike=early_spike,
         warmup_steps=warmup_steps,
         step_probe=step_probe,
+        time_axis=judged.time_axis
+        if judged.axis_verdicts.get("time") == judged.verdict != judged.axis_verdicts.get("depth")
+        else None,
     )
     return _report(flow, judged, clip, spectra, step_probe, suggestions, thresholds, context)
 
@@ -241,6 +244,9 @@ def _report(flow, judged, clip, spectra, step_probe, suggestions, thresholds, co
         suggestions=suggestions,
         thresholds=thresholds,
         context=context,
+        time_axis=judged.time_axis,
+        time_axes=judged.time_axes,
+        axis_verdicts=judged.axis_verdicts,
     )
 
 

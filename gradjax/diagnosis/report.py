@@ -35,7 +35,10 @@ __all__ = [
     "Report",
     "StepProbe",
     "Thresholds",
+    "TimeAxis",
     "classify",
+    "judge",
+    "judge_time",
     "overall_verdict",
     "regions",
 ]
@@ -178,6 +181,12 @@ class Report:
       suggestions: concrete changes, most important first.
       thresholds: the :class:`Thresholds` used.
       context: what the caller said about the model (activation, sigma_w, ...).
+      time_axis: the recurrence over time furthest from healthy (:class:`TimeAxis`), or
+        ``None`` for a model without one.
+      time_axes: every recurrence over time, in execution order (a bidirectional layer is
+        two).
+      axis_verdicts: the verdict of each axis judged: ``"depth"`` (the blocks) and/or
+        ``"time"`` (the worst recurrence); ``verdict`` is the worse of them.
     """
 
     kind: str
@@ -205,6 +214,9 @@ class Report:
     suggestions: tuple[str, ...]
     thresholds: Thresholds
     context: dict[str, Any]
+    time_axis: TimeAxis | None = None
+    time_axes: tuple[TimeAxis, ...] = ()
+    axis_verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     # -------------------------------------------------------------- views
 
@@ -226,6 +238,7 @@ class Report:
                 f"{r.name:<8} {len(r.layers):>7d} {r.ratio:>10.3g} {r.growth_per_layer:>13.3g}"
                 f"  {r.verdict}"
             )
+        lines += _time_lines(self)
         if self.series == "parameters":
             lines += [
                 "",
@@ -315,6 +328,8 @@ class Report:
                 else dataclasses.asdict(self.step_probe),
                 "suggestions": list(self.suggestions),
                 "context": self.context,
+                "axis_verdicts": dict(self.axis_verdicts),
+                "time_axes": [_time_dict(a) for a in self.time_axes],
             }
         )
 
@@ -349,6 +364,38 @@ class Report:
             common_layers=common,
             ratios=ratios,
         )
+
+
+def _time_lines(report: Report) -> list[str]:
+    """The summary's lines on the axes judged and every recurrence over time."""
+    if not report.time_axes:
+        return []
+    axes = ", ".join(f"{k}: {v}" for k, v in report.axis_verdicts.items())
+    lines = ["", f"verdict by axis: {axes}", "recurrences over time (backward, last step first):"]
+    for a in report.time_axes:
+        first, last = a.norms[0], a.norms[-1]
+        under = "none" if a.underflow_step is None else f"t={a.underflow_step}"
+        lines.append(
+            f"  {a.name}: {len(a.steps)} steps, growth/step {a.growth_per_step:.4g}, "
+            f"||dL/dh|| first/last step {first:.3g}/{last:.3g}, underflow at {under}: "
+            f"{a.verdict}"
+        )
+    if report.series == "parameters":
+        lines.append("  (no repeated stack of blocks: the depth axis is not judged)")
+    return lines
+
+
+def _time_dict(a: TimeAxis) -> dict[str, Any]:
+    return {
+        "name": a.name,
+        "steps": a.steps,
+        "norms": a.norms,
+        "state_norms": a.state_norms,
+        "growth_per_step": a.growth_per_step,
+        "underflow_step": a.underflow_step,
+        "regions": [dataclasses.asdict(r) for r in a.regions],
+        "verdict": a.verdict,
+    }
 
 
 def _structure_line(context: Mapping[str, Any]) -> str:
@@ -478,6 +525,83 @@ def overall_verdict(regs: Sequence[Region]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class TimeAxis:
+    """The gradient over time of one recurrence, and its verdict.
+
+    Attributes:
+      name: where the recurrence runs (its module's path, or ``scan_<i>``).
+      steps: time indices in the order the recurrence runs them, up to the last one whose
+        hidden state reaches the loss.
+      norms: ``||dL/dh_t||`` at each (the hidden state; see
+        :class:`gradjax.diagnosis.measurement.TimeChain`).
+      state_norms: ``||dL/dc_t||`` of the other carry values (an LSTM's cell), or ``None``.
+      growth_per_step: the geometric mean of ``||dL/dh_t|| / ||dL/dh_{t+1}||`` (in running
+        order) over the pairs where neither has underflowed: the factor by which the
+        gradient grows per step on its way back (``nan`` without such a pair).
+      underflow_step: the first step the backward pass reaches (walking back from the last
+        step run) whose gradient has underflowed to zero or a subnormal, or ``None``.
+      regions: the :class:`Region` verdicts of the steps, judged like layers (earliest
+        third, middle, latest third against the last step run).
+      verdict: the verdict of this recurrence (``"inconclusive"`` when fewer than two steps
+        reach the loss).
+    """
+
+    name: str
+    steps: np.ndarray
+    norms: np.ndarray
+    state_norms: np.ndarray | None
+    growth_per_step: float
+    underflow_step: int | None
+    regions: tuple[Region, ...]
+    verdict: str
+
+
+def judge_time(chain: Any, thresholds: Thresholds) -> TimeAxis:
+    """Judges one recurrence's per-step gradients like a stack of layers, earliest step first.
+
+    Args:
+      chain: a :class:`gradjax.diagnosis.measurement.TimeChain`.
+      thresholds: the verdict thresholds.
+
+    Returns:
+      The :class:`TimeAxis`.
+    """
+    v = np.asarray(chain.norms, np.float64)
+    # Steps run after the last one whose state reaches the loss (a backward direction read
+    # at one end) carry no gradient at all: they are not part of the chain judged.
+    reached = np.flatnonzero(~(v == 0))
+    v = v[: reached[-1] + 1] if reached.size else v[:0]
+    steps = np.asarray(chain.steps)[: len(v)]
+    if len(v) < 2:
+        return TimeAxis(chain.name, steps, v, chain.state_norms, math.nan, None, (), "inconclusive")
+    alive = np.isfinite(v) & (v > chain.tiny)
+    pairs = alive[:-1] & alive[1:]
+    growth = math.nan
+    if pairs.any():
+        growth = float(np.exp(np.mean(np.log(v[:-1][pairs]) - np.log(v[1:][pairs]))))
+    dead = [k for k in range(len(v) - 1, -1, -1) if np.isfinite(v[k]) and v[k] <= chain.tiny]
+    regs = regions([f"t={int(t)}" for t in steps], v, thresholds)
+    return TimeAxis(
+        name=chain.name,
+        steps=steps,
+        norms=v,
+        state_norms=chain.state_norms,
+        growth_per_step=growth,
+        underflow_step=int(steps[dead[0]]) if dead else None,
+        regions=regs,
+        verdict=overall_verdict(regs),
+    )
+
+
+def _distance(regs: Sequence[Region]) -> float:
+    """How far the worst region is from a ratio of 1, in log scale."""
+    return max(
+        (abs(math.log(r.ratio)) if r.ratio > 0 else math.inf for r in regs if r.ratio == r.ratio),
+        default=0.0,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Judgement:
     """The verdict on one measured flow.
 
@@ -487,8 +611,11 @@ class Judgement:
       names: the series' entries, input side first.
       values: their norms.
       regions: the :class:`Region` verdicts.
-      verdict: the overall verdict.
+      verdict: the overall verdict: the worse of the axes judged.
       growth_per_layer: the backward growth factor per block (``nan`` for parameters).
+      time_axes: one :class:`TimeAxis` per recurrence over time.
+      time_axis: the one furthest from healthy (non-finite first), or ``None``.
+      axis_verdicts: the verdict of each axis judged, ``{"depth": ..., "time": ...}``.
     """
 
     series: str
@@ -497,10 +624,18 @@ class Judgement:
     regions: tuple[Region, ...]
     verdict: str
     growth_per_layer: float
+    time_axes: tuple[TimeAxis, ...] = ()
+    time_axis: TimeAxis | None = None
+    axis_verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def judge(flow: Any, thresholds: Thresholds) -> Judgement:
     """Judges a measured flow region by region (:func:`regions`, :func:`overall_verdict`).
+
+    The depth axis reads ``||dL/da_l||`` of the blocks; each recurrence over time reads
+    ``||dL/dh_t||`` of its steps (:func:`judge_time`). A model with a recurrence has its
+    depth judged only when its blocks are a repeated stack (two or more of one class); the
+    overall verdict is that of the axis furthest from healthy.
 
     Args:
       flow: a :class:`gradjax.diagnosis.measurement.Flow`.
@@ -509,7 +644,9 @@ def judge(flow: Any, thresholds: Thresholds) -> Judgement:
     Returns:
       The :class:`Judgement`; ``"non-finite"`` whenever a parameter gradient is.
     """
-    if len(flow.block_names) >= 2:
+    times = tuple(judge_time(c, thresholds) for c in flow.time_chains)
+    stack = len(flow.block_names) >= 2 and (not times or flow.blocks_repeat)
+    if stack:
         names, values = flow.block_names, np.asarray(flow.block_grad_norms, np.float64)
         regs = regions(names, values, thresholds)
         series, verdict, rate = "activations", overall_verdict(regs), growth_rate(values)
@@ -518,6 +655,18 @@ def judge(flow: Any, thresholds: Thresholds) -> Judgement:
         names = tuple(flow.groups[j] for j in keep)
         values = np.asarray(flow.group_weight_grad_norms, np.float64)[keep]
         series, regs, verdict, rate = "parameters", (), "inconclusive", math.nan
+    axes = {"depth": verdict} if stack or not times else {}
+    worst = None
+    judged = [a for a in times if a.verdict != "inconclusive"]
+    if judged:
+        worst = max(judged, key=lambda a: (a.verdict == "non-finite", _distance(a.regions)))
+        axes["time"] = worst.verdict
+        if (
+            not stack
+            or worst.verdict == "non-finite"
+            or (verdict != "non-finite" and _distance(worst.regions) > _distance(regs))
+        ):
+            verdict = worst.verdict
     if not np.all(np.isfinite(flow.leaf_grad_norms)):
         verdict = "non-finite"
-    return Judgement(series, tuple(names), values, regs, verdict, rate)
+    return Judgement(series, tuple(names), values, regs, verdict, rate, times, worst, axes)

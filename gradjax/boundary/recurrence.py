@@ -1,0 +1,312 @@
+"""Recurrences over time, found in the model's own computation.
+
+Every recurrent model, however it is written (Linen ``nn.RNN`` or ``nn.scan`` over time, an
+NNX scan, ``jax.lax.scan`` in a pure function), reaches XLA as a ``scan`` whose carry is the
+hidden state. This module reads the traced program (a jaxpr) of the model's forward pass:
+
+* :func:`find_time_scans` finds the scans *over time*: every scanned-over input (``xs``)
+  depends on the model's inputs (or is a constant). A scan over layers (``nn.scan``/``nnx.scan`` stacks) scans
+  parameters or probes alone and is not one.
+* :func:`perturbed_call` runs the same program with a zero perturbation ``e_t`` added to the
+  carry at every step ``t`` of every scan over time (where the step also emits the carry as
+  its output, there too), so ``dL/de_t`` is ``dL/dh_t``: the gradient reaching the hidden
+  state of step ``t`` by every path. The rest of the program is bound unchanged.
+
+The analysis also tells which flat inputs feed a scan's loop-invariant operands: a probe
+among them sits on a submodule run inside the recurrence (a cell's gate), which is a layer of
+one step, not a block of the model's depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jcore
+
+__all__ = ["TimeScan", "analyse", "find_time_scans", "perturbed_call"]
+
+# Call-like primitives whose inner program is searched (and, on the way to a scan over time,
+# evaluated inline); the parameter that holds the inner program.
+_CALLS = {
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "checkpoint": "jaxpr",
+    "remat": "jaxpr",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeScan:
+    """One scan over time in a traced forward pass.
+
+    Attributes:
+      path: the equation's index, through the call equations that hold it.
+      name: where it runs (the name stack of the module that called it, or ``scan_<i>``).
+      length: the number of steps.
+      reverse: whether it runs from the last step to the first.
+      perturbed: the positions, among the carry, of the floating-point carry values.
+      hidden: for each perturbed carry value, whether the step also emits it as an output
+        (the hidden state ``h``; an LSTM's cell state ``c`` is not emitted).
+      shapes: the perturbations' shapes and dtypes, ``(length, *carry_shape)``.
+      consts_from: bit mask of the flat inputs that the scan's loop-invariant operands
+        depend on.
+    """
+
+    path: tuple[int, ...]
+    name: str
+    length: int
+    reverse: bool
+    perturbed: tuple[int, ...]
+    hidden: tuple[bool, ...]
+    shapes: tuple[jax.ShapeDtypeStruct, ...]
+    consts_from: int
+
+    def zero_perturbations(self) -> list[jax.Array]:
+        """Zeros for :func:`perturbed_call` (one array per perturbed carry value)."""
+        return [jnp.zeros(s.shape, s.dtype) for s in self.shapes]
+
+
+def _inner(eqn: Any) -> jcore.ClosedJaxpr | None:
+    """The inner program of a call-like equation, closed; ``None`` for other equations."""
+    param = _CALLS.get(eqn.primitive.name)
+    if param is None or param not in eqn.params:
+        return None
+    inner = eqn.params[param]
+    return inner if isinstance(inner, jcore.ClosedJaxpr) else jcore.ClosedJaxpr(inner, ())
+
+
+def _floating(aval: Any) -> bool:
+    return hasattr(aval, "dtype") and jnp.issubdtype(aval.dtype, jnp.floating)
+
+
+def find_time_scans(closed: jcore.ClosedJaxpr, input_mask: int) -> tuple[TimeScan, ...]:
+    """The scans over time of a traced program, in execution order.
+
+    Args:
+      closed: the program (``jax.make_jaxpr`` of the forward pass on flat inputs).
+      input_mask: bit mask of the flat inputs that are the model's inputs ``x``.
+
+    Returns:
+      Every scan of at least two steps with a floating-point carry whose scanned-over
+      operands each depend on the inputs or on nothing (constants); scans nested in another
+      scan are not searched.
+    """
+    return analyse(closed, input_mask, 0)[0]
+
+
+def analyse(
+    closed: jcore.ClosedJaxpr, input_mask: int, probe_mask: int
+) -> tuple[tuple[TimeScan, ...], dict[int, int]]:
+    """:func:`find_time_scans`, and what each probe is added to.
+
+    Args:
+      closed: the program.
+      input_mask: bit mask of the flat inputs that are the model's inputs.
+      probe_mask: bit mask of the flat inputs that are zero probes.
+
+    Returns:
+      The scans over time, and for each probe input (by index) the mask of the flat inputs
+      that the value it is first added to depends on: a probe whose value depends on
+      another probe's sits downstream of it.
+    """
+    found: list[TimeScan] = []
+    added: dict[int, int] = {}
+    deps = [1 << i for i in range(len(closed.jaxpr.invars))]
+    _search(closed.jaxpr, deps, (input_mask, probe_mask), (), found, added)
+    names = [s.name for s in found]
+    # Two scans under one module (a bidirectional wrapper's directions) get numbered names.
+    scans = tuple(
+        dataclasses.replace(s, name=f"{s.name}#{names[:i].count(s.name)}")
+        if names.count(s.name) > 1
+        else s
+        for i, s in enumerate(found)
+    )
+    return scans, added
+
+
+def _search(
+    jaxpr: Any,
+    in_deps: Sequence[int],
+    masks: tuple[int, int],
+    prefix: tuple[int, ...],
+    found: list,
+    added: dict[int, int],
+) -> list[int]:
+    """Propagates input dependencies through ``jaxpr``, recording scans over time and the
+    values the probes are added to."""
+    env: dict[Any, int] = dict(zip(jaxpr.invars, in_deps, strict=True))
+    input_mask, probe_mask = masks
+
+    def dep(v: Any) -> int:
+        return 0 if isinstance(v, jcore.Literal) else env.get(v, 0)
+
+    for i, eqn in enumerate(jaxpr.eqns):
+        operand_deps = [dep(v) for v in eqn.invars]
+        inner = _inner(eqn)
+        if inner is not None:
+            outs = _search(inner.jaxpr, operand_deps, masks, prefix + (i,), found, added)
+        else:
+            if eqn.primitive.name == "scan":
+                scan = _time_scan(eqn, operand_deps, input_mask, prefix + (i,), len(found))
+                if scan is not None:
+                    found.append(scan)
+            elif eqn.primitive.name == "add" and probe_mask:
+                _record_probe(operand_deps, probe_mask, added)
+            union = 0
+            for d in operand_deps:
+                union |= d
+            outs = [union] * len(eqn.outvars)
+        for v, d in zip(eqn.outvars, outs, strict=True):
+            env[v] = d
+    return [dep(v) for v in jaxpr.outvars]
+
+
+def _record_probe(operand_deps: list[int], probe_mask: int, added: dict[int, int]) -> None:
+    """An ``a + probe`` equation: what ``a`` depends on, for the probe's first addition."""
+    for mine, other in ((0, 1), (1, 0)):
+        d = operand_deps[mine]
+        if d and d & probe_mask == d and d & (d - 1) == 0:  # exactly one probe input
+            bit = d.bit_length() - 1
+            if bit not in added and not operand_deps[other] & d:
+                added[bit] = operand_deps[other]
+
+
+def _time_scan(
+    eqn: Any, operand_deps: list[int], input_mask: int, path: tuple[int, ...], index: int
+) -> TimeScan | None:
+    p = eqn.params
+    nc, nk, length = p["num_consts"], p["num_carry"], int(p["length"])
+    xs_deps = operand_deps[nc + nk :]
+    # A scan over layers scans parameters (or probes) alone; a scan over time scans inputs
+    # (and constants, e.g. zeros the model makes itself).
+    if length < 2 or any(d and not d & input_mask for d in xs_deps):
+        return None
+    body = p["jaxpr"].jaxpr
+    carry_out = body.outvars[:nk]
+    ys_out = body.outvars[nk:]
+    perturbed, hidden, shapes, seen = [], [], [], []
+    for pos, v in enumerate(carry_out):
+        if isinstance(v, jcore.Literal) or not _floating(v.aval) or any(v is s for s in seen):
+            continue
+        seen.append(v)
+        perturbed.append(pos)
+        hidden.append(any(v is w for w in ys_out))
+        shapes.append(jax.ShapeDtypeStruct((length, *v.aval.shape), v.aval.dtype))
+    if not perturbed:
+        return None
+    consts_from = 0
+    for d in operand_deps[:nc]:
+        consts_from |= d
+    stack = str(eqn.source_info.name_stack)
+    return TimeScan(
+        path=path,
+        name=stack or f"scan_{index}",
+        length=length,
+        reverse=bool(p["reverse"]),
+        perturbed=tuple(perturbed),
+        hidden=tuple(hidden),
+        shapes=tuple(shapes),
+        consts_from=consts_from,
+    )
+
+
+def perturbed_call(
+    closed: jcore.ClosedJaxpr,
+    scans: Sequence[TimeScan],
+    args: Sequence[Any],
+    perturbations: Sequence[Sequence[Any]],
+) -> list[Any]:
+    """Evaluates ``closed`` on ``args`` with ``perturbations[k][j][t]`` added to perturbed
+    carry value ``j`` of ``scans[k]`` after step ``t`` (and to the step's output where it is
+    the same value).
+
+    With zero perturbations the result equals the program's; differentiate it with respect
+    to the perturbations to get ``dL/dh_t`` for every step of every scan.
+
+    Args:
+      closed: the traced program the scans were found in.
+      scans: the scans (:func:`find_time_scans` of ``closed``).
+      args: the flat inputs.
+      perturbations: for each scan, one ``(length, *carry_shape)`` array per perturbed value.
+
+    Returns:
+      The program's flat outputs.
+    """
+    targets = {s.path: (s, list(e)) for s, e in zip(scans, perturbations, strict=True)}
+    on_the_way = {s.path[:k] for s in scans for k in range(1, len(s.path))}
+    return _evaluate(closed.jaxpr, closed.consts, args, targets, on_the_way, ())
+
+
+def _evaluate(
+    jaxpr: Any,
+    consts: Sequence[Any],
+    args: Sequence[Any],
+    targets: dict,
+    on_the_way: set,
+    prefix: tuple[int, ...],
+) -> list[Any]:
+    env: dict[Any, Any] = {}
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for i, eqn in enumerate(jaxpr.eqns):
+        path = prefix + (i,)
+        values = [read(v) for v in eqn.invars]
+        if path in targets:
+            outs = _perturbed_scan(eqn, values, *targets[path])
+        elif path in on_the_way:
+            inner = _inner(eqn)
+            outs = _evaluate(inner.jaxpr, inner.consts, values, targets, on_the_way, path)
+        else:
+            outs = _bind(eqn, values)
+        for v, o in zip(eqn.outvars, outs, strict=True):
+            if not isinstance(v, jcore.DropVar):
+                env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _bind(eqn: Any, values: list[Any]) -> list[Any]:
+    """The equation applied to ``values`` as the program would (its context included)."""
+    bind = eqn.primitive.get_bind_params(eqn.params)
+    # Older JAX returns (subfunctions, params); newer JAX the params alone.
+    subfuns, params = bind if isinstance(bind, tuple) else ((), bind)
+    with eqn.ctx.manager:
+        outs = eqn.primitive.bind(*subfuns, *values, **params)
+    return outs if eqn.primitive.multiple_results else [outs]
+
+
+def _perturbed_scan(eqn: Any, values: list[Any], scan: TimeScan, pert: list[Any]) -> list[Any]:
+    p = eqn.params
+    nc, nk = p["num_consts"], p["num_carry"]
+    consts, init, xs = values[:nc], values[nc : nc + nk], values[nc + nk :]
+    body = p["jaxpr"]
+    outvars = body.jaxpr.outvars
+    step_fn = jcore.jaxpr_as_fun(body)
+    # Every output position that is the same value as a perturbed carry value.
+    positions = [[j for j, w in enumerate(outvars) if w is outvars[pos]] for pos in scan.perturbed]
+
+    def step(carry, inputs):
+        x_t, e_t = inputs
+        outs = list(step_fn(*consts, *carry, *x_t))
+        for where, e in zip(positions, e_t, strict=True):
+            for j in where:
+                outs[j] = outs[j] + e
+        return outs[:nk], outs[nk:]
+
+    carry, ys = jax.lax.scan(
+        step,
+        list(init),
+        (list(xs), pert),
+        length=int(p["length"]),
+        reverse=bool(p["reverse"]),
+        unroll=p.get("unroll", 1),
+    )
+    return [*carry, *ys]
