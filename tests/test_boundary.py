@@ -100,6 +100,22 @@ def factories(tmp_path, monkeypatch):
         "    params = {'w': jnp.eye(3), 'v': jnp.ones((3, 1))}\n"
         "    return apply, params, (jnp.ones((4, 3)), jnp.zeros((4, 1)))\n"
     )
+    (pkg / "exits.py").write_text("import sys\ndef make():\n    sys.exit(0)\n")
+    (pkg / "options.py").write_text(
+        "import jax, jax.numpy as jnp\n"
+        "def make(extra='rngs'):\n"
+        "    apply = lambda p, x: jnp.tanh(x @ p['w'])\n"
+        "    batch = (jnp.ones((4, 3)), jnp.zeros((4, 3)))\n"
+        "    return apply, {'w': jnp.eye(3)}, batch, {extra: {'dropout': jax.random.key(0)}}\n"
+        "def bad():\n"
+        "    return make('seed')\n"
+    )
+    (pkg / "chatty.py").write_text(
+        "from zoo_pkg.options import make as inner\n"
+        "def make():\n"
+        "    print('hello from the factory')\n"
+        "    return inner()\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
 
@@ -109,8 +125,16 @@ def factories(tmp_path, monkeypatch):
     [
         ("zoo_pkg.missing:make", "an importable module"),
         ("zoo_pkg.syntax:make", "without syntax errors"),
-        ("zoo_pkg.wrong:make", r"returning \(model, params or None, batch\), not a int"),
+        (
+            "zoo_pkg.wrong:make",
+            r"returning \(model, params or None, batch\[, options\]\), not a int",
+        ),
         ("zoo_pkg.fine:absent", "a callable 'absent'"),
+        ("zoo_pkg.exits:make", r"a factory that returns instead of exiting \(sys.exit\(0\)\)"),
+        (
+            "zoo_pkg.options:bad",
+            r"options with keys among rngs, apply_kwargs, mutable \(got \['seed'\]\)",
+        ),
         ("no-colon", "'package.module:factory'"),
     ],
 )
@@ -118,6 +142,13 @@ def test_load_factory_refuses_with_one_line(factories, spec, message):
     with pytest.raises(gj.GradjaxInputError, match=message) as err:
         load_factory(spec)
     assert "\n" not in str(err.value)
+
+
+def test_load_factory_returns_options_and_keeps_stdout_clean(factories, capsys):
+    loaded = load_factory("zoo_pkg.chatty:make")
+    assert set(loaded.options) == {"rngs"} and loaded.batch[0].shape == (4, 3)
+    out, err = capsys.readouterr()
+    assert out == "" and "hello from the factory" in err
 
 
 def test_cli_model_flag(factories, tmp_path, capsys):

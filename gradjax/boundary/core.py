@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradjax.boundary.recurrence import TimeScan, analyse, perturbed_call
+from gradjax.boundary.recurrence import Scan, analyse, perturbed_call
 from gradjax.utils.caching import BoundedCache
 from gradjax.utils.tree_paths import module_parts
 
@@ -136,29 +136,61 @@ class Boundary:
         inside = self._recurrence(x)[1]
         return choose_blocks([s for s in self.sites(x) if s.name not in inside])
 
-    def time_scans(self, x: Any) -> tuple[TimeScan, ...]:
-        """The recurrences over time of the forward pass (:mod:`gradjax.boundary.recurrence`)."""
+    def scans(self, x: Any) -> tuple[Scan, ...]:
+        """The scans whose carry the measuring program perturbs step by step
+        (:mod:`gradjax.boundary.recurrence`): every recurrence over time and, for a model
+        whose stacks the probes cannot reach layer by layer (``nnx.scan`` over layers, a
+        pure function scanning stacked parameters), its scans over layers."""
         return self._recurrence(x)[0]
 
-    def apply_through_time(
+    def block_names(self, x: Any) -> tuple[str, ...]:
+        """The names of the block outputs ``a_l`` measured, input side first: the layers of
+        the perturbed scans over layers (``blocks/0``, ...) when there are any, else
+        :meth:`blocks`."""
+        stacks = [s for s in self.scans(x) if s.axis == "layers"]
+        if stacks:
+            return tuple(f"{s.name}/{i}" for s in stacks for i in range(s.length))
+        return tuple(b.name for b in self.blocks(x))
+
+    def time_scans(self, x: Any) -> tuple[Scan, ...]:
+        """The recurrences over time of the forward pass."""
+        return tuple(s for s in self.scans(x) if s.axis == "time")
+
+    def apply_perturbed(
         self, params: Any, x: Any, probes: Any, perturbations: Sequence[Any], *, state: Any
     ) -> Any:
         """:meth:`apply` with ``perturbations[k][j][t]`` added to carry value ``j`` of scan
-        ``k`` after step ``t``, so their gradients are ``dL/dh_t`` (works under ``jit``).
+        ``k`` of :meth:`scans` after step ``t``, so their gradients are ``dL/dh_t`` (works
+        under ``jit``).
 
         Args:
           params: parameters.
           x: the inputs.
           probes: block probes, as for :meth:`apply`.
-          perturbations: for each of :meth:`time_scans`, its carry perturbations.
+          perturbations: for each of :meth:`scans`, its carry perturbations.
           state: the non-differentiable state.
 
         Returns:
           The output.
         """
         closed, scans, out_tree, flat, _ = self._traced(params, probes, state, x)
-        outs = perturbed_call(closed, scans, flat, perturbations)
+        chosen = [s for s in scans if s.axis == "time" or self._recurrence(x)[3]]
+        outs = perturbed_call(closed, chosen, flat, perturbations)
         return jax.tree_util.tree_unflatten(out_tree, outs)
+
+    def blocks_repeat(self, x: Any) -> bool:
+        """Whether the blocks are a repeated stack: two or more of one class, each fed by the
+        one before (:meth:`blocks_in_sequence`); a pure function's perturbations always are.
+        """
+        if self.kind == "function":
+            return True  # the caller's perturbations name the blocks
+        classes = {s.name: s.cls for s in self.sites(x)}
+        blocks = self.blocks(x)
+        return (
+            len(blocks) >= 2
+            and len({classes[b.site] for b in blocks}) == 1
+            and self.blocks_in_sequence(x)
+        )
 
     def blocks_in_sequence(self, x: Any) -> bool:
         """Whether each block's output depends on the block before it (a stack), as the
@@ -188,18 +220,36 @@ class Boundary:
         closed, out_shape = jax.make_jaxpr(forward, return_shape=True)(*flat)
         mask = ((1 << n_e) - 1) << n_p if probe_mask else 0
         scans, added = analyse(closed, input_mask, mask)
-        if self.kind == "linen":  # name stacks start with the root module's class name
-            scans = tuple(
-                dataclasses.replace(s, name=s.name.split("/", 1)[1]) if "/" in s.name else s
-                for s in scans
-            )
+        scans = tuple(self._named(s, params) for s in scans)
         return closed, scans, jax.tree_util.tree_structure(out_shape), flat, added
+
+    def _named(self, scan: Scan, params: Any) -> Scan:
+        """A scan over layers is named by the module path its stacked parameters share; a
+        Linen name stack loses the root module's class name."""
+        if scan.axis == "layers":
+            paths = [
+                module_parts(p)
+                for i, (p, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0])
+                if scan.xs_from >> i & 1
+            ]
+            shared = paths[0] if paths else ()
+            for parts in paths[1:]:
+                k = 0
+                while k < min(len(shared), len(parts)) and shared[k] == parts[k]:
+                    k += 1
+                shared = shared[:k]
+            if shared:
+                return dataclasses.replace(scan, name="/".join(shared))
+        if self.kind == "linen" and "/" in scan.name:
+            return dataclasses.replace(scan, name=scan.name.split("/", 1)[1])
+        return scan
 
     def _recurrence(self, x: Any) -> tuple:
         return _RECURRENCE.get_or_make(self.cache_key(x), lambda: self._find_recurrence(x))
 
     def _find_recurrence(self, x: Any) -> tuple:
-        """Scans over time, the sites inside them and, for each site, the sites upstream.
+        """Scans to perturb, the sites inside recurrences, for each site the sites upstream,
+        and whether scans over layers are perturbed.
 
         One trace with a probe on every site: a probe that reaches a scan's loop-invariant
         operands sits on a submodule that runs inside it; the value a probe is added to
@@ -220,7 +270,8 @@ class Boundary:
             offset += count
         reached = 0
         for scan in scans:
-            reached |= scan.consts_from
+            if scan.axis == "time":
+                reached |= scan.consts_from
         inside = frozenset(n for n, b in bits.items() if b & reached)
         upstream = {}
         for name, b in bits.items():
@@ -236,7 +287,11 @@ class Boundary:
             chosen = {b.site for b in choose_blocks([s for s in sites if s.name not in inside])}
             kept = {n: e for n, e in probes.items() if n in chosen}
             scans = self._traced(self.params, kept or None, self.state, x)[1]
-        return scans, inside, upstream
+        # Stacks the probes reach layer by layer (a Linen nn.scan) need no perturbed scan, nor
+        # does a function whose caller's perturbations name its blocks.
+        layers = not any(site.layers for site in sites) and not (self.kind == "function" and sites)
+        scans = tuple(s for s in scans if s.axis == "time" or layers)
+        return scans, inside, upstream, layers
 
     def zero_probes(self, x: Any) -> dict[str, Any]:
         """Zero probes (``jax.ShapeDtypeStruct`` trees made arrays) for the block sites."""

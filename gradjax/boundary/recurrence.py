@@ -1,16 +1,18 @@
-"""Recurrences over time, found in the model's own computation.
+"""Recurrences over time and scanned stacks of layers, found in the model's computation.
 
 Every recurrent model, however it is written (Linen ``nn.RNN`` or ``nn.scan`` over time, an
 NNX scan, ``jax.lax.scan`` in a pure function), reaches XLA as a ``scan`` whose carry is the
-hidden state. This module reads the traced program (a jaxpr) of the model's forward pass:
+hidden state; so does every stack of layers applied with ``nnx.scan`` or ``nn.scan``, whose
+carry is the activation between layers. This module reads the traced program (a jaxpr) of
+the model's forward pass:
 
-* :func:`find_time_scans` finds the scans *over time*: every scanned-over input (``xs``)
-  depends on the model's inputs (or is a constant). A scan over layers (``nn.scan``/``nnx.scan`` stacks) scans
-  parameters or probes alone and is not one.
+* :func:`analyse` finds both: a scan *over time* scans the model's inputs (or constants);
+  a scan *over layers* scans parameters, state or probes and no input.
 * :func:`perturbed_call` runs the same program with a zero perturbation ``e_t`` added to the
-  carry at every step ``t`` of every scan over time (where the step also emits the carry as
-  its output, there too), so ``dL/de_t`` is ``dL/dh_t``: the gradient reaching the hidden
-  state of step ``t`` by every path. The rest of the program is bound unchanged.
+  carry at every step ``t`` of the chosen scans (where the step also emits the carry as its
+  output, there too), so ``dL/de_t`` is ``dL/dh_t``: the gradient reaching the hidden state
+  of step ``t`` (or the output of layer ``t``) by every path. The rest of the program is
+  bound unchanged.
 
 The analysis also tells which flat inputs feed a scan's loop-invariant operands: a probe
 among them sits on a submodule run inside the recurrence (a cell's gate), which is a layer of
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-__all__ = ["TimeScan", "analyse", "find_time_scans", "perturbed_call"]
+__all__ = ["Scan", "analyse", "find_time_scans", "perturbed_call"]
 
 # Call-like primitives whose inner program is searched (and, on the way to a scan over time,
 # evaluated inline); the parameter that holds the inner program.
@@ -41,10 +43,11 @@ _CALLS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TimeScan:
-    """One scan over time in a traced forward pass.
+class Scan:
+    """One scan over time, or over a stack of layers, in a traced forward pass.
 
     Attributes:
+      axis: ``"time"`` or ``"layers"``.
       path: the equation's index, through the call equations that hold it.
       name: where it runs (the name stack of the module that called it, or ``scan_<i>``).
       length: the number of steps.
@@ -55,8 +58,10 @@ class TimeScan:
       shapes: the perturbations' shapes and dtypes, ``(length, *carry_shape)``.
       consts_from: bit mask of the flat inputs that the scan's loop-invariant operands
         depend on.
+      xs_from: bit mask of the flat inputs that its scanned-over operands depend on.
     """
 
+    axis: str
     path: tuple[int, ...]
     name: str
     length: int
@@ -65,6 +70,7 @@ class TimeScan:
     hidden: tuple[bool, ...]
     shapes: tuple[jax.ShapeDtypeStruct, ...]
     consts_from: int
+    xs_from: int
 
     def zero_perturbations(self) -> list[jax.Array]:
         """Zeros for :func:`perturbed_call` (one array per perturbed carry value)."""
@@ -84,7 +90,7 @@ def _floating(aval: Any) -> bool:
     return hasattr(aval, "dtype") and jnp.issubdtype(aval.dtype, jnp.floating)
 
 
-def find_time_scans(closed: jcore.ClosedJaxpr, input_mask: int) -> tuple[TimeScan, ...]:
+def find_time_scans(closed: jcore.ClosedJaxpr, input_mask: int) -> tuple[Scan, ...]:
     """The scans over time of a traced program, in execution order.
 
     Args:
@@ -96,13 +102,13 @@ def find_time_scans(closed: jcore.ClosedJaxpr, input_mask: int) -> tuple[TimeSca
       operands each depend on the inputs or on nothing (constants); scans nested in another
       scan are not searched.
     """
-    return analyse(closed, input_mask, 0)[0]
+    return tuple(s for s in analyse(closed, input_mask, 0)[0] if s.axis == "time")
 
 
 def analyse(
     closed: jcore.ClosedJaxpr, input_mask: int, probe_mask: int
-) -> tuple[tuple[TimeScan, ...], dict[int, int]]:
-    """:func:`find_time_scans`, and what each probe is added to.
+) -> tuple[tuple[Scan, ...], dict[int, int]]:
+    """Every scan over time or over layers, and what each probe is added to.
 
     Args:
       closed: the program.
@@ -110,11 +116,12 @@ def analyse(
       probe_mask: bit mask of the flat inputs that are zero probes.
 
     Returns:
-      The scans over time, and for each probe input (by index) the mask of the flat inputs
+      The scans (:class:`Scan`, execution order; scans nested in another scan are not
+      searched), and for each probe input (by index) the mask of the flat inputs
       that the value it is first added to depends on: a probe whose value depends on
       another probe's sits downstream of it.
     """
-    found: list[TimeScan] = []
+    found: list[Scan] = []
     added: dict[int, int] = {}
     deps = [1 << i for i in range(len(closed.jaxpr.invars))]
     _search(closed.jaxpr, deps, (input_mask, probe_mask), (), found, added)
@@ -152,7 +159,7 @@ def _search(
             outs = _search(inner.jaxpr, operand_deps, masks, prefix + (i,), found, added)
         else:
             if eqn.primitive.name == "scan":
-                scan = _time_scan(eqn, operand_deps, input_mask, prefix + (i,), len(found))
+                scan = _scan(eqn, operand_deps, input_mask, prefix + (i,), len(found))
                 if scan is not None:
                     found.append(scan)
             elif eqn.primitive.name == "add" and probe_mask:
@@ -176,16 +183,19 @@ def _record_probe(operand_deps: list[int], probe_mask: int, added: dict[int, int
                 added[bit] = operand_deps[other]
 
 
-def _time_scan(
+def _scan(
     eqn: Any, operand_deps: list[int], input_mask: int, path: tuple[int, ...], index: int
-) -> TimeScan | None:
+) -> Scan | None:
     p = eqn.params
     nc, nk, length = p["num_consts"], p["num_carry"], int(p["length"])
     xs_deps = operand_deps[nc + nk :]
-    # A scan over layers scans parameters (or probes) alone; a scan over time scans inputs
-    # (and constants, e.g. zeros the model makes itself).
-    if length < 2 or any(d and not d & input_mask for d in xs_deps):
+    if length < 2:
         return None
+    # A scan over layers scans parameters (or probes, or state) and no input; a scan over
+    # time scans inputs (and constants, e.g. zeros the model makes itself).
+    axis = "layers" if any(d and not d & input_mask for d in xs_deps) else "time"
+    if axis == "layers" and any(d & input_mask for d in xs_deps):
+        return None  # scans inputs and parameters together: neither a stack nor a recurrence
     body = p["jaxpr"].jaxpr
     carry_out = body.outvars[:nk]
     ys_out = body.outvars[nk:]
@@ -199,11 +209,14 @@ def _time_scan(
         shapes.append(jax.ShapeDtypeStruct((length, *v.aval.shape), v.aval.dtype))
     if not perturbed:
         return None
-    consts_from = 0
+    consts_from = xs_from = 0
     for d in operand_deps[:nc]:
         consts_from |= d
+    for d in xs_deps:
+        xs_from |= d
     stack = str(eqn.source_info.name_stack)
-    return TimeScan(
+    return Scan(
+        axis=axis,
         path=path,
         name=stack or f"scan_{index}",
         length=length,
@@ -212,12 +225,13 @@ def _time_scan(
         hidden=tuple(hidden),
         shapes=tuple(shapes),
         consts_from=consts_from,
+        xs_from=xs_from,
     )
 
 
 def perturbed_call(
     closed: jcore.ClosedJaxpr,
-    scans: Sequence[TimeScan],
+    scans: Sequence[Scan],
     args: Sequence[Any],
     perturbations: Sequence[Sequence[Any]],
 ) -> list[Any]:
@@ -230,7 +244,7 @@ def perturbed_call(
 
     Args:
       closed: the traced program the scans were found in.
-      scans: the scans (:func:`find_time_scans` of ``closed``).
+      scans: the scans to perturb (from :func:`analyse` of ``closed``).
       args: the flat inputs.
       perturbations: for each scan, one ``(length, *carry_shape)`` array per perturbed value.
 
@@ -283,7 +297,7 @@ def _bind(eqn: Any, values: list[Any]) -> list[Any]:
     return outs if eqn.primitive.multiple_results else [outs]
 
 
-def _perturbed_scan(eqn: Any, values: list[Any], scan: TimeScan, pert: list[Any]) -> list[Any]:
+def _perturbed_scan(eqn: Any, values: list[Any], scan: Scan, pert: list[Any]) -> list[Any]:
     p = eqn.params
     nc, nk = p["num_consts"], p["num_carry"]
     consts, init, xs = values[:nc], values[nc : nc + nk], values[nc + nk :]

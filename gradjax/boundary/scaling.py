@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from gradjax.boundary.core import Boundary
 from gradjax.boundary.kinds import wrap
-from gradjax.utils.tree_paths import module_parts
+from gradjax.utils.errors import invalid
+from gradjax.utils.tree_paths import leaf_names, module_parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,8 @@ class ModelConfig:
       inputs: the example input's shape.
       sigma_w: the default weight scale (1: the model's own init).
       sigma_b: the default bias scale (0: the model's own, zero, biases).
+      kernels: the pattern that chose the scaled kernels (``""``: every kernel).
+      scaled: the paths of the kernels that the sweep scales.
     """
 
     model: str
@@ -34,6 +38,8 @@ class ModelConfig:
     inputs: str
     sigma_w: float = 1.0
     sigma_b: float = 0.0
+    kernels: str = ""
+    scaled: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +62,7 @@ class Sweepable:
     example: Any
     cfg: ModelConfig
     _linen_init: Callable[[Any], Any] | None
+    _scaled: Any = None  # bools over the parameters: the kernels the sweep scales
 
     @property
     def dtype(self) -> Any:
@@ -87,8 +94,8 @@ class Sweepable:
     def scale(self, base: Any, *, sigma_w: Any, sigma_b: Any, lazy: bool = False) -> Any:
         """The parameters at ``(sigma_w, sigma_b)`` from a seed's base draw."""
         del lazy  # the parameters are always materialised
-        kernels = _kernels(self.boundary.params)
-        biases = _paired_biases(self.boundary.params)
+        kernels = self._scaled if self._scaled is not None else _kernels(self.boundary.params)
+        biases = _paired_biases(self.boundary.params, kernels)
 
         def one(v, noise, is_kernel, is_bias):
             if is_kernel:
@@ -111,19 +118,49 @@ def _kernels(params: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, flags)
 
 
-def _paired_biases(params: Any) -> Any:
-    """Bools over ``params``: each ``bias`` leaf whose module also holds a ``kernel``."""
+def _paired_biases(params: Any, chosen: Any) -> Any:
+    """Bools over ``params``: each ``bias`` leaf whose module also holds a chosen ``kernel``."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(params)
     parts = [module_parts(p) for p, _ in paths]
-    kernels = {q[:-1] for q in parts if q and q[-1] == "kernel"}
+    picked = jax.tree_util.tree_leaves(chosen)
+    kernels = {q[:-1] for q, c in zip(parts, picked, strict=True) if c and q and q[-1] == "kernel"}
     flags = [bool(q) and q[-1] == "bias" and q[:-1] in kernels for q in parts]
     return jax.tree_util.tree_unflatten(treedef, flags)
+
+
+def chosen_kernels(params: Any, pattern: str | None) -> Any:
+    """Bools over ``params``: the kernels whose path (``"RNN_0/cell/h/kernel"``) matches
+    ``pattern`` (a regular expression, searched), or every kernel for ``None``/``""``.
+
+    Raises:
+      GradjaxInputError: if the pattern is not a regular expression or matches no kernel.
+    """
+    kernels = _kernels(params)
+    if not pattern:
+        return kernels
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise invalid("kernels", pattern, f"a regular expression ({err})") from None
+    paths = leaf_names(params)
+    is_kernel = jax.tree_util.tree_leaves(kernels)
+    flags = [k and bool(regex.search(n)) for k, n in zip(is_kernel, paths, strict=True)]
+    if not any(flags):
+        names = [n for n, k in zip(paths, is_kernel, strict=True) if k]
+        raise invalid(
+            "kernels",
+            pattern,
+            "a pattern matching at least one kernel path, e.g. one of " + ", ".join(names[:6]),
+        )
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), flags)
 
 
 def sweepable(
     model: Any,
     params: Any,
     example_input: Any,
+    *,
+    kernels: str | None = None,
     **wrap_kwargs: Any,
 ) -> Sweepable:
     """A user's model ready for :func:`gradjax.sweep` over seeds x init scale.
@@ -132,6 +169,8 @@ def sweepable(
       model: a Linen module, an ``nnx.Module`` (``params`` ``None``) or a pure function.
       params: the Linen variables or the function's parameters.
       example_input: a batch of inputs (for a Linen ``init`` and the block discovery).
+      kernels: a regular expression: only the kernels whose path matches it are scaled by
+        ``sigma_w`` (e.g. ``"cell/h"`` for the recurrent kernel of an RNN cell); default all.
       **wrap_kwargs: passed to :func:`wrap` (``apply_kwargs``, ``mutable``, ``rngs``).
 
     Returns:
@@ -158,10 +197,19 @@ def sweepable(
 
     name = getattr(model, "__name__", None) or type(model).__name__
     shape = jax.tree.map(lambda v: list(np.shape(v)), example_input)
+    scaled = chosen_kernels(boundary.params, kernels)
     cfg = ModelConfig(
         model=str(name),
         kind=boundary.kind,
-        blocks=len(boundary.blocks(example_input)),
+        blocks=len(boundary.block_names(example_input)),
         inputs=str(shape),
+        kernels=kernels or "",
+        scaled=tuple(
+            n
+            for n, k in zip(
+                leaf_names(boundary.params), jax.tree_util.tree_leaves(scaled), strict=True
+            )
+            if k
+        ),
     )
-    return Sweepable(boundary, example_input, cfg, linen_init)
+    return Sweepable(boundary, example_input, cfg, linen_init, scaled)

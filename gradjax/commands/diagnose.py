@@ -3,8 +3,9 @@
 Three sources of a model:
 
 * ``--model package.module:factory``: your own Flax (Linen or NNX) model or pure function;
-  the factory takes no arguments and returns ``(model, params or None, (inputs, targets))``
-  (see the zoo in ``examples/``, e.g. ``--model examples.transformer_preln:make``);
+  the factory takes no arguments and returns ``(model, params or None, (inputs, targets))``,
+  optionally with a dict of ``rngs``/``apply_kwargs``/``mutable`` (see the zoo in
+  ``examples/``, e.g. ``--model examples.transformer_preln:make``);
 * a gradjax MLP (``--activation``, ``--depth``, ``--width``, ``--sigma-w``, ``--sigma-b``,
   ``--init``, ``--norm``, ``--residual``), diagnosed on Gaussian inputs and targets;
 * ``--example cnn_digits | transformer_postln | transformer_preln``: a script of ``examples/``.
@@ -70,7 +71,8 @@ def add_parser(sub) -> None:
         default=None,
         metavar="MODULE:FACTORY",
         help="your model: an importable module and a factory returning "
-        "(model, params or None, (inputs, targets)), e.g. examples.transformer_preln:make",
+        "(model, params or None, (inputs, targets)[, {'rngs': ..., 'apply_kwargs': ...}]), "
+        "e.g. examples.transformer_preln:make",
     )
     source.add_argument(
         "--example",
@@ -184,14 +186,14 @@ def run(args: argparse.Namespace) -> int:
     from gradjax.diagnosis.pipeline import diagnose, diagnose_net
 
     if args.model is not None:
-        model, params, batch = loaded
         activation = args.activation if args.activation != MLP_DEFAULTS["activation"] else None
         report = diagnose(
-            model,
-            params,
-            batch,
+            loaded.model,
+            loaded.params,
+            loaded.batch,
             args.loss,
             hints={"activation": activation},
+            **loaded.options,
             **(probe if args.lr is not None else {}),
         )
         title = f"{args.model}: {report.verdict}"

@@ -50,8 +50,16 @@ def add_parser(sub) -> None:
         default=None,
         metavar="MODULE:FACTORY",
         help="sweep your model instead of a gradjax MLP: a factory returning (model, params or "
-        "None, (inputs, targets)); --sigma-w then scales every kernel of the model's own init "
-        "(1 = as initialised) and the probe is ||dL/da_l|| per block",
+        "None, (inputs, targets)[, {'rngs': ..., 'apply_kwargs': ...}]); --sigma-w then scales "
+        "the kernels of the model's own init (1 = as initialised) and the probe is "
+        "||dL/da_l|| per block and ||dL/dh_t|| per step of every recurrence",
+    )
+    p.add_argument(
+        "--kernels",
+        default=None,
+        metavar="PATTERN",
+        help="with --model: scale only the kernels whose path matches this regular expression "
+        "(e.g. 'cell/h' for an RNN cell's recurrent kernel); default every kernel",
     )
     p.add_argument(
         "--loss", default="mse", type=choice("mse", "xent"), help="loss of --model: mse or xent"
@@ -171,37 +179,70 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
-    """``--model``: per-block ``||dL/da_l||`` over seeds x kernel scale of the user's model."""
+    """``--model``: per-block ``||dL/da_l||`` (and per-step ``||dL/dh_t||``) over seeds x
+    kernel scale of the user's model; the summary gives the scale where growth crosses 1."""
     import numpy as np
 
     from gradjax.boundary import sweepable
     from gradjax.measure.probes import block_gradient_probe
-    from gradjax.utils.fitting import growth_per_layer
+    from gradjax.utils import plotting
+    from gradjax.utils.errors import GradjaxInputError
+    from gradjax.utils.fitting import growth_per_layer, growth_per_step
 
-    model, params, (x, y) = loaded
-    net = sweepable(model, params, x)
+    x, y = loaded.batch
+    try:
+        net = sweepable(loaded.model, loaded.params, x, kernels=args.kernels, **loaded.options)
+    except GradjaxInputError as err:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise renamed_field(err, {**FLAGS, "kernels": "--kernels"}) from None
     probe = block_gradient_probe(net, (x, y), args.loss)
     result = _run_sweep(
         args,
         net,
         probe,
-        f"block_gradient_probe({args.model}, loss={args.loss})",
+        f"block_gradient_probe({args.model}, loss={args.loss}, kernels={args.kernels!r})",
         sigma_w,
         sigma_b,
         out,
         created,
     )
-    growth = growth_per_layer(np.asarray(result["block_grad_norms"]), axis=-1)
-    mean = np.nanmean(growth.reshape(growth.shape[0], growth.shape[1], -1)[..., 0], axis=0)
     scales = np.asarray(result.coords["sigma_w"], np.float64)
+
+    def mean_over_seeds(growth):  # (seed, sigma_w, ...) -> (sigma_w,), first sigma_b
+        return np.nanmean(growth.reshape(growth.shape[0], growth.shape[1], -1)[..., 0], axis=0)
+
+    curves = {}
+    recurrent = "step_grad_norms" in result.data
+    blocks = np.asarray(result["block_grad_norms"]).shape[-1]
+    # With a recurrence, the depth axis counts only for a repeated stack of blocks.
+    if blocks >= 2 and (not recurrent or net.boundary.blocks_repeat(x)):
+        curves["per block"] = mean_over_seeds(
+            growth_per_layer(np.asarray(result["block_grad_norms"]), axis=-1)
+        )
+    if recurrent:
+        per_chain = growth_per_step(np.asarray(result["step_grad_norms"]), axis=-1)
+        # Over recurrences: the geometric mean of their growth per step.
+        curves["per step"] = mean_over_seeds(np.exp(np.nanmean(np.log(per_chain), axis=-1)))
     summary = {
         "out": str(out),
         "model": args.model,
         "blocks": net.cfg.blocks,
+        "scaled_kernels": list(net.cfg.scaled),
         "sigma_w": [float(v) for v in scales],
-        "growth_per_block": [float(v) for v in mean],
-        "critical_sigma_w": _crossing(scales, mean),
     }
+    for label, mean in curves.items():
+        key = label.replace(" ", "_")
+        summary[f"growth_{key}"] = [float(v) for v in mean]
+        summary[f"critical_sigma_w_{key}"] = _crossing(scales, mean)
+    # The headline scale: over time for a recurrent model, over depth otherwise.
+    headline = "per_step" if "per step" in curves else "per_block"
+    summary["critical_sigma_w"] = summary.get(f"critical_sigma_w_{headline}")
+    if curves:
+        fig = plotting.plot_growth_curves(
+            scales, curves, title=f"{args.model}: kernels {args.kernels or 'all'}"
+        )
+        plotting.save_figure(fig, out / "sweep")
     print(dumps_json(summary))
     return 0
 

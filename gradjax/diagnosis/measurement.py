@@ -201,15 +201,15 @@ def gradient_program(
     if key in _PROGRAMS:
         return _PROGRAMS[key]
 
-    scans = boundary.time_scans(x)
+    scans = boundary.scans(x)
 
     def forward(p, e, t, state, x):
         if not scans:
             return boundary.apply(p, x, e, state=state)
-        return boundary.apply_through_time(p, x, e, t, state=state)
+        return boundary.apply_perturbed(p, x, e, t, state=state)
 
     def measure(p, state, e, x, y, weights):
-        # Zero perturbations of every recurrence's carry at every step: dL/dt is dL/dh_t.
+        # Zero perturbations of every perturbed scan's carry at every step: dL/dt is dL/dh_t.
         t = [[jnp.zeros(s.shape, s.dtype) for s in scan.shapes] for scan in scans]
         out, pullback = jax.vjp(lambda p, e, t: forward(p, e, t, state, x), p, e, t)
         value, cot = jax.value_and_grad(lambda o: loss(o, y))(out)
@@ -319,6 +319,7 @@ class TimeChain:
     """The gradient reaching every step of one recurrence over time (host arrays, float64).
 
     Attributes:
+      axis: ``"time"``, or ``"layers"`` for a scanned stack (its steps are layers).
       name: where the recurrence runs (its module's path, or ``scan_<i>``).
       steps: the time indices in the order the recurrence runs them (a reversed scan, e.g.
         the backward direction of a bidirectional RNN, from the last index to the first).
@@ -330,6 +331,7 @@ class TimeChain:
         underflowed.
     """
 
+    axis: str
     name: str
     steps: np.ndarray
     norms: np.ndarray
@@ -341,7 +343,7 @@ def time_chains(scans: Any, grads: Any) -> tuple[TimeChain, ...]:
     """Per-step norms of the carry gradients of every recurrence (:class:`TimeChain`).
 
     Args:
-      scans: the recurrences (:meth:`gradjax.boundary.Boundary.time_scans`).
+      scans: the scans (:meth:`gradjax.boundary.Boundary.scans`).
       grads: for each, the gradients of its carry perturbations, ``(steps, ...)`` each.
 
     Returns:
@@ -363,6 +365,7 @@ def time_chains(scans: Any, grads: Any) -> tuple[TimeChain, ...]:
         state = [v for v, h in zip(g, hidden, strict=True) if not h]
         out.append(
             TimeChain(
+                axis=scan.axis,
                 name=scan.name,
                 steps=order,
                 norms=per_step([v for v, h in zip(g, hidden, strict=True) if h])[order],
@@ -496,7 +499,8 @@ class Measurement:
         groups = list(dict.fromkeys(slices[i].group for i in order))
         members = [[i for i in order if slices[i].group == g] for g in groups]
         matrices = [[i for i in m if slices[i].ndim >= 2] for m in members]
-        blocks = tuple(blk.name for blk in b.blocks(x))
+        chains = time_chains(b.scans(x), gt)
+        blocks, block_norms, repeat = self._blocks(ge, chains)
         return Flow(
             kind=b.kind,
             loss=float(value),
@@ -511,27 +515,24 @@ class Measurement:
             group_has_matrices=tuple(bool(mm) for mm in matrices),
             group_param_norms=combine_norms(param_norms, members),
             block_names=blocks,
-            block_grad_norms=(
-                np.asarray(b.block_norms(ge, x), np.float64) if self.probes else np.zeros((0,))
-            ),
+            block_grad_norms=block_norms,
             global_norm=float(combine_norms(grad_norms, [list(range(len(grad_norms)))])[0]),
             microbatch_global_norms=np.asarray(
                 slice_norms(self.program, b, self.probes, x, y, k if k >= 2 else 0), np.float64
             ),
             residual=residual_test(self.program, b, self.probes, x, y),
             norms_found=b.norm_kinds(x) if b.kind != "function" else (),
-            time_chains=time_chains(b.time_scans(x), gt),
-            blocks_repeat=_blocks_repeat(b, x),
+            time_chains=tuple(c for c in chains if c.axis == "time"),
+            blocks_repeat=repeat,
         )
 
-
-def _blocks_repeat(boundary: Boundary, x: Any) -> bool:
-    if boundary.kind == "function":
-        return True  # the caller's perturbations name the blocks
-    classes = {s.name: s.cls for s in boundary.sites(x)}
-    blocks = boundary.blocks(x)
-    return (
-        len(blocks) >= 2
-        and len({classes[b.site] for b in blocks}) == 1
-        and boundary.blocks_in_sequence(x)
-    )
+    def _blocks(self, probe_grads: Any, chains: tuple[TimeChain, ...]) -> tuple:
+        """Block names, ``||dL/da_l||`` and whether they are a repeated stack: the layers of
+        the scanned stacks where the probes cannot reach them, else the probed blocks."""
+        b, x = self.boundary, self.x
+        names = b.block_names(x)
+        stacks = [c for c in chains if c.axis == "layers"]
+        if stacks:
+            return names, np.concatenate([c.norms for c in stacks]), True
+        norms = np.asarray(b.block_norms(probe_grads, x), np.float64) if self.probes else None
+        return names, np.zeros((0,)) if norms is None else norms, b.blocks_repeat(x)

@@ -23,7 +23,7 @@ import numpy as np
 
 from gradjax.utils.errors import check_real, invalid
 from gradjax.utils.files import json_safe
-from gradjax.utils.fitting import growth_rate
+from gradjax.utils.fitting import growth_per_step, growth_rate
 
 VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "inconclusive")
 
@@ -574,11 +574,7 @@ def judge_time(chain: Any, thresholds: Thresholds) -> TimeAxis:
     steps = np.asarray(chain.steps)[: len(v)]
     if len(v) < 2:
         return TimeAxis(chain.name, steps, v, chain.state_norms, math.nan, None, (), "inconclusive")
-    alive = np.isfinite(v) & (v > chain.tiny)
-    pairs = alive[:-1] & alive[1:]
-    growth = math.nan
-    if pairs.any():
-        growth = float(np.exp(np.mean(np.log(v[:-1][pairs]) - np.log(v[1:][pairs]))))
+    growth = float(growth_per_step(v, tiny=chain.tiny))
     dead = [k for k in range(len(v) - 1, -1, -1) if np.isfinite(v[k]) and v[k] <= chain.tiny]
     regs = regions([f"t={int(t)}" for t in steps], v, thresholds)
     return TimeAxis(

@@ -213,8 +213,10 @@ def block_gradient_probe(net: Sweepable, batch: tuple[Any, Any], loss_fn: Any) -
 
     Returns:
       A :class:`gradjax.measure.probes.Probe` whose results are ``{"loss": (), "block_grad_norms":
-      (blocks,)}``, blocks input side first; ``growth`` of the series (e.g.
-      :func:`gradjax.utils.fitting.growth_per_layer`) locates the critical init (growth 1).
+      (blocks,)}``, blocks input side first (for an ``nnx.scan`` stack, its layers);
+      ``growth`` of the series (e.g. :func:`gradjax.utils.fitting.growth_per_layer`)
+      locates the critical init (growth 1). A model with recurrences over time also gets
+      ``"step_grad_norms": (recurrences, steps)``, ``||dL/dh_t||`` in running order.
     """
     from gradjax.boundary.scaling import Sweepable
 
@@ -227,20 +229,51 @@ def block_gradient_probe(net: Sweepable, batch: tuple[Any, Any], loss_fn: Any) -
     boundary = net.boundary
     probes = boundary.zero_probes(x)
     blocks = boundary.blocks(x)
+    scans = boundary.scans(x)
+    stacks = [k for k, s in enumerate(scans) if s.axis == "layers"]
+    times = [k for k, s in enumerate(scans) if s.axis == "time"]
 
     def per_network(params, key):
         del key  # deterministic: the batch is fixed
 
-        def objective(e):
-            return loss(boundary.apply(params, x, e), y)
+        def objective(e, t):
+            if not scans:
+                return loss(boundary.apply(params, x, e), y)
+            return loss(boundary.apply_perturbed(params, x, e, t, state=boundary.state), y)
 
-        value, ge = jax.value_and_grad(objective)(probes)
-        norms = []
-        for b in blocks:
-            leaves = jax.tree_util.tree_leaves(ge[b.site])
-            if b.layer is not None:
-                leaves = [v[b.layer] for v in leaves]
-            norms.append(safe_norm(jnp.concatenate([jnp.ravel(v) for v in leaves])))
-        return {"loss": value, "block_grad_norms": jnp.stack(norms)}
+        zeros = [[jnp.zeros(s.shape, s.dtype) for s in scan.shapes] for scan in scans]
+        value, (ge, gt) = jax.value_and_grad(objective, argnums=(0, 1))(probes, zeros)
+        # Per step of each perturbed scan: the hidden state's norm (all carry values when
+        # the step emits none of them).
+        steps = [_step_norms(scan, g) for scan, g in zip(scans, gt, strict=True)]
+        if stacks:  # the layers of scanned stacks are the blocks
+            norms = jnp.concatenate([steps[k] for k in stacks])
+        else:
+            norms = []
+            for b in blocks:
+                leaves = jax.tree_util.tree_leaves(ge[b.site])
+                if b.layer is not None:
+                    leaves = [v[b.layer] for v in leaves]
+                norms.append(safe_norm(jnp.concatenate([jnp.ravel(v) for v in leaves])))
+            norms = jnp.stack(norms) if norms else jnp.zeros((0,), value.dtype)
+        out = {"loss": value, "block_grad_norms": norms}
+        if times:
+            longest = max(scans[k].length for k in times)
+            out["step_grad_norms"] = jnp.stack(
+                [_padded(steps[k], longest) for k in times]
+            )  # (recurrences, steps), running order, NaN past a shorter one's end
+        return out
 
     return Probe(per_network=per_network)
+
+
+def _step_norms(scan: Any, grads: list[jax.Array]) -> jax.Array:
+    """``||dL/dh_t||`` per step of a perturbed scan, in running order."""
+    hidden = scan.hidden if any(scan.hidden) else (True,) * len(scan.hidden)
+    chosen = [g.reshape(scan.length, -1) for g, h in zip(grads, hidden, strict=True) if h]
+    norms = safe_norm(jnp.concatenate(chosen, axis=1), axis=1)
+    return norms[::-1] if scan.reverse else norms
+
+
+def _padded(values: jax.Array, length: int) -> jax.Array:
+    return jnp.pad(values, (0, length - values.shape[0]), constant_values=jnp.nan)

@@ -61,3 +61,31 @@ def growth_rate(values) -> float:
     """:func:`growth_per_layer` of one series, as a Python float."""
     rate = float(growth_per_layer(values))
     return rate if math.isfinite(rate) else math.nan
+
+
+def growth_per_step(values, *, tiny: float = 0.0, axis: int = -1) -> np.ndarray:
+    """Backward growth factor per step: the geometric mean of ``v_k / v_{k+1}``.
+
+    Over the consecutive pairs where neither value is non-finite or at or below ``tiny``
+    (underflowed), so a gradient that reaches zero part-way still has a rate.
+
+    Args:
+      values: norms in running order (earliest step first) along ``axis``.
+      tiny: values at or below it have underflowed.
+      axis: the step axis.
+
+    Returns:
+      The factors, shape ``values.shape`` without ``axis`` (NaN without a usable pair).
+
+    Example:
+      >>> float(growth_per_step([8.0, 4.0, 2.0, 0.0]))
+      2.0
+    """
+    v = np.moveaxis(np.asarray(values, np.float64), axis, -1)
+    alive = np.isfinite(v) & (v > tiny)
+    pairs = alive[..., :-1] & alive[..., 1:]
+    logs = np.log(np.where(alive, v, 1.0))
+    steps = np.where(pairs, logs[..., :-1] - logs[..., 1:], 0.0)
+    with np.errstate(invalid="ignore"):
+        mean = steps.sum(-1) / pairs.sum(-1)
+    return np.where(pairs.sum(-1) > 0, np.exp(mean), np.nan)

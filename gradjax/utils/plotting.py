@@ -327,3 +327,26 @@ def plot_sweep_layers(result: Any, *, title: str | None = None):
         fontsize=9,
     )
     return fig
+
+
+@styled
+def plot_growth_curves(scales: np.ndarray, curves: dict[str, np.ndarray], *, title: str):
+    """Backward growth factors against the kernel scale, with the critical line at 1.
+
+    Args:
+      scales: the kernel scales swept.
+      curves: label -> mean growth factor at each scale (per block, per step, ...).
+      title: the figure title.
+
+    Returns:
+      The figure, log-log, each curve's crossing of 1 marked.
+    """
+    fig, ax = new_figure(1, 1, width=4.2, height=3.2)
+    for color, (label, values) in zip(colors(len(curves)), curves.items(), strict=False):
+        ax.plot(scales, values, marker="o", markersize=3, color=color, label=f"growth {label}")
+    ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    log_scale(ax, *curves.values())
+    ax.set(xlabel=r"kernel scale $\sigma_w$", ylabel="backward growth factor", title=title)
+    ax.legend(loc="best")
+    return fig
