@@ -110,7 +110,8 @@ def test_suggestions_are_concrete_for_exploding_relu():
     # One weight-scale target, He's sigma_w^2 = 2 (chi_1 = sigma_w^2 / 2 = 1), beside today's 4.
     assert "sigma_w^2 = 2 (now sigma_w^2 = 4)" in text
     assert "multiply the weight init scale" not in text
-    assert "warm-up" in text
+    # No learning rate, no history: nothing measured says a warm-up would help.
+    assert "warm-up" not in text
     # Exploded norms give no clip threshold (clipping at a quantile of them would be absurd).
     assert math.isnan(report.clip_threshold) and "clip_by_global_norm(" not in text
 
@@ -123,21 +124,35 @@ def test_suggestions_for_vanishing_sigmoid_name_the_critical_init():
     assert any("switch sigmoid" in s for s in report.suggestions)
 
 
-def test_clip_threshold_is_the_percentile_of_independent_microbatch_norms():
+def test_clip_threshold_is_a_multiple_of_the_independent_full_batch_norm():
     net, params, x, y, report = _net_report(activation="tanh", sigma_w=1.0)
 
-    # Independent: the global gradient norm of each slice of 4 examples (32 // 8), by
-    # jax.grad on net.apply and a root-sum-square over every leaf.
+    # Independent: jax.grad on net.apply, a root-sum-square over every leaf in float64.
     def loss(p, xb, yb):
         return gj.mse_loss(net.apply(p, xb), yb)
 
     grad = jax.jit(jax.grad(loss))
+    g = grad(params, x, y)
+    full = math.sqrt(sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in jax.tree.leaves(g)))
+    assert report.global_norm == pytest.approx(full, rel=2e-5)
+    assert report.clip_threshold == pytest.approx(1.5 * full, rel=2e-5)
+    assert "full-batch global gradient norm" in report.clip_basis
+    assert report.microbatch_global_norms.size == 0  # slices only when asked for
+    # Asked for, the slices are each slice's own gradient (a mean loss couples no examples).
+    *_, sliced = _net_report(activation="tanh", sigma_w=1.0, microbatches=8)
     expect = []
     for i in range(8):
-        g = grad(params, x[i * 4 : (i + 1) * 4], y[i * 4 : (i + 1) * 4])
-        expect.append(math.sqrt(sum(float(jnp.sum(v**2)) for v in jax.tree.leaves(g))))
-    np.testing.assert_allclose(report.microbatch_global_norms, expect, rtol=2e-5)
-    assert report.clip_threshold == pytest.approx(float(np.percentile(expect, 90)), rel=2e-5)
+        gi = grad(params, x[i * 4 : (i + 1) * 4], y[i * 4 : (i + 1) * 4])
+        expect.append(math.sqrt(sum(float(jnp.sum(v**2)) for v in jax.tree.leaves(gi))))
+    np.testing.assert_allclose(sliced.microbatch_global_norms, expect, rtol=2e-5)
+    assert sliced.clip_threshold == report.clip_threshold  # never read from the slices
+
+
+def test_clip_threshold_from_a_history_stops_at_the_first_explosion():
+    history = np.array([2.0, 3.0, 2.5, 3.5, 2.0, 500.0, 1e4, np.inf])
+    *_, report = _net_report(activation="tanh", sigma_w=1.0, depth=4, norm_history=history)
+    assert report.clip_threshold == pytest.approx(np.percentile(history[:5], 90))
+    assert "up to the explosion at step 5" in report.clip_basis
 
 
 def test_norm_history_drives_clip_and_warmup_advice(getkey):
@@ -306,7 +321,9 @@ def test_non_finite_gradients_are_data_not_a_crash(getkey):
     apply = lambda p, x: jnp.exp(jnp.exp(x @ p["w"]))  # overflows to inf
     report = gj.diagnose(apply, params, (jnp.ones((4, 4)), jnp.zeros((4, 4))), "mse")
     assert report.verdict == "non-finite"
-    assert any("warm-up" in s for s in report.suggestions)
+    assert math.isnan(report.clip_threshold)
+    assert any("themselves the explosion" in s for s in report.suggestions)
+    assert not any("warm-up" in s for s in report.suggestions)  # no evidence for one
 
 
 def test_report_views():

@@ -93,6 +93,7 @@ def suggest(
     growth_per_layer: float,
     clip_threshold: float,
     thresholds: Thresholds,
+    clip_basis: str = "",
     activation: str | None = None,
     sigma_w: float | None = None,
     sigma_b: float = 0.0,
@@ -113,8 +114,9 @@ def suggest(
     Args:
       verdict: the overall verdict.
       growth_per_layer: measured backward growth factor per block.
-      clip_threshold: the observed-norm percentile (``nan`` if none).
+      clip_threshold: the suggested clipping threshold (``nan`` if none).
       thresholds: the thresholds used.
+      clip_basis: the measurement the threshold comes from, in words.
       activation: the activation's table name, if known.
       sigma_w: the current weight scale (std multiplier of ``1/sqrt(fan_in)``), if known.
       sigma_b: the bias standard deviation.
@@ -170,12 +172,14 @@ def suggest(
                 "or add a learning-rate warm-up"
             )
     if verdict in ("exploding", "non-finite"):
-        out.append(
-            "the observed gradient norms are themselves the explosion, so no clipping "
-            "threshold is read from them: fix the scale first, then clip at a high quantile "
-            "of the norms of the fixed model (optax.clip_by_global_norm)"
-        )
-        out.append("add a learning-rate warm-up (e.g. optax.warmup_cosine_decay_schedule)")
+        if clip is not None:
+            out.append(f"clip: optax.clip_by_global_norm({clip}) ({clip_basis})")
+        else:
+            out.append(
+                "the measured gradient norms are themselves the explosion, so no clipping "
+                "threshold is read from them: fix the scale first, then clip at a multiple of "
+                "the fixed model's full-batch global norm (optax.clip_by_global_norm)"
+            )
         if residual:
             out.append("scale the residual branches by 1/sqrt(depth) or use SkipInit")
         if norm == "batch":
@@ -209,8 +213,8 @@ def suggest(
         out.append("gradient flow is within the thresholds; no change needed")
         if clip is not None:
             out.append(
-                f"(optional) a clipping safety net at the observed p{thresholds.clip_percentile:g}:"
-                f" optax.clip_by_global_norm({clip})"
+                f"(optional) a clipping safety net: optax.clip_by_global_norm({clip}) "
+                f"({clip_basis})"
             )
     # Keep the first occurrence of each suggestion, in order.
     return tuple(dict.fromkeys(out))

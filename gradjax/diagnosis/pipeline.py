@@ -8,10 +8,9 @@ the shapes so that a second call reuses it:
   blocks, residual blocks, the layers of an ``nn.scan`` stack), captured without any change
   to the model's code,
 * the gradient norm of every parameter leaf and module group (one per layer for a stack),
-* the global gradient norm of ``microbatches`` slices of the batch (each slice's share of
-  the full-batch gradient, times ``n / size``: for a mean loss without batch coupling the
-  gradient of that slice alone), through the same compiled program: the observed
-  distribution a clipping threshold is read from,
+* when asked for, the global gradient norm of ``microbatches`` slices of the batch (each
+  slice's share of the full-batch gradient, times ``n / size``), through the same compiled
+  program (informative: the clip threshold comes from the full-batch norm or a history),
 * whether the blocks are residual: with every kernel inside the blocks set to zero, does the
   first block's output still reach the loss? (two more runs of the same program)
 
@@ -69,7 +68,7 @@ def diagnose(
     rngs: Any = None,
     perturbations: Any = None,
     hints: ModelHints | Mapping[str, Any] | None = None,
-    microbatches: int = 8,
+    microbatches: int = 0,
     norm_history: Any = None,
     thresholds: Thresholds | None = None,
     layers: Sequence[Callable[[jax.Array], jax.Array]] | None = None,
@@ -96,8 +95,9 @@ def diagnose(
       hints: what the model cannot tell about itself (:class:`~gradjax.diagnosis.advice.
         ModelHints`, or a dict of its fields): activation and weight scale for the init
         advice; normalisation and residual blocks of a pure function.
-      microbatches: slices of the batch whose global norms form the observed distribution
-        (one more run of the compiled gradient program per slice).
+      microbatches: slices of the batch whose global norms are recorded (one more run of the
+        compiled gradient program per slice; default none). Informative only: a slice of a
+        batch that a norm couples is a different function, so no advice is read from them.
       norm_history: optional :class:`gradjax.NormHistory` (or array of global norms)
         from training; the clip threshold and warm-up advice then come from it.
       thresholds: verdict thresholds (default :class:`Thresholds`).
@@ -147,13 +147,10 @@ def diagnose(
         step_probe = _step_probe(measured, lr, optimizer, probe_halvings, thresholds)
     # Judge, then advise from the measurements.
     judged = judge(flow, thresholds)
-    observed, early_spike, warmup_steps = flow.microbatch_global_norms, None, None
+    history, early_spike, warmup_steps = None, None, None
     if norm_history is not None:
-        observed, early_spike, warmup_steps = _history_stats(norm_history)
-    finite = observed[np.isfinite(observed)]
-    clip = math.nan
-    if finite.size and judged.verdict not in ("exploding", "non-finite"):
-        clip = float(np.percentile(finite, thresholds.clip_percentile))
+        history, early_spike, warmup_steps = _history_stats(norm_history)
+    clip, clip_basis = _clip_threshold(flow.global_norm, judged.verdict, history, thresholds)
     blocks = len(flow.block_names)
     context = {
         "activation": activation_name(hints.activation),
@@ -168,6 +165,7 @@ def diagnose(
         judged.verdict,
         growth_per_layer=judged.growth_per_layer,
         clip_threshold=clip,
+        clip_basis=clip_basis,
         thresholds=thresholds,
         **{k: context[k] for k in ("activation", "sigma_w", "sigma_b", "norm", "residual")},
         depth=blocks or None,
@@ -178,7 +176,8 @@ def diagnose(
         if judged.axis_verdicts.get("time") == judged.verdict != judged.axis_verdicts.get("depth")
         else None,
     )
-    return _report(flow, judged, clip, spectra, step_probe, suggestions, thresholds, context)
+    clipping = (clip, clip_basis)
+    return _report(flow, judged, clipping, spectra, step_probe, suggestions, thresholds, context)
 
 
 def _checked_options(
@@ -187,7 +186,7 @@ def _checked_options(
     thresholds = Thresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, Thresholds):
         raise invalid("thresholds", thresholds, "a gradjax.Thresholds")
-    check_int("microbatches", microbatches, minimum=1)
+    check_int("microbatches", microbatches, minimum=0)
     if lr is not None:
         check_real("lr", lr, strictly_positive=True)
     check_choice("optimizer", optimizer, ("adam", "sgd"))
@@ -217,7 +216,9 @@ def _checked_batch(batch: Any) -> tuple[Any, Any]:
     return x, y
 
 
-def _report(flow, judged, clip, spectra, step_probe, suggestions, thresholds, context) -> Report:
+def _report(
+    flow, judged, clipping, spectra, step_probe, suggestions, thresholds, context
+) -> Report:
     return Report(
         kind=flow.kind,
         loss=flow.loss,
@@ -238,7 +239,8 @@ def _report(flow, judged, clip, spectra, step_probe, suggestions, thresholds, co
         verdict=judged.verdict,
         global_norm=flow.global_norm,
         microbatch_global_norms=flow.microbatch_global_norms,
-        clip_threshold=clip,
+        clip_threshold=clipping[0],
+        clip_basis=clipping[1],
         spectra=spectra,
         step_probe=step_probe,
         suggestions=suggestions,
@@ -283,6 +285,44 @@ def _step_probe(
         unstable=bool(not ok[0]),
         safe_lr=safe,
     )
+
+
+def _clip_threshold(
+    global_norm: float, verdict: str, history: np.ndarray | None, thresholds: Thresholds
+) -> tuple[float, str]:
+    """The ``clip_by_global_norm`` threshold and the measurement it comes from.
+
+    From a training history: the ``clip_percentile``-th percentile of its global norms before
+    the first explosion (a non-finite norm, or one above ``exploding`` times the median of
+    the steps before it). Without one: ``clip_multiple`` times the full-batch global norm,
+    unless that norm is itself an explosion.
+    """
+    if history is not None:
+        end = _first_explosion(history, thresholds.exploding)
+        before = history[:end]
+        if before.size:
+            where = f"the explosion at step {end}" if end < history.size else "the last step"
+            value = float(np.percentile(before, thresholds.clip_percentile))
+            return value, (
+                f"p{thresholds.clip_percentile:g} of the global norms of the "
+                f"{before.size} recorded steps up to {where}"
+            )
+        return math.nan, "the recorded history explodes from its first step: no threshold"
+    if verdict in ("exploding", "non-finite") or not math.isfinite(global_norm):
+        return math.nan, "the global norm of an exploding model is the explosion: no threshold"
+    value = thresholds.clip_multiple * global_norm
+    return value, (
+        f"{thresholds.clip_multiple:g} x the full-batch global gradient norm {global_norm:.3g}, "
+        "the quantity optax.clip_by_global_norm clips"
+    )
+
+
+def _first_explosion(norms: np.ndarray, factor: float) -> int:
+    """Index of the first non-finite norm or one above ``factor`` x the median before it."""
+    for k, value in enumerate(norms):
+        if not math.isfinite(value) or (k and value > factor * float(np.median(norms[:k]))):
+            return k
+    return int(norms.size)
 
 
 def _history_stats(history: Any) -> tuple[np.ndarray, float | None, int | None]:

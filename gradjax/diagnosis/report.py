@@ -55,8 +55,11 @@ class Thresholds:
       vanishing: a region whose geometric-mean gradient norm is below ``vanishing`` times the
         output-most layer's is vanishing (default 0.1, one decade).
       exploding: above ``exploding`` times the output-most layer's is exploding (default 10).
-      clip_percentile: the percentile of the observed global gradient norms suggested as the
-        ``clip_by_global_norm`` threshold (default 90).
+      clip_multiple: without a training history, the suggested ``clip_by_global_norm``
+        threshold is this multiple of the full-batch global gradient norm (default 1.5: the
+        norm ``optax.clip_by_global_norm`` clips, with headroom for batch-to-batch spread).
+      clip_percentile: with a training history, the suggested threshold is this percentile
+        of its global norms before the first explosion (default 90).
       warmup_spike: in a recorded training history, a warm-up is suggested when the largest
         global norm of the first tenth of the steps exceeds ``warmup_spike`` times the median
         of the rest (default 10).
@@ -67,6 +70,7 @@ class Thresholds:
 
     vanishing: float = 0.1
     exploding: float = 10.0
+    clip_multiple: float = 1.5
     clip_percentile: float = 90.0
     warmup_spike: float = 10.0
     step_gain: float = 0.5
@@ -80,6 +84,7 @@ class Thresholds:
                 (self.vanishing, self.exploding),
                 "vanishing < 1 < exploding",
             )
+        check_real("thresholds.clip_multiple", self.clip_multiple, strictly_positive=True)
         check_real("thresholds.clip_percentile", self.clip_percentile, minimum=0.0)
         if self.clip_percentile > 100:
             raise invalid("thresholds.clip_percentile", self.clip_percentile, "a number <= 100")
@@ -172,10 +177,11 @@ class Report:
       regions: the :class:`Region` verdicts.
       verdict: overall verdict.
       global_norm: the batch's global gradient norm.
-      microbatch_global_norms: global norms of the micro-batches (the observed distribution).
-      clip_threshold: the suggested ``clip_by_global_norm`` threshold (the
-        ``clip_percentile``-th percentile of the observed norms; of ``norm_history`` when one is
-        given), or ``nan`` if nothing was observed.
+      microbatch_global_norms: global norms of slices of the batch, when asked for
+        (``microbatches``); informative only: no suggestion is read from them.
+      clip_threshold: the suggested ``clip_by_global_norm`` threshold (see ``clip_basis``), or
+        ``nan`` when no measurement supports one (an exploding model without a history).
+      clip_basis: the measurement the threshold comes from, in words.
       spectra: per-layer Jacobian summaries (empty unless ``layers`` was given).
       step_probe: the first-step probe (``None`` unless ``lr`` was given).
       suggestions: concrete changes, most important first.
@@ -217,6 +223,7 @@ class Report:
     time_axis: TimeAxis | None = None
     time_axes: tuple[TimeAxis, ...] = ()
     axis_verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    clip_basis: str = ""
 
     # -------------------------------------------------------------- views
 
@@ -275,12 +282,15 @@ class Report:
                 f"  planned lr {sp.lrs[0]:.3g} is {'UNSTABLE' if sp.unstable else 'stable'}; "
                 f"largest stable probed lr {sp.safe_lr:.3g}",
             ]
-        if math.isfinite(self.clip_threshold):
+        if self.microbatch_global_norms.size:
             lines += [
                 "",
-                f"observed global norms: median {np.median(self.microbatch_global_norms):.3g}, "
-                f"p{t.clip_percentile:g} = {self.clip_threshold:.3g}",
+                f"global norms of {self.microbatch_global_norms.size} slices of the batch: "
+                f"median {np.median(self.microbatch_global_norms):.3g}",
             ]
+        if self.clip_basis:
+            clip = f"{self.clip_threshold:.3g}" if math.isfinite(self.clip_threshold) else "none"
+            lines += ["", f"clip threshold: {clip} ({self.clip_basis})"]
         lines += ["", "suggestions:"]
         lines += [f"  {i + 1}. {s}" for i, s in enumerate(self.suggestions)] or ["  none"]
         return "\n".join(lines)
@@ -295,6 +305,7 @@ class Report:
                 "growth_per_layer": self.growth_per_layer,
                 "global_norm": self.global_norm,
                 "clip_threshold": self.clip_threshold,
+                "clip_basis": self.clip_basis,
                 "thresholds": dataclasses.asdict(self.thresholds),
                 "series": {
                     "kind": self.series,

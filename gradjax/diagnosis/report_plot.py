@@ -78,7 +78,11 @@ def _plot_report(report: Report, *, title: str | None):
         yscale="log",
         xlabel="layer $l$ (input side first)",
         ylabel=ylabel,
-        title=f"gradient per layer (x{report.growth_per_layer:.3g}/layer back)",
+        title=(
+            f"gradient per layer (x{report.growth_per_layer:.3g}/layer back)"
+            if math.isfinite(report.growth_per_layer)
+            else "weight gradient per module (no verdict)"
+        ),
     )
     if n and np.isfinite(vals[-1]):
         t = report.thresholds
@@ -112,7 +116,8 @@ def _plot_report(report: Report, *, title: str | None):
 
 
 def _third_panel(ax: Any, report: Report) -> None:
-    """Layer Jacobian spectra when measured, else the observed global norms."""
+    """Layer Jacobian spectra when measured, else the gradient through time of each
+    recurrence, else the global norms of slices of the batch (or the full-batch norm)."""
     from gradjax.utils.plotting import PALETTE
 
     if report.spectra:
@@ -140,9 +145,31 @@ def _third_panel(ax: Any, report: Report) -> None:
             title="layer Jacobian spectra",
         )
         ax.legend()
+    elif report.time_axes:
+        for color, axis in zip(PALETTE, report.time_axes, strict=False):
+            values = np.where(axis.norms > 0, axis.norms, np.nan)
+            ax.plot(np.arange(len(values)), values, color=color, label=axis.name[-24:])
+        ax.set(
+            yscale="log",
+            xlabel="step (in running order)",
+            ylabel=r"$\|\partial L/\partial h_t\|$",
+            title="gradient through time",
+        )
+        ax.legend(fontsize=6)
     else:
         norms = report.microbatch_global_norms
         norms = norms[np.isfinite(norms)]
+        if not norms.size:
+            from gradjax.utils.plotting import note_panel
+
+            clip = report.clip_threshold
+            note_panel(
+                ax,
+                f"full-batch global norm {report.global_norm:.3g}\n"
+                + (f"clip threshold {clip:.3g}" if math.isfinite(clip) else "no clip threshold"),
+                center=True,
+            )
+            ax.set(title="global gradient norm")
         if norms.size:
             ax.hist(norms, bins=max(4, min(20, norms.size)), color=PALETTE[5])
             if math.isfinite(report.clip_threshold):
