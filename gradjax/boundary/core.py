@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradjax.boundary.recurrence import Scan, analyse, perturbed_call
+from gradjax.boundary.recurrence import Scan, analyse, kernel_depths, perturbed_call
 from gradjax.utils.caching import BoundedCache
 from gradjax.utils.tree_paths import module_parts
 
@@ -178,6 +178,12 @@ class Boundary:
         outs = perturbed_call(closed, chosen, flat, perturbations)
         return jax.tree_util.tree_unflatten(out_tree, outs)
 
+    def skip_connections(self, x: Any) -> bool | None:
+        """Whether the blocks add their input through a shorter path than their branch,
+        read from the traced computation (:func:`recurrence.kernel_depths` between
+        consecutive blocks); ``None`` when no two consecutive blocks can be compared."""
+        return self._recurrence(x)[4]
+
     def blocks_repeat(self, x: Any) -> bool:
         """Whether the blocks are a repeated stack: two or more of one class, each fed by the
         one before (:meth:`blocks_in_sequence`); a pure function's perturbations always are.
@@ -261,7 +267,7 @@ class Boundary:
             if self.kind == "function"
             else {n: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes[n]) for n in shapes}
         )
-        _, scans, _, _, added = self._traced(self.params, probes or None, self.state, x, True)
+        closed, scans, _, _, added = self._traced(self.params, probes or None, self.state, x, True)
         bits: dict[str, int] = {}
         offset = len(jax.tree_util.tree_leaves(self.params))
         for name in sorted(probes):  # a dict flattens in sorted key order
@@ -281,17 +287,20 @@ class Boundary:
                 for d in feeds:
                     union |= d
                 upstream[name] = frozenset(m for m, mb in bits.items() if m != name and mb & union)
+        n_params = len(jax.tree_util.tree_leaves(self.params))
+        chosen_blocks = choose_blocks([s for s in sites if s.name not in inside])
+        residual = _skips(closed, chosen_blocks, bits, (1 << n_params) - 1)
         if scans and inside:
             # The scans as the measuring program sees them: probes on the blocks only (a probe
             # inside a step would make the step's output a different value from its carry).
-            chosen = {b.site for b in choose_blocks([s for s in sites if s.name not in inside])}
+            chosen = {b.site for b in chosen_blocks}
             kept = {n: e for n, e in probes.items() if n in chosen}
             scans = self._traced(self.params, kept or None, self.state, x)[1]
         # Stacks the probes reach layer by layer (a Linen nn.scan) need no perturbed scan, nor
         # does a function whose caller's perturbations name its blocks.
         layers = not any(site.layers for site in sites) and not (self.kind == "function" and sites)
         scans = tuple(s for s in scans if s.axis == "time" or layers)
-        return scans, inside, upstream, layers
+        return scans, inside, upstream, layers, residual
 
     def zero_probes(self, x: Any) -> dict[str, Any]:
         """Zero probes (``jax.ShapeDtypeStruct`` trees made arrays) for the block sites."""
@@ -326,6 +335,19 @@ class Boundary:
             elif "groupnorm" in c:
                 kinds.append("group")
         return tuple(dict.fromkeys(kinds))
+
+
+def _skips(closed: Any, blocks: list[Block], bits: dict[str, int], param_mask: int) -> bool | None:
+    """Whether any pair of consecutive blocks has a path with fewer kernels than another."""
+    pairs = [(a.site, b.site) for a, b in zip(blocks, blocks[1:], strict=False) if a.site != b.site]
+    found = None
+    for a, b in pairs[:4]:  # a few pairs decide; a deep stack repeats its first blocks
+        if a not in bits or b not in bits:
+            continue
+        depths = kernel_depths(closed, bits[a], bits[b], param_mask)
+        if depths is not None:
+            found = bool(found) or depths[0] < depths[1]
+    return found
 
 
 # ---------------------------------------------------------------------------- block choice

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-__all__ = ["Scan", "analyse", "find_time_scans", "perturbed_call"]
+__all__ = ["Scan", "analyse", "find_time_scans", "kernel_depths", "perturbed_call"]
 
 # Call-like primitives whose inner program is searched (and, on the way to a scan over time,
 # evaluated inline); the parameter that holds the inner program.
@@ -324,3 +324,77 @@ def _perturbed_scan(eqn: Any, values: list[Any], scan: Scan, pert: list[Any]) ->
         unroll=p.get("unroll", 1),
     )
     return [*carry, *ys]
+
+
+# Equations that multiply by a kernel when one operand is a parameter alone.
+_KERNEL_OPS = ("dot_general", "conv_general_dilated")
+
+
+def kernel_depths(
+    closed: jcore.ClosedJaxpr, source: int, target: int, param_mask: int
+) -> tuple[int, int] | None:
+    """The fewest and the most kernel multiplications on a path from one probe to the value
+    another probe is added to.
+
+    A block whose output adds its input through a shorter path than its branch (an identity
+    skip: 0 kernels; a projection shortcut: 1 kernel against the branch's 2 or 3) has
+    ``fewest < most``; a plain block (every path through all its layers) has them equal.
+
+    Args:
+      closed: the traced forward pass.
+      source: bit mask of the first probe's flat inputs.
+      target: bit mask of the second probe's flat inputs.
+      param_mask: bit mask of the parameters' flat inputs.
+
+    Returns:
+      ``(fewest, most)``, or ``None`` when the second probe's value does not depend on the
+      first probe (or is not found).
+    """
+    deps = [1 << i for i in range(len(closed.jaxpr.invars))]
+    depth = [(0, 0) if d & source else None for d in deps]
+    found: list[tuple[int, int] | None] = [None]
+    _depths(closed.jaxpr, deps, depth, (source, target, param_mask), found)
+    return found[0]
+
+
+def _depths(jaxpr: Any, in_deps: list[int], in_depth: list, masks: tuple, found: list) -> tuple:
+    source, target, param_mask = masks
+    env = dict(zip(jaxpr.invars, zip(in_deps, in_depth, strict=True), strict=True))
+
+    def read(v: Any) -> tuple[int, Any]:
+        return (0, None) if isinstance(v, jcore.Literal) else env.get(v, (0, None))
+
+    for eqn in jaxpr.eqns:
+        operands = [read(v) for v in eqn.invars]
+        inner = _inner(eqn)
+        if inner is not None:
+            deps, depths = zip(*operands, strict=True) if operands else ((), ())
+            outs = _depths(inner.jaxpr, list(deps), list(depths), masks, found)
+            for v, o in zip(eqn.outvars, zip(*outs, strict=True), strict=True):
+                env[v] = o
+            continue
+        if eqn.primitive.name == "add" and found[0] is None:
+            for (d_mine, _), (_, depth_other) in (
+                (operands[0], operands[1]),
+                (operands[1], operands[0]),
+            ):
+                if d_mine and d_mine & target == d_mine:
+                    found[0] = depth_other
+        union = 0
+        for d, _ in operands:
+            union |= d
+        reached = [dp for _, dp in operands if dp is not None]
+        depth = None
+        if reached:
+            has_kernel = any(_param_only(d, param_mask) for d, _ in operands)
+            # A product with a kernel (not of two activations, as attention scores are), or
+            # a loop that reads parameters, counts as one layer.
+            step = int(has_kernel and eqn.primitive.name in (*_KERNEL_OPS, "scan"))
+            depth = (min(r[0] for r in reached) + step, max(r[1] for r in reached) + step)
+        for v in eqn.outvars:
+            env[v] = (union, depth)
+    return [read(v)[0] for v in jaxpr.outvars], [read(v)[1] for v in jaxpr.outvars]
+
+
+def _param_only(deps: int, param_mask: int) -> bool:
+    return bool(deps) and deps & param_mask == deps

@@ -187,7 +187,12 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
     from gradjax.measure.probes import block_gradient_probe
     from gradjax.utils import plotting
     from gradjax.utils.errors import GradjaxInputError
-    from gradjax.utils.fitting import growth_per_layer, growth_per_step
+    from gradjax.utils.fitting import (
+        crossing,
+        growth_per_layer,
+        growth_per_step,
+        no_crossing_reason,
+    )
 
     x, y = loaded.batch
     try:
@@ -234,10 +239,16 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
     for label, mean in curves.items():
         key = label.replace(" ", "_")
         summary[f"growth_{key}"] = [float(v) for v in mean]
-        summary[f"critical_sigma_w_{key}"] = _crossing(scales, mean)
+        summary[f"critical_sigma_w_{key}"] = crossing(scales, mean)
+        if summary[f"critical_sigma_w_{key}"] is None:
+            summary[f"critical_sigma_w_{key}_reason"] = no_crossing_reason(scales, mean)
     # The headline scale: over time for a recurrent model, over depth otherwise.
     headline = "per_step" if "per step" in curves else "per_block"
     summary["critical_sigma_w"] = summary.get(f"critical_sigma_w_{headline}")
+    if summary["critical_sigma_w"] is None:
+        summary["critical_sigma_w_reason"] = summary.get(
+            f"critical_sigma_w_{headline}_reason", "fewer than two blocks and no recurrence"
+        )
     if curves:
         fig = plotting.plot_growth_curves(
             scales, curves, title=f"{args.model}: kernels {args.kernels or 'all'}"
@@ -245,21 +256,6 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
         plotting.save_figure(fig, out / "sweep")
     print(dumps_json(summary))
     return 0
-
-
-def _crossing(scales, growth) -> float | None:
-    """The kernel scale where the mean growth per block crosses 1 (log-linear), or None."""
-    import numpy as np
-
-    logs = np.log(np.where(growth > 0, growth, np.nan))
-    for i in range(len(scales) - 1):
-        a, b = logs[i], logs[i + 1]
-        if np.isfinite(a) and np.isfinite(b) and a <= 0 <= b and a != b:
-            t = -a / (b - a)
-            return float(
-                np.exp(np.log(scales[i]) + t * (np.log(scales[i + 1]) - np.log(scales[i])))
-            )
-    return None
 
 
 def _median(values):

@@ -104,12 +104,14 @@ def suggest(
     warmup_steps: int | None = None,
     step_probe: StepProbe | None = None,
     time_axis: Any = None,
+    scale_probe: Any = None,
 ) -> tuple[str, ...]:
     """Concrete changes for a verdict, tied to the standard fixes.
 
     One weight-scale target is given: the critical one of mean-field theory (chi_1 = 1) when
-    the activation is known, otherwise the first-order rescale ``sigma_w / growth`` (only for
-    nets without normalisation, where the weight scale sets the gradient growth).
+    the activation and init are declared (a gradjax MLP obeys it), otherwise the kernel
+    multiplier where the measured growth per block crosses 1 (``scale_probe``), or the
+    measured reason there is none (a normalised stack is scale-invariant).
 
     Args:
       verdict: the overall verdict.
@@ -126,6 +128,8 @@ def suggest(
       early_spike: max early global norm over the later median, from a training history.
       warmup_steps: a warm-up length to suggest (default: a tenth of the recorded steps).
       step_probe: the first-step probe, if one was run.
+      scale_probe: the measured growth against kernel scale
+        (:class:`gradjax.diagnosis.report.ScaleProbe`), if measured.
       time_axis: the recurrence over time the verdict is about
         (:class:`gradjax.diagnosis.report.TimeAxis`), when the verdict comes from the time
         axis; the depth-axis fixes then do not apply.
@@ -149,11 +153,8 @@ def suggest(
             f"sigma_w^2 = {crit:.3g}{now}; chi_1 = 1 (edge of chaos)"
             + (", with orthogonal weights for dynamical isometry" if activation == "tanh" else "")
         )
-    elif bad and norm is None and math.isfinite(rate) and rate > 0:
-        out.append(
-            f"the gradient is multiplied by {rate:.3g} per block on its way to the input; "
-            f"multiply the weight init scale by about 1/{rate:.3g} = {1 / rate:.3g}"
-        )
+    elif bad and scale_probe is not None:
+        out.append(_scale_advice(scale_probe, rate))
     if verdict == "vanishing" and activation == "sigmoid":
         out.append(
             "switch sigmoid to tanh or a ReLU-family activation (sigmoid' <= 0.25 and its "
@@ -177,7 +178,7 @@ def suggest(
         else:
             out.append(
                 "the measured gradient norms are themselves the explosion, so no clipping "
-                "threshold is read from them: fix the scale first, then clip at a multiple of "
+                "threshold is read from them: fix the cause first, then clip at a multiple of "
                 "the fixed model's full-batch global norm (optax.clip_by_global_norm)"
             )
         if residual:
@@ -253,3 +254,13 @@ def _time_suggestions(axis: Any, verdict: str) -> tuple[str, ...]:
         "`gradjax sweep --model ... --kernels PATTERN` (PATTERN matching the recurrent "
         "kernels only)",
     )
+
+
+def _scale_advice(probe: Any, rate: float) -> str:
+    """The weight-scale suggestion read from a measured kernel-scale probe."""
+    if probe.critical is not None:
+        return (
+            f"multiply every kernel by {probe.critical:.3g}: measured, the gradient's growth per "
+            f"block ({rate:.3g} now) crosses 1 at {probe.critical:.3g}x the kernels"
+        )
+    return f"no weight-scale change flattens the gradient: measured, {probe.reason}"

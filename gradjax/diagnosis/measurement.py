@@ -269,8 +269,12 @@ def slice_norms(
 def residual_test(
     program: Callable[..., Any], boundary: Boundary, probes: Any, x: Any, y: Any
 ) -> bool | None:
-    """Whether the first block's output reaches the loss with every kernel inside the blocks
-    set to zero: only a skip connection carries it then.
+    """Whether the blocks are residual.
+
+    Between blocks of different submodules, from the traced computation: a path with fewer
+    kernels than another (:meth:`gradjax.boundary.Boundary.skip_connections`). Between the
+    layers of one scanned stack: whether the first block's output reaches the loss with every
+    kernel inside the blocks set to zero (only a skip connection carries it then).
 
     Two runs of the diagnosis' own compiled program (no new compilation), with the zeroed
     kernels, the first block's probe at zero and at a fixed random value: the losses differ
@@ -282,6 +286,10 @@ def residual_test(
     blocks = boundary.blocks(x)
     if boundary.kind == "function" or len(blocks) < 2:
         return None
+    skips = boundary.skip_connections(x)
+    if skips is not None:  # read from the traced computation between consecutive blocks
+        _RESIDUAL[key] = skips
+        return skips
     first = blocks[0]
     mask = _kernel_mask(boundary, x)
     if not _every_block_has_kernels(boundary, x, mask):
@@ -477,6 +485,36 @@ class Measurement:
     def objective(self, params: Any, probes: Any, x: Any, y: Any) -> Any:
         """The loss as a function of parameters and probes (for the first-step probe)."""
         return self.loss(self.boundary.apply(params, x, probes), y)
+
+    def kernel_scale_growth(self, scales: np.ndarray) -> np.ndarray:
+        """Backward growth per block with every kernel multiplied by each of ``scales``.
+
+        Runs of the compiled gradient program (nothing new to compile): the measured answer
+        to "which weight scale makes this model's gradient flat", for any architecture.
+
+        Args:
+          scales: the kernel multipliers.
+
+        Returns:
+          The growth per block (:func:`gradjax.utils.fitting.growth_rate`) at each scale.
+        """
+        from gradjax.boundary.scaling import chosen_kernels
+        from gradjax.utils.fitting import growth_rate
+
+        b, x, y = self.boundary, self.x, self.y
+        kernels = chosen_kernels(b.params, None)
+        ones = np.ones((self.size,), np.float32)
+        out = []
+        for s in scales:
+            scaled = jax.tree.map(
+                lambda v, k, s=s: np.asarray(v) * np.asarray(s, np.asarray(v).dtype) if k else v,
+                b.params,
+                kernels,
+            )
+            _, _, ge, gt = jax.device_get(self.program(scaled, b.state, self.probes, x, y, ones))
+            norms = self._blocks(ge, time_chains(b.scans(x), gt))[1]
+            out.append(growth_rate(norms))
+        return np.asarray(out, np.float64)
 
     def flow(self, microbatches: int) -> Flow:
         """Measures the batch: block and parameter gradient norms, slices, residual test.

@@ -45,9 +45,17 @@ import numpy as np
 from gradjax.boundary import wrap
 from gradjax.diagnosis.advice import ModelHints, activation_name, suggest
 from gradjax.diagnosis.measurement import Measurement, check_params_finite
-from gradjax.diagnosis.report import LayerSpectrum, Report, StepProbe, Thresholds, judge
+from gradjax.diagnosis.report import (
+    LayerSpectrum,
+    Report,
+    ScaleProbe,
+    StepProbe,
+    Thresholds,
+    judge,
+)
 from gradjax.measure.gradients import get_loss
 from gradjax.utils.errors import check_choice, check_int, check_real, invalid
+from gradjax.utils.fitting import crossing, no_crossing_reason
 
 LossLike = str | Callable[[Any, Any], jax.Array]
 
@@ -151,6 +159,13 @@ def diagnose(
     if norm_history is not None:
         history, early_spike, warmup_steps = _history_stats(norm_history)
     clip, clip_basis = _clip_threshold(flow.global_norm, judged.verdict, history, thresholds)
+    scale_probe = None
+    if (
+        judged.axis_verdicts.get("depth") in ("vanishing", "exploding")
+        and (hints.activation is None or hints.sigma_w is None)
+        and judged.series == "activations"
+    ):
+        scale_probe = _scale_probe(measured)
     blocks = len(flow.block_names)
     context = {
         "activation": activation_name(hints.activation),
@@ -175,9 +190,11 @@ def diagnose(
         time_axis=judged.time_axis
         if judged.axis_verdicts.get("time") == judged.verdict != judged.axis_verdicts.get("depth")
         else None,
+        scale_probe=scale_probe,
     )
     clipping = (clip, clip_basis)
-    return _report(flow, judged, clipping, spectra, step_probe, suggestions, thresholds, context)
+    probes = (step_probe, scale_probe)
+    return _report(flow, judged, clipping, spectra, probes, suggestions, thresholds, context)
 
 
 def _checked_options(
@@ -216,9 +233,7 @@ def _checked_batch(batch: Any) -> tuple[Any, Any]:
     return x, y
 
 
-def _report(
-    flow, judged, clipping, spectra, step_probe, suggestions, thresholds, context
-) -> Report:
+def _report(flow, judged, clipping, spectra, probes, suggestions, thresholds, context) -> Report:
     return Report(
         kind=flow.kind,
         loss=flow.loss,
@@ -242,7 +257,8 @@ def _report(
         clip_threshold=clipping[0],
         clip_basis=clipping[1],
         spectra=spectra,
-        step_probe=step_probe,
+        step_probe=probes[0],
+        scale_probe=probes[1],
         suggestions=suggestions,
         thresholds=thresholds,
         context=context,
@@ -284,6 +300,26 @@ def _step_probe(
         loss0=loss0,
         unstable=bool(not ok[0]),
         safe_lr=safe,
+    )
+
+
+# Kernel multipliers of the scale probe: 1/4x to 4x in half-octave steps.
+_PROBE_SCALES = 2.0 ** np.linspace(-2.0, 2.0, 9)
+
+
+def _scale_probe(measured: Measurement) -> ScaleProbe:
+    """Growth per block against a kernel multiplier, and where it crosses 1."""
+    growth = measured.kernel_scale_growth(_PROBE_SCALES)
+    critical = crossing(_PROBE_SCALES, growth)
+    # Going down: a model that explodes at 1x crosses from above, at a smaller scale.
+    if critical is None:
+        flipped = crossing(_PROBE_SCALES, 1.0 / np.where(growth > 0, growth, np.nan))
+        critical = flipped
+    return ScaleProbe(
+        scales=tuple(float(v) for v in _PROBE_SCALES),
+        growth=tuple(float(v) for v in growth),
+        critical=critical,
+        reason="" if critical is not None else no_crossing_reason(_PROBE_SCALES, growth),
     )
 
 

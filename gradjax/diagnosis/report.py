@@ -33,6 +33,7 @@ __all__ = [
     "LayerSpectrum",
     "Region",
     "Report",
+    "ScaleProbe",
     "StepProbe",
     "Thresholds",
     "TimeAxis",
@@ -41,6 +42,7 @@ __all__ = [
     "judge_time",
     "overall_verdict",
     "regions",
+    "steps_beyond",
 ]
 
 
@@ -154,6 +156,23 @@ class StepProbe:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScaleProbe:
+    """The model's backward growth per block with every kernel multiplied by each scale.
+
+    Attributes:
+      scales: the kernel multipliers (1: the model as given).
+      growth: the growth per block at each.
+      critical: the multiplier where growth crosses 1, or ``None``.
+      reason: why there is none (the range the growth stays in), else ``""``.
+    """
+
+    scales: tuple[float, ...]
+    growth: tuple[float, ...]
+    critical: float | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """What :func:`gradjax.diagnose` found: measurements, verdicts and suggestions.
 
@@ -224,6 +243,7 @@ class Report:
     time_axes: tuple[TimeAxis, ...] = ()
     axis_verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     clip_basis: str = ""
+    scale_probe: ScaleProbe | None = None
 
     # -------------------------------------------------------------- views
 
@@ -288,6 +308,12 @@ class Report:
                 f"global norms of {self.microbatch_global_norms.size} slices of the batch: "
                 f"median {np.median(self.microbatch_global_norms):.3g}",
             ]
+        if self.scale_probe is not None:
+            sp = self.scale_probe
+            pairs = ", ".join(
+                f"{a:.3g}x: {g:.3g}" for a, g in zip(sp.scales, sp.growth, strict=True)
+            )
+            lines += ["", f"growth per block against kernel scale: {pairs}"]
         if self.clip_basis:
             clip = f"{self.clip_threshold:.3g}" if math.isfinite(self.clip_threshold) else "none"
             lines += ["", f"clip threshold: {clip} ({self.clip_basis})"]
@@ -306,6 +332,9 @@ class Report:
                 "global_norm": self.global_norm,
                 "clip_threshold": self.clip_threshold,
                 "clip_basis": self.clip_basis,
+                "scale_probe": None
+                if self.scale_probe is None
+                else dataclasses.asdict(self.scale_probe),
                 "thresholds": dataclasses.asdict(self.thresholds),
                 "series": {
                     "kind": self.series,
@@ -517,6 +546,37 @@ def regions(names: Sequence[str], values: np.ndarray, thresholds: Thresholds) ->
     return tuple(out)
 
 
+def steps_beyond(
+    names: Sequence[str], values: np.ndarray, thresholds: Thresholds
+) -> tuple[Region, ...]:
+    """Single steps between neighbouring layers whose ratio alone passes a threshold.
+
+    A region's geometric mean can hide one sharp drop (a 39x fall between two blocks of an
+    otherwise flat stack); each such step is a region of its own, named ``"a -> b"``, whose
+    ratio is ``||g_a|| / ||g_b||`` (input side over output side).
+
+    Args:
+      names: layer names, input side first.
+      values: gradient norms, same order.
+      thresholds: the thresholds.
+
+    Returns:
+      One region per step beyond ``vanishing`` or ``exploding``.
+    """
+    v = np.asarray(values, np.float64)
+    out = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(len(v) - 1):
+            if not (np.isfinite(v[k]) and np.isfinite(v[k + 1]) and v[k + 1] > 0):
+                continue
+            ratio = float(v[k] / v[k + 1])
+            verdict = classify(ratio, thresholds)
+            if verdict in ("vanishing", "exploding"):
+                pair = (names[k], names[k + 1])
+                out.append(Region(f"{pair[0]} -> {pair[1]}", pair, ratio, ratio, verdict))
+    return tuple(out)
+
+
 def overall_verdict(regs: Sequence[Region]) -> str:
     """The verdict of a whole series: the worst of its regions.
 
@@ -655,7 +715,7 @@ def judge(flow: Any, thresholds: Thresholds) -> Judgement:
     stack = len(flow.block_names) >= 2 and (not times or flow.blocks_repeat)
     if stack:
         names, values = flow.block_names, np.asarray(flow.block_grad_norms, np.float64)
-        regs = regions(names, values, thresholds)
+        regs = regions(names, values, thresholds) + steps_beyond(names, values, thresholds)
         series, verdict, rate = "activations", overall_verdict(regs), growth_rate(values)
     else:
         keep = [j for j, has in enumerate(flow.group_has_matrices) if has]

@@ -89,3 +89,38 @@ def growth_per_step(values, *, tiny: float = 0.0, axis: int = -1) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         mean = steps.sum(-1) / pairs.sum(-1)
     return np.where(pairs.sum(-1) > 0, np.exp(mean), np.nan)
+
+
+def crossing(scales, growth) -> float | None:
+    """The scale where a growth factor crosses 1 going up, log-linearly interpolated.
+
+    Args:
+      scales: increasing positive scales.
+      growth: the growth factor at each.
+
+    Returns:
+      The first crossing from below 1 to above 1, or ``None`` if there is none.
+
+    Example:
+      >>> round(crossing([0.5, 1.0, 2.0], [0.5, 0.8, 1.6]), 6)
+      1.25
+    """
+    logs = np.log(np.where(np.asarray(growth, np.float64) > 0, growth, np.nan))
+    s = np.log(np.asarray(scales, np.float64))
+    for i in range(len(s) - 1):
+        a, b = logs[i], logs[i + 1]
+        if np.isfinite(a) and np.isfinite(b) and a <= 0 <= b and a != b:
+            return float(np.exp(s[i] + (-a / (b - a)) * (s[i + 1] - s[i])))
+    return None
+
+
+def no_crossing_reason(scales, growth) -> str:
+    """Why :func:`crossing` found no scale: where the growth stays over the scales tried."""
+    g = np.asarray(growth, np.float64)
+    lo, hi = float(np.nanmin(g)), float(np.nanmax(g))
+    span = (
+        f"growth stays between {lo:.3g} and {hi:.3g} from scale {scales[0]:.3g} to {scales[-1]:.3g}"
+    )
+    if hi / lo < 1.05:
+        return span + ": the gradient's growth does not depend on the kernel scale (normalised)"
+    return span + (": below 1 throughout" if hi < 1 else ": above 1 throughout")
