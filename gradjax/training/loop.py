@@ -101,14 +101,15 @@ def _step(
     """:func:`train_step` of any :class:`Trainable`."""
     loss_fn = get_loss(loss)
     params = state.params
+    key = None if state.rng is None else jax.random.fold_in(state.rng, state.step)
 
     def loss_and_forward_finite(p):
-        output, forward_finite = model.forward(p, x)
-        return loss_fn(output, y), forward_finite
+        output, forward_finite, model_state = model.forward(p, state.model_state, x, key, True)
+        return loss_fn(output, y), (forward_finite, model_state)
 
-    (value, forward_finite), grads = jax.value_and_grad(loss_and_forward_finite, has_aux=True)(
-        params
-    )
+    (value, (forward_finite, model_state)), grads = jax.value_and_grad(
+        loss_and_forward_finite, has_aux=True
+    )(params)
     updates, opt_state = tx.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
     grad_norms = model.norms(grads)
@@ -148,6 +149,8 @@ def _step(
         alive=ok,
         first_nonfinite=first,
         step=state.step + 1,
+        model_state=keep(model_state, state.model_state),
+        rng=state.rng,
     )
     return new_state, record
 
@@ -239,6 +242,8 @@ def _compiled(
             alive=jnp.ones((), bool),
             first_nonfinite=jnp.full((), -1, jnp.int32),
             step=jnp.zeros((), jnp.int32),
+            model_state=model.init_state(jax.random.fold_in(key, 2)),
+            rng=jax.random.fold_in(key, 3),
         )
         return state, model.norms(params)
 
@@ -250,8 +255,10 @@ def _compiled(
 
         return jax.lax.scan(body, state, indices)
 
-    def eval_one(params, data):
-        ev = lambda x, y: _evaluate(model.forward(params, x)[0], y, tcfg.loss)
+    def eval_one(params, model_state, data):
+        # Evaluation mode: running statistics, no dropout.
+        out = lambda x: model.forward(params, model_state, x, None, False)[0]
+        ev = lambda x, y: _evaluate(out(x), y, tcfg.loss)
         return ev(data.x_train, data.y_train), ev(data.x_test, data.y_test)
 
     # Axes: hyper (H) outer, seed (S) inner. Keys and minibatch order are shared across the
@@ -287,7 +294,7 @@ def _compiled(
             in_specs=(P(None, "seed"), P("seed"), P()),
             out_specs=P(None, "seed"),
         )
-    eval_all = jax.vmap(jax.vmap(eval_one, in_axes=(0, None)), in_axes=(0, None))
+    eval_all = jax.vmap(jax.vmap(eval_one, in_axes=(0, 0, None)), in_axes=(0, 0, None))
     return (
         jax.jit(init_all),
         jax.jit(segment_all),
@@ -458,7 +465,7 @@ def train(
                 jax.block_until_ready(rec.loss)
                 bar.update((s + 1) * seg_len)
     rec = jax.tree.map(lambda *a: jnp.concatenate(a, axis=2), *records)
-    tr, te = eval_all(state.params, data)
+    tr, te = eval_all(state.params, state.model_state, data)
     history = TrainHistory(
         loss=rec.loss,
         grad_norms=rec.grad_norms,
@@ -475,6 +482,7 @@ def train(
     return TrainResult(
         history=history,
         hyper=hyper_j,
+        variables={"params": state.params, "state": state.model_state},
         layers=model.layers,
         meta=files.dumps_json(meta, indent=None),
     )

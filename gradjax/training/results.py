@@ -26,6 +26,10 @@ class TrainState:
       alive: False from the first step with a non-finite value on.
       first_nonfinite: that step's index, or -1 while alive.
       step: the number of steps taken.
+      model_state: the model's non-parameter state (BatchNorm statistics, NNX RNG streams),
+        updated every step; ``()`` for a model without one.
+      rng: the run's dropout key (a step draws its masks from ``fold_in(rng, step)``), or
+        ``None`` for a model without dropout.
     """
 
     params: Params
@@ -33,6 +37,8 @@ class TrainState:
     alive: jax.Array
     first_nonfinite: jax.Array
     step: jax.Array
+    model_state: Any = ()
+    rng: Any = None
 
 
 @pytree_dataclass
@@ -104,16 +110,21 @@ class TrainResult:
       layers: the name of each entry of the per-layer records (``grad_norms``' last axis).
       axes: ``("hyper", "seed")``.
       meta: JSON-safe description (configs, data set, seeds, key).
+      variables: the final variables of every run, leading axes ``(n_hyper, seeds)``:
+        ``{"params": ..., "state": ...}`` (``state``: BatchNorm statistics and other
+        non-parameter state; ``()`` for a model without one).
     """
 
     history: TrainHistory
     hyper: dict[str, jax.Array]
+    variables: Any = None
     layers: tuple[str, ...] = static_field(default=())
     axes: tuple[str, ...] = static_field(default=("hyper", "seed"))
     meta: str = static_field(default="{}")
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Writes ``history.npz`` (flat arrays, no pickle) and ``meta.json``; returns the dir.
+        """Writes ``history.npz`` (flat arrays, no pickle), ``variables.npz`` (the final
+        parameters and state of every run, keys by path) and ``meta.json``; returns the dir.
 
         Both files are written atomically (:func:`gradjax.utils.files.atomic_write`): a reader or an
         interrupted run never sees a half-written file.
@@ -126,7 +137,20 @@ class TrainResult:
         }
         flat.update({f"hyper/{k}": np.asarray(v) for k, v in self.hyper.items()})
         files.atomic_savez(out / "history.npz", flat)
+        if self.variables is not None:
+            arrays = {
+                path_name(path): _savable(v)
+                for path, v in jax.tree_util.tree_flatten_with_path(self.variables)[0]
+            }
+            files.atomic_savez(out / "variables.npz", arrays)
         meta = json.loads(self.meta)
         meta["axes"] = list(self.axes)
         files.atomic_write_json(out / "meta.json", meta)
         return out
+
+
+def _savable(value: Any) -> np.ndarray:
+    """A host array for ``np.savez``: a PRNG key as its raw key data."""
+    if jax.dtypes.issubdtype(getattr(value, "dtype", np.float32), jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(value))
+    return np.asarray(value)

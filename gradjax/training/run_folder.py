@@ -75,7 +75,7 @@ def run_meta(
 
 # Files that mark a directory as holding something other than a training run.
 FOREIGN_FILES = ("manifest.json", "arrays.npz", "chunks", "report.json", "report.md")
-RUN_FILES = ("history.npz", "meta.json")
+RUN_FILES = ("history.npz", "meta.json", "variables.npz")
 
 
 def check_output_dir(directory: str | os.PathLike, meta: Mapping[str, Any]) -> None:
