@@ -27,4 +27,25 @@ CLAIMS: dict[str, str] = {
     "C13": "A sensible initialisation fixes both vanishing and exploding gradients.",
 }
 
+# Findings the article does not make, measured by the same figures and reported after the
+# claims.
+FINDINGS: dict[str, str] = {
+    "F1": "Recurrent networks: the gradient through time grows or shrinks by a fixed factor "
+    "per step (the recurrent weights' chi_1), the case gradient clipping was invented for.",
+}
+
 VERDICTS = ("confirmed", "nuanced", "contradicted")
+
+
+def combined_verdict(verdicts: list[str]) -> str:
+    """One verdict from several figures' verdicts on one claim.
+
+    Every figure agreeing gives that verdict; any disagreement (a claim confirmed in one
+    setting and contradicted in another) is ``"nuanced"``.
+
+    Example:
+      >>> combined_verdict(["confirmed", "contradicted"])
+      'nuanced'
+    """
+    distinct = set(verdicts)
+    return distinct.pop() if len(distinct) == 1 else "nuanced"

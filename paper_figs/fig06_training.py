@@ -394,9 +394,9 @@ def _fmt(v: float) -> str:
 
 
 def _half_step(steps, values) -> str:
-    """The first step whose value is at most half the first one ("none" if never)."""
+    """When the value first falls to half its initial value, in words."""
     hit = [t for t, v in zip(steps, values, strict=True) if v <= values[0] / 2]
-    return str(hit[0]) if hit else "none"
+    return f"below half its initial value from step {hit[0]}" if hit else "never below half"
 
 
 def _num(v) -> float:
@@ -585,8 +585,8 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
             "verdict": c6,
             "summary": (
                 f"Divergence rate {base_div:.0%} at He init (g=1) vs {big_div:.0%} at g={big:g}; "
-                f"the initial loss is {loss_ratio:.3g}x larger at g={big:g}; "
-                + (f"already g={first_bad:g} diverges in most seeds." if first_bad else "")
+                f"the initial loss is {loss_ratio:.3g}x larger at g={big:g}"
+                + (f"; already g={first_bad:g} diverges in most seeds." if first_bad else ".")
             ),
             "numbers": [
                 "noclip_s1_divergence_rate",
@@ -682,8 +682,8 @@ def verdicts(cfg: dict, numbers: dict) -> list[dict]:
         sharp_parts.append(
             f"g={gain:g}, lr {lr_s:g} (2/lr = {2 / lr_s:.3g}): "
             f"{_fmt(sh0[0])}/{_fmt(sh0[mid])}/{_fmt(sh0[-1])} without warm-up, "
-            f"{_fmt(shw[0])}/{_fmt(shw[mid])}/{_fmt(shw[-1])} with it, below half its initial "
-            f"value from step {_half_step(steps_sh, sh0)} vs {_half_step(steps_sh, shw)}"
+            f"{_fmt(shw[0])}/{_fmt(shw[mid])}/{_fmt(shw[-1])} with it; "
+            f"{_half_step(steps_sh, sh0)} without warm-up vs {_half_step(steps_sh, shw)} with it"
         )
         sharp_cited += [
             f"sharpness_{init}_lr",

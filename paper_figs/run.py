@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gradjax.paper_figs.claims import CLAIMS, VERDICTS
+from gradjax.paper_figs.claims import CLAIMS, FINDINGS, VERDICTS, combined_verdict
 from gradjax.utils import threads
 from gradjax.utils.errors import GradjaxInputError, invalid
 from gradjax.utils.files import atomic_savez, atomic_write_text, json_safe
@@ -245,6 +245,28 @@ def _collect(modules: dict[str, ModuleType], out: Path, quick: bool) -> dict[str
     return {"quick": quick, "figures": figures}
 
 
+def _claim_rows(
+    claims: dict[str, str], rows: dict[str, list], *, measured_only: bool = False
+) -> list[str]:
+    """One table row per claim: every figure's summary, one combined verdict."""
+    out = []
+    for claim, text in claims.items():
+        found = rows.get(claim, [])
+        if not found:
+            if not measured_only:
+                out.append(f"| {claim} | {text} | not measured | — | — |")
+            continue
+        verdict = combined_verdict([row["verdict"] for _, row in found])
+        # Each figure's summary, named when there are several; "|" would split the columns.
+        parts = [
+            (f"*{name}:* " if len(found) > 1 else "") + row["summary"].replace("|", "\\|")
+            for name, row in found
+        ]
+        links = ", ".join(f"[{name}](#{name})" for name in dict.fromkeys(n for n, _ in found))
+        out.append(f"| {claim} | {text} | **{verdict}** | {' '.join(parts)} | {links} |")
+    return out
+
+
 def render_report(
     modules: dict[str, ModuleType],
     numbers: dict[str, Any],
@@ -272,15 +294,17 @@ def render_report(
         "| # | the article says | verdict | what was measured | figure |",
         "|---|---|---|---|---|",
     ]
-    for claim, text in CLAIMS.items():
-        for name, row in rows.get(claim, []) or [(None, None)]:
-            if row is None:
-                lines.append(f"| {claim} | {text} | not measured | — | — |")
-                continue
-            summary = row["summary"].replace("|", "\\|")  # keep the table's columns intact
-            lines.append(
-                f"| {claim} | {text} | **{row['verdict']}** | {summary} | [{name}](#{name}) |"
-            )
+    lines += _claim_rows(CLAIMS, rows)
+    found = _claim_rows(FINDINGS, rows, measured_only=True)
+    if found:
+        lines += [
+            "",
+            "## Findings beyond the article",
+            "",
+            "| # | finding | verdict | what was measured | figure |",
+            "|---|---|---|---|---|",
+            *found,
+        ]
     if failures:
         lines += ["", "## Failed figures", ""]
         lines += [f"- `{name}`: {msg}" for name, msg in failures.items()]

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from gradjax.commands.cli import main
-from gradjax.paper_figs.claims import CLAIMS
+from gradjax.paper_figs.claims import CLAIMS, FINDINGS
 from gradjax.paper_figs.run import discover, run_figures
 
 
@@ -45,11 +45,17 @@ def test_every_claim_has_a_verdict_backed_by_numbers(quick_run):
                 # (or the explicit strings for non-finite values).
                 assert isinstance(value, (int, float, list)) or value in ("inf", "-inf", "nan")
             covered.add(row["claim"])
-    assert covered == set(CLAIMS), f"claims without a verdict: {set(CLAIMS) - covered}"
+    expected = set(CLAIMS) | set(FINDINGS)
+    assert covered == expected, f"claims without a verdict: {expected - covered}"
     report = (out / "REPORT.md").read_text()
-    for claim in CLAIMS:
-        assert re.search(rf"\| {claim} \|.*\*\*(confirmed|nuanced|contradicted)\*\*", report)
+    for claim in expected:
+        # One row and one verdict per claim, however many figures bear on it.
+        rows = re.findall(rf"^\| {claim} \|.*$", report, flags=re.M)
+        assert len(rows) == 1, (claim, rows)
+        assert len(re.findall(r"\*\*(confirmed|nuanced|contradicted)\*\*", rows[0])) == 1
     assert "not measured" not in report
+    # No dangling text from a missing value.
+    assert "from step none" not in report and not re.search(r";\s*\|", report)
 
 
 def test_every_figure_is_written_as_png_and_pdf(quick_run):
