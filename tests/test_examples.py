@@ -107,3 +107,42 @@ def test_scan_stack_linen():
     assert report.context["residual"] is False and report.context["norm"] is None
     # The one weight-scale target is the critical init of tanh at sigma_b = 0.
     assert any("sigma_w^2 = 1;" in s for s in report.suggestions)
+
+
+def test_lstm_classifier_time_axis_linen():
+    # Truth: the same LSTM equations as a hand-written scan, a zero perturbation added to the
+    # lower layer's hidden state after every step (dropout off, so nothing is random).
+    from hand_written import lstm_step
+
+    from examples.lstm_classifier import LSTMClassifier, make
+
+    model, variables, (tokens, labels), options = make(steps=24, batch=8)
+    assert set(options) == {"rngs", "apply_kwargs"}
+    p = variables["params"]
+    cells = [p["OptimizedLSTMCell_0"], p["OptimizedLSTMCell_1"]]
+
+    def loss(e):
+        seq = jnp.swapaxes(p["Embed_0"]["embedding"][tokens], 0, 1)
+        for layer, cell in enumerate(cells):
+
+            def body(carry, inputs, cell=cell, layer=layer):
+                c, h = lstm_step(cell, *carry, inputs[0])
+                h = h + inputs[1] if layer == 0 else h
+                return (c, h), h
+
+            zeros = jnp.zeros((tokens.shape[0], 32))
+            _, seq = jax.lax.scan(body, (zeros, zeros), (seq, e))
+        logits = seq[-1] @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(labels.shape[0]), labels])
+
+    truth = jax.grad(loss)(jnp.zeros((24, tokens.shape[0], 32)))
+    truth = np.sqrt(np.sum(np.asarray(truth, np.float64) ** 2, axis=(1, 2)))
+    quiet = LSTMClassifier(dropout=0.0)
+    report = gj.diagnose(quiet, variables, (tokens, labels), "xent", **options)
+    lower = report.time_axes[0]
+    assert lower.name == "lower"
+    np.testing.assert_allclose(lower.norms, truth, rtol=1e-4)
+    assert report.axis_verdicts["time"] == "vanishing" == report.verdict
+    # With the factory's RNG and train flag (dropout on): the same verdict.
+    noisy = gj.diagnose(model, variables, (tokens, labels), "xent", **options)
+    assert noisy.axis_verdicts["time"] == "vanishing"

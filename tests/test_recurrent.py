@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from flax import nnx
+from hand_written import lstm_step
 
 import gradjax as gj
 
@@ -93,17 +94,6 @@ class TwoLayerLSTM(nn.Module):
         return nn.Dense(2)(h[:, -1])
 
 
-def _lstm_step(p, c, h, x_t):
-    def gate(name, act):
-        hidden = h @ p["h" + name]["kernel"] + p["h" + name]["bias"]
-        return act(x_t @ p["i" + name]["kernel"] + hidden)
-
-    i, f = gate("i", jax.nn.sigmoid), gate("f", jax.nn.sigmoid)
-    g, o = gate("g", jnp.tanh), gate("o", jax.nn.sigmoid)
-    c = f * c + i * g
-    return c, o * jnp.tanh(c)
-
-
 def test_lstm_hidden_and_cell_gradients_equal_the_hand_written_scan():
     model = TwoLayerLSTM()
     variables = model.init(jax.random.key(0), X)
@@ -117,7 +107,7 @@ def test_lstm_hidden_and_cell_gradients_equal_the_hand_written_scan():
             def step(carry, inputs, cell=cell, layer=layer):
                 c, h = carry
                 x_t, eh, ec = inputs
-                c, h = _lstm_step(cell, c, h, x_t)
+                c, h = lstm_step(cell, c, h, x_t)
                 h, c = h + eh[layer], c + ec[layer]
                 return (c, h), h
 

@@ -66,6 +66,28 @@ def test_zero_filled_chunk_fails_its_hash_and_is_recomputed(tmp_path, reference)
     _same(res, reference)
 
 
+def _rename_keeping_hash(path, stem):
+    """The chunk file under another chunk's seed/grid name, its own (valid) hash kept."""
+    return path.with_name(f"{stem}-{path.name.rsplit('-', 1)[1]}")
+
+
+def test_swapped_or_copied_chunks_are_recomputed(tmp_path, reference):
+    # Each file keeps its own hash (so its bytes are intact), but holds other seeds than its
+    # name says: swapped seeds 0 and 1, and seed 0's chunk copied onto seed 3's name.
+    out = _finished(tmp_path)
+    (out / "arrays.npz").unlink()
+    chunks = _chunks(out)
+    stems = [p.name.rsplit("-", 1)[0] for p in chunks]
+    a, b, c = chunks[0], chunks[1], chunks[3]
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    for p in (a, b, c):
+        p.unlink()
+    _rename_keeping_hash(a, stems[1]).write_bytes(a_bytes)
+    _rename_keeping_hash(b, stems[0]).write_bytes(b_bytes)
+    _rename_keeping_hash(a, stems[3]).write_bytes(a_bytes)
+    _same(gj.sweep(NET, _probe, out_dir=out, **KW), reference)
+
+
 @pytest.mark.parametrize(
     "damage",
     [

@@ -49,6 +49,7 @@ OWN_NAMES = frozenset({MANIFEST, CHUNKS, LOCK, "arrays.npz", "meta.json", "sweep
 # How long a second writer waits for the lock before giving up.
 LOCK_TIMEOUT_S = 60.0
 _FINGERPRINT_KEY = "__fingerprint__"
+_BOUNDS_KEY = "__bounds__"
 
 _log = logging.getLogger("gradjax")
 
@@ -376,12 +377,16 @@ class ChunkStore:
         return arrays
 
     def _load_checked(self, bounds, names, buffers) -> list[np.ndarray] | None:
-        """A chunk file's leaves if it passes every check (hash, fingerprint, shapes), or None."""
+        """A chunk file's leaves if it passes every check (hash, fingerprint, the seeds and
+        grid points it holds, shapes), or None."""
         s0, s1, p0, p1 = bounds
         path = self._files.get(bounds)
         parsed = _parse_name(path.name) if path is not None else None
         arrays = self._read_checked(path, parsed[1]) if parsed else None
         if arrays is None:
+            return None
+        held = arrays.get(_BOUNDS_KEY)
+        if held is None or tuple(int(v) for v in np.ravel(held)) != tuple(bounds):
             return None
         leaves = [arrays.get(name) for name in names]
         if all(
@@ -420,6 +425,9 @@ class ChunkStore:
         arrays = dict(zip(names, leaves, strict=True))
         arrays[_FINGERPRINT_KEY] = np.frombuffer(self.digest.encode(), np.uint8)
         arrays["__layout__"] = np.asarray(self.layout, np.int64)
+        # The seeds and grid points it holds: a chunk renamed or copied onto another's name
+        # does not say what its name says, and is recomputed.
+        arrays[_BOUNDS_KEY] = np.asarray(bounds, np.int64)
         buf = _bytes_io.BytesIO()
         np.savez(buf, **arrays)
         data = buf.getvalue()
