@@ -188,6 +188,12 @@ def suggest(
                 "deep BatchNorm nets explode at init (Yang et al. 2019): use fewer BN layers, "
                 "LayerNorm, or residual blocks"
             )
+    if verdict == "no gradient":
+        out.append(
+            "every parameter gradient is exactly zero at this batch: the loss does not depend "
+            "on the parameters here (a constant loss, a non-differentiable step such as "
+            "jnp.round, argmax or an integer cast, or a stop_gradient between them)"
+        )
     if verdict == "inconclusive":
         out.append(
             "no block outputs were found, so no gradient-flow verdict: pass a Flax model "

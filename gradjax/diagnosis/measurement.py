@@ -22,6 +22,7 @@ import numpy as np
 
 from gradjax.boundary.core import Boundary
 from gradjax.boundary.function import first_use
+from gradjax.measure.gradients import LOSSES, cross_entropy_loss
 from gradjax.utils.caching import BoundedCache
 from gradjax.utils.errors import GradjaxInputError, first_line, invalid
 from gradjax.utils.tree_paths import layer_slices, module_parts, natural_key
@@ -172,6 +173,20 @@ def _kernel_mask(boundary: Boundary, x: Any) -> Any:
         if s.ndim >= 2 and any(parts[: len(b)] == b for b in block_sites):
             kernel[s.index] = True
     return jax.tree_util.tree_unflatten(treedef, kernel)
+
+
+def _check_labels(loss: Callable[..., Any], out_shape: Any, y: Any) -> None:
+    """Cross-entropy labels must name classes the model outputs (else the loss is NaN)."""
+    if loss is not cross_entropy_loss or isinstance(y, jax.core.Tracer):
+        return
+    labels = np.asarray(y)
+    classes = int(out_shape.shape[-1])
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise invalid(
+            "batch targets",
+            f"labels from {labels.min()} to {labels.max()}",
+            f"class labels in [0, {classes}) for a model with {classes} outputs",
+        )
 
 
 def _every_block_has_kernels(boundary: Boundary, x: Any, mask: Any) -> bool:
@@ -463,6 +478,13 @@ class Measurement:
                 jax.tree.map(np.shape, x),
                 f"inputs the model accepts (it failed with: {first_line(err)})",
             ) from None
+        if loss in LOSSES.values() and not hasattr(out_shape, "shape"):
+            raise invalid(
+                "model output",
+                type(out_shape).__name__,
+                "one array for the built-in losses (the model returns a "
+                f"{type(out_shape).__name__}; pass a loss_fn that takes it)",
+            )
         try:
             loss_shape = jax.eval_shape(loss, out_shape, y)
         except Exception as err:
@@ -478,6 +500,7 @@ class Measurement:
                 getattr(loss_shape, "shape", type(loss_shape).__name__),
                 "a scalar () (reduce over the batch, e.g. with jnp.mean)",
             )
+        _check_labels(loss, out_shape, y)
         self.program = gradient_program(boundary, loss, x, y, self.probes)
         self.size = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
         self.param_grads: Any = None

@@ -230,6 +230,8 @@ def _checked_batch(batch: Any) -> tuple[Any, Any]:
     leaves = jax.tree_util.tree_leaves(x)
     if not leaves or jnp.ndim(leaves[0]) == 0:
         raise invalid("batch inputs", getattr(x, "shape", x), "arrays with a batch axis 0")
+    if jnp.shape(leaves[0])[0] == 0:
+        raise invalid("batch inputs", f"shape {jnp.shape(leaves[0])}", "at least one example")
     return x, y
 
 

@@ -25,7 +25,7 @@ from gradjax.utils.errors import check_real, invalid
 from gradjax.utils.files import json_safe
 from gradjax.utils.fitting import growth_per_step, growth_rate
 
-VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "inconclusive")
+VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "inconclusive", "no gradient")
 
 __all__ = [
     "VERDICTS",
@@ -736,4 +736,9 @@ def judge(flow: Any, thresholds: Thresholds) -> Judgement:
             verdict = worst.verdict
     if not np.all(np.isfinite(flow.leaf_grad_norms)):
         verdict = "non-finite"
+    elif flow.leaf_grad_norms.size and not np.any(flow.leaf_grad_norms):
+        # A constant loss, a non-differentiable step (round, argmax, an integer cast) or a
+        # stop_gradient: no gradient reaches any parameter, which is neither flow nor NaN.
+        verdict = "no gradient"
+        axes = {k: "no gradient" for k in axes} or {"depth": "no gradient"}
     return Judgement(series, tuple(names), values, regs, verdict, rate, times, worst, axes)

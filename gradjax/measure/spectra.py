@@ -66,5 +66,12 @@ def summarize_spectrum(s: jax.Array) -> SpectrumSummary:
 
 
 def spectrum_summary(jac: jax.Array) -> SpectrumSummary:
-    """Singular values of ``jac`` (``(..., m, n)``) summarised; see :class:`SpectrumSummary`."""
+    """Singular values of ``jac`` (``(..., m, n)``) summarised; see :class:`SpectrumSummary`.
+
+    Raises:
+      GradjaxInputError: for an empty Jacobian (no example, or a zero-sized map): no
+        singular value to summarise.
+    """
+    if 0 in jnp.shape(jac):
+        raise invalid("jac", f"shape {jnp.shape(jac)}", "a non-empty Jacobian (..., m, n)")
     return summarize_spectrum(singular_values(jac))

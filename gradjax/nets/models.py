@@ -371,6 +371,8 @@ class Net:
         shape = getattr(x, "shape", None)
         if shape is None or len(shape) not in (1, 2) or shape[-1] != cfg.input_dim:
             raise invalid("x.shape", shape, f"(batch, {cfg.input_dim}) or ({cfg.input_dim},)")
+        if len(shape) == 2 and shape[0] == 0:
+            raise invalid("x.shape", shape, f"a batch of at least one example (n, {cfg.input_dim})")
         if cfg.norm == "batch" and (len(shape) != 2 or shape[0] < 2):
             raise GradjaxInputError(
                 f"x.shape={shape} is invalid: norm='batch' needs a batch of at least 2 "
