@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from gradjax.paper_figs.claims import CLAIMS, FINDINGS, VERDICTS, combined_verdict
-from gradjax.utils import threads
+from gradjax.utils import interrupts, threads
 from gradjax.utils.errors import GradjaxInputError, invalid
 from gradjax.utils.files import atomic_savez, atomic_write_text, json_safe
 
@@ -144,6 +144,7 @@ def run_figures(
     write = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     failures: dict[str, str] = {}
     for name in bar:
+        interrupts.check()  # between figures: every finished one is cached
         module = modules[name]
         cfg = module.config(quick)
         key = config_hash(module, cfg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from gradjax.utils.errors import GradjaxInputError
@@ -49,9 +50,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradjax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gradjax {args.command}: interrupted", file=sys.stderr)
-        return 130
+        from gradjax.utils import interrupts
+
+        print(
+            f"gradjax {args.command}: interrupted; finished pieces are saved (rerun the same "
+            "command to continue)",
+            file=sys.stderr,
+        )
+        return interrupts.exit_code(interrupts.requested() or 2)
+
+
+def console() -> None:
+    """The ``gradjax`` executable: :func:`main` with Ctrl-C and SIGTERM handled by
+    :mod:`gradjax.utils.interrupts` (stop at a safe point; a second signal stops at once)."""
+    from gradjax.utils import interrupts
+
+    interrupts.install()
+    code = main()
+    if interrupts.requested():
+        # No interpreter teardown after an interrupt: compiler threads may still be running,
+        # and tearing down under them is what crashed. Everything finished is on disk.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(interrupts.exit_code(interrupts.requested()))
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -34,7 +34,7 @@ from gradjax.nets.config import NetConfig, as_grid
 from gradjax.sweeps import cost
 from gradjax.sweeps import devices as _devices
 from gradjax.sweeps import store as store_lib
-from gradjax.utils import threads
+from gradjax.utils import interrupts, threads
 from gradjax.utils.errors import check_int, check_real, invalid
 from gradjax.utils.files import atomic_savez, atomic_write_json
 from gradjax.utils.tree_paths import leaf_names as _tree_leaf_names
@@ -471,9 +471,10 @@ def _run_chunks(
     ):
         count = 0
         for index, (bounds, finished) in enumerate(zip(ranges, done, strict=True)):
+            interrupts.check()  # a safe point: every finished chunk is saved
             leaves = store.load(bounds, names, buffers) if finished else None
             if leaves is None:
-                on_tiles = None if per_chunk else (lambda n, c=count: bar.update(c + n))
+                on_tiles = None if per_chunk else (lambda n, c=count: _tiles_done(bar, c + n))
                 leaves = runner(bounds, grid.sigma_w, grid.sigma_b, on_tiles=on_tiles)
                 if store is not None:
                     store.save(bounds, names, leaves)
@@ -482,6 +483,12 @@ def _run_chunks(
                 buf[s0:s1, p0:p1] = leaf
             count += tiles_in[index]
             bar.update(index + 1 if per_chunk else count)
+
+
+def _tiles_done(bar: Any, count: int) -> None:
+    """Progress between tiles, which is also a safe point to stop at."""
+    bar.update(count)
+    interrupts.check()
 
 
 def _check_root_key(key: Any) -> int:

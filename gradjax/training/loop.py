@@ -47,7 +47,7 @@ from gradjax.training.optim import (
 )
 from gradjax.training.results import Evaluation, StepRecord, TrainHistory, TrainResult, TrainState
 from gradjax.training.run_folder import is_key, run_description
-from gradjax.utils import files
+from gradjax.utils import files, interrupts
 from gradjax.utils.errors import check_key, invalid
 from gradjax.utils.numerics import safe_norm
 
@@ -458,6 +458,7 @@ def train(
     records = []
     with devices_lib.Progress(progress or False, steps, desc="train", unit="step") as bar:
         for s in range(segments):
+            interrupts.check()  # between segments: a safe point to stop at
             seg_idx = indices[:, s * seg_len : (s + 1) * seg_len]
             state, rec = segment_all(state, seg_idx, data)
             records.append(rec)
