@@ -96,3 +96,36 @@ def test_python_dash_m_gradjax_is_the_command_line():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: gradjax theory")
+
+
+@pytest.mark.parametrize(
+    ("argv", "users_file"),
+    [
+        (["figures", "--quick", "--only", "activations"], "REPORT.md"),
+        (["diagnose", "--depth", "3", "--width", "8"], "report.txt"),
+        (["train", "--depth", "2", "--width", "8", "--seeds", "1", "--steps", "2"], "curves.png"),
+    ],
+)
+def test_a_user_s_files_are_never_overwritten(empty_cwd, capsys, argv, users_file):
+    out = empty_cwd / "mine"
+    out.mkdir()
+    (out / users_file).write_text("my own notes")
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and users_file in err[0] and "--overwrite" in err[0]
+    assert (out / users_file).read_text() == "my own notes"
+    assert sorted(p.name for p in out.iterdir()) == [users_file]  # nothing else written
+
+
+def test_a_verb_reuses_its_own_directory_and_refuses_another_verb_s(empty_cwd, capsys):
+    out = empty_cwd / "run"
+    diagnose = ["diagnose", "--depth", "3", "--width", "8", "--batch", "8", "--out", str(out)]
+    assert main(diagnose) == 0
+    assert main(diagnose) == 0  # its own directory: rerun in place
+    capsys.readouterr()
+    train = ["train", "--depth", "2", "--width", "8", "--seeds", "1", "--steps", "2"]
+    before = (out / "report.json").read_bytes()
+    assert main([*train, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "report.json" in err  # another verb's results, named
+    assert (out / "report.json").read_bytes() == before

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from gradjax.commands.common import (
     seed,
     writable_dir,
 )
+from gradjax.utils.files import claim_output_dir
 
 # name -> (example script, make_problem keyword arguments)
 EXAMPLES = {
@@ -136,7 +138,22 @@ def add_parser(sub) -> None:
         help="optimiser of the first-step probe",
     )
     p.add_argument("--out", type=out_dir, required=True, help="output directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into --out even where it holds files of the same names that gradjax did "
+        "not write (refused otherwise)",
+    )
     p.set_defaults(run=run)
+
+
+def _written_by_diagnose(out: Path) -> bool:
+    """A ``report.json`` that is a gradjax report (written before directories were marked)."""
+    try:
+        data = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"verdict", "thresholds"} <= set(data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,6 +196,13 @@ def run(args: argparse.Namespace) -> int:
         except GradjaxInputError as err:
             raise renamed_field(err, flags(*MLP_DEFAULTS)) from None
     out = writable_dir(args.out)
+    claim_output_dir(
+        out,
+        "diagnose",
+        [f"report.{ext}" for ext in ("txt", "json", "png", "pdf")],
+        overwrite=args.overwrite,
+        legacy=_written_by_diagnose,
+    )
     probe = {"lr": args.lr, "optimizer": args.optimizer}
 
     import jax

@@ -97,6 +97,12 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=seed, default=0, help="root PRNG seed, in [0, 2**63)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", type=out_dir, required=True, help="output directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into --out even where it holds files of the same names that gradjax did "
+        "not write (refused otherwise)",
+    )
     p.set_defaults(run=run)
 
 
@@ -151,6 +157,17 @@ def run(args: argparse.Namespace) -> int:
 
     # Checked before the estimate is printed, so a refused --out gives its one line only.
     out = writable_dir(args.out)
+    from gradjax.training.run_folder import RUN_FILES
+    from gradjax.utils.files import claim_output_dir
+
+    claim_output_dir(
+        out,
+        "train",
+        [*RUN_FILES, "curves.png", "curves.pdf"],
+        overwrite=args.overwrite,
+        # A meta.json of a training run: check_output_dir has accepted it as this run.
+        legacy=lambda d: (d / "meta.json").exists(),
+    )
     # Up front, so a very long run is never silent (with or without the progress bar).
     print(
         f"gradjax train: {estimate.steps} steps x {estimate.step_flops:.3g} FLOP per step = "

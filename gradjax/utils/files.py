@@ -122,3 +122,67 @@ def remove_stale_temps(directory: str | Path, *, older_than: float = STALE_TEMP_
         except FileNotFoundError:  # another process removed or renamed it first
             continue
     return removed
+
+
+# The file that marks a directory as written by one gradjax verb.
+OWNER_MARK = ".gradjax-owner"
+
+
+def claim_output_dir(
+    directory: str | Path,
+    verb: str,
+    outputs: list[str],
+    *,
+    overwrite: bool = False,
+    legacy: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Marks ``directory`` as ``verb``'s, refusing one that holds files someone else wrote.
+
+    The one output-folder rule of every verb: a directory marked by this verb (a rerun, a
+    resume) is reused; a directory marked by another verb is refused; an unmarked one that
+    already holds a file ``verb`` would write (a user's ``REPORT.md``) is refused, naming the
+    files, unless ``overwrite``. Call it after the directory exists and before anything is
+    written.
+
+    Args:
+      directory: the output directory (existing).
+      verb: the command, e.g. ``"figures"``.
+      outputs: the file names the verb writes there.
+      overwrite: replace such files anyway.
+      legacy: recognises a directory this verb wrote before directories were marked.
+
+    Returns:
+      The directory.
+
+    Raises:
+      GradjaxInputError: naming the directory, the files and what is allowed.
+    """
+    from gradjax.utils.errors import invalid
+
+    out = Path(directory)
+    mark = out / OWNER_MARK
+    owner = None
+    if mark.is_file():
+        try:
+            owner = json.loads(mark.read_text()).get("verb")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+    if owner is not None and owner != verb and not overwrite:
+        raise invalid(
+            "--out",
+            str(out),
+            f"a directory of `gradjax {verb}` (it holds `gradjax {owner}` "
+            "results; use another directory)",
+        )
+    if owner is None and not overwrite and not (legacy is not None and legacy(out)):
+        clash = sorted(name for name in outputs if (out / name).exists())
+        if clash:
+            raise invalid(
+                "--out",
+                str(out),
+                f"a new directory or one `gradjax {verb}` wrote (it holds {', '.join(clash)} "
+                "that gradjax did not write; use another directory or --overwrite)",
+            )
+    if owner != verb:
+        atomic_write_json(mark, {"verb": verb})
+    return out
