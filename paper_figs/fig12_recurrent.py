@@ -25,18 +25,18 @@ first step's or stops being finite."""
 
 def config(quick: bool) -> dict:
     return {
-        "width": 32 if quick else 128,
-        "steps": 30 if quick else 60,
-        "batch": 16 if quick else 32,
+        "width": 16 if quick else 128,
+        "steps": 20 if quick else 60,
+        "batch": 8 if quick else 32,
         "seeds": 2 if quick else 6,
         "gains": {"ordered": 0.8, "critical": 1.0, "chaotic": 1.4},
         "input_std": 0.3,
         "features": 4,
         "train_gain": 1.6,
-        "train_steps": 60 if quick else 300,
+        "train_steps": 30 if quick else 300,
         "train_lr": 0.5,
         "train_seeds": 2 if quick else 6,
-        "train_examples": 256 if quick else 1024,
+        "train_examples": 128 if quick else 1024,
         "clip": 1.0,
     }
 

@@ -348,3 +348,29 @@ def test_recurrent_sweep_finds_the_critical_scale_of_mean_field_theory(tmp_path,
     assert summary["critical_sigma_w"] == pytest.approx(theory, rel=0.05)
     assert "growth_per_block" not in summary  # RNN_0 then Dense_0 is no stack of blocks
     assert (tmp_path / "s" / "sweep.png").exists()
+
+
+class MaskedRNN(nn.Module):
+    """Sequences of different lengths: the lengths are a second input, as Flax's examples pass
+    them (``seq_lengths``)."""
+
+    @nn.compact
+    def __call__(self, x, lengths):
+        h = nn.RNN(nn.SimpleCell(H))(x, seq_lengths=lengths)
+        return nn.Dense(2)(h[jnp.arange(x.shape[0]), lengths - 1])
+
+
+def test_array_apply_kwargs_are_inputs_of_one_compiled_program():
+    from gradjax.diagnosis.measurement import clear_caches, compiled_programs
+
+    model = MaskedRNN()
+    lengths = jnp.array([T, T - 5, T - 10, T])
+    variables = model.init(jax.random.key(0), X, lengths)
+    clear_caches()
+    first = gj.diagnose(model, variables, (X, Y), "xent", apply_kwargs={"lengths": lengths})
+    shorter = lengths - 3  # new values, same shape: no new program
+    second = gj.diagnose(model, variables, (X, Y), "xent", apply_kwargs={"lengths": shorter})
+    assert len(compiled_programs()) == 1
+    expect = _xent(model.apply(variables, X, shorter), Y)
+    assert second.loss == pytest.approx(float(expect), rel=1e-6)
+    assert second.loss != first.loss

@@ -448,6 +448,17 @@ def owns(paths: list[tuple[str, ...]], site: tuple[str, ...]) -> bool:
     return any(p[: len(site)] == site and len(p) > len(site) for p in paths)
 
 
+def split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(static, arrays)``: keyword arguments of the forward pass split by kind.
+
+    Arrays (a batch's sequence lengths, a mask) travel as traced inputs of the compiled
+    programs, so a new array of the same shape reuses them; everything else (``train=True``)
+    is part of the program's cache key.
+    """
+    arrays = {k: v for k, v in kwargs.items() if hasattr(v, "shape") and hasattr(v, "dtype")}
+    return {k: v for k, v in kwargs.items() if k not in arrays}, arrays
+
+
 def hashable(obj: Any) -> Hashable:
     try:
         hash(obj)

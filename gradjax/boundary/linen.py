@@ -17,6 +17,7 @@ from gradjax.boundary.core import (
     hashable,
     owns,
     param_paths,
+    split_kwargs,
 )
 from gradjax.utils.errors import invalid
 
@@ -38,7 +39,7 @@ def linen_boundary(
             "the Linen variables of the model (a dict with a 'params' collection)",
         )
     others = {k: v for k, v in variables.items() if k != "params"}
-    kwargs = dict(apply_kwargs)
+    kwargs, array_kwargs = split_kwargs(apply_kwargs)
     # Default: every collection but "params" may change (BatchNorm statistics in train mode);
     # the changes are discarded. Default RNGs: a fixed dropout key (same numbers every call).
     mutable = sorted(others) if mutable is None else list(mutable)
@@ -49,11 +50,16 @@ def linen_boundary(
     calls: dict[tuple[str, ...], tuple[str, int] | None] = {}
 
     def call(params, state, x, interceptor, extra=()):
-        collections, rng = state
+        collections, rng, arrays = state
         mut = mutable + list(extra)
         with nn.intercept_methods(interceptor):
             out = module.apply(
-                {**collections, "params": params}, x, rngs=rng, mutable=mut or False, **kwargs
+                {**collections, "params": params},
+                x,
+                rngs=rng,
+                mutable=mut or False,
+                **kwargs,
+                **arrays,
             )
         return out if mut else (out, {})
 
@@ -87,7 +93,7 @@ def linen_boundary(
         _, state = jax.eval_shape(
             lambda p, s, x: call(p, s, x, recording, extra=["params"]),
             variables["params"],
-            (others, rngs),
+            (others, rngs, array_kwargs),
             x,
         )
         created = state["params"]
@@ -115,8 +121,10 @@ def linen_boundary(
         hashable(tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))),
         tuple(mutable),
         jax.tree_util.tree_structure(rngs),
+        tuple(sorted(array_kwargs)),
     )
-    return Boundary("linen", variables["params"], (others, rngs), key, module, apply, discover)
+    state = (others, rngs, array_kwargs)
+    return Boundary("linen", variables["params"], state, key, module, apply, discover)
 
 
 def _create_probe(module: Any, out: Any) -> None:

@@ -16,6 +16,7 @@ from gradjax.boundary.core import (
     hashable,
     owns,
     param_paths,
+    split_kwargs,
 )
 
 
@@ -77,24 +78,25 @@ def nnx_boundary(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
     from flax import nnx
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    kwargs = dict(apply_kwargs)
+    kwargs, array_kwargs = split_kwargs(apply_kwargs)
 
     def fresh(p, state):
         # Variables rebuilt inside the current trace: BatchNorm statistics and RNG counts
         # can then be updated by the forward pass (they belong to this copy only).
-        return nnx.merge(graphdef, p, jax.tree.map(jnp.asarray, state))
+        return nnx.merge(graphdef, p, jax.tree.map(jnp.asarray, state[0]))
 
-    def run_model(copy, x):
+    def run_model(copy, x, arrays):
         # Inside nnx.capture: a model's own `self.perturb`/`sow` calls then run as Flax
         # documents them (no warning), and their intermediates are dropped.
-        return nnx.capture(lambda m, x: m(x, **kwargs), nnx.Perturbation)(copy, x)[0]
+        call = lambda m, x: m(x, **kwargs, **arrays)
+        return nnx.capture(call, nnx.Perturbation)(copy, x)[0]
 
     def apply(p, state, x, probes):
         copy = fresh(p, state)
         if not probes:
-            return run_model(copy, x)
+            return run_model(copy, x, state[1])
         with _NnxPatch(copy, probes, None):
-            return run_model(copy, x)
+            return run_model(copy, x, state[1])
 
     def discover(x):
         record: dict[str, Any] = {}
@@ -102,10 +104,10 @@ def nnx_boundary(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
         def run(p, state, x):
             copy = fresh(p, state)
             with _NnxPatch(copy, None, record):
-                run_model(copy, x)
+                run_model(copy, x, state[1])
             return {n: v[1] for n, v in record.items() if v is not None}
 
-        shapes = jax.eval_shape(run, params, rest, x)
+        shapes = jax.eval_shape(run, params, (rest, array_kwargs), x)
         ppaths = param_paths(params)
         sites = [
             Site(n, v[0], None, owns(ppaths, tuple(n.split("/"))))
@@ -114,5 +116,10 @@ def nnx_boundary(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
         ]
         return sites, shapes
 
-    key = ("nnx", graphdef, hashable(tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))))
-    return Boundary("nnx", params, rest, key, model, apply, discover)
+    key = (
+        "nnx",
+        graphdef,
+        hashable(tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))),
+        tuple(sorted(array_kwargs)),
+    )
+    return Boundary("nnx", params, (rest, array_kwargs), key, model, apply, discover)

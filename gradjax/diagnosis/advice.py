@@ -161,33 +161,9 @@ def suggest(
             "non-zero mean shifts every layer)"
         )
     if verdict == "vanishing":
-        if norm is None:
-            out.append("add normalisation (LayerNorm, or BatchNorm for large batches)")
-        if residual is False:
-            scale = f" scaled by 1/sqrt(depth) = {1 / math.sqrt(depth):.3g}" if depth else ""
-            out.append(f"add residual connections{scale} (or SkipInit/ReZero, gain 0 at init)")
-        if norm is not None and residual:
-            out.append(
-                "the gradient fades towards the input through normalised residual blocks: "
-                "the pattern of post-LN stacks; move the norm before each branch (pre-LN) "
-                "or add a learning-rate warm-up"
-            )
+        out += _vanishing_fixes(norm, residual, depth)
     if verdict in ("exploding", "non-finite"):
-        if clip is not None:
-            out.append(f"clip: optax.clip_by_global_norm({clip}) ({clip_basis})")
-        else:
-            out.append(
-                "the measured gradient norms are themselves the explosion, so no clipping "
-                "threshold is read from them: fix the cause first, then clip at a multiple of "
-                "the fixed model's full-batch global norm (optax.clip_by_global_norm)"
-            )
-        if residual:
-            out.append("scale the residual branches by 1/sqrt(depth) or use SkipInit")
-        if norm == "batch":
-            out.append(
-                "deep BatchNorm nets explode at init (Yang et al. 2019): use fewer BN layers, "
-                "LayerNorm, or residual blocks"
-            )
+        out += _exploding_fixes(clip, clip_basis, norm, residual)
     if verdict == "no gradient":
         out.append(
             "every parameter gradient is exactly zero at this batch: the loss does not depend "
@@ -270,3 +246,42 @@ def _scale_advice(probe: Any, rate: float) -> str:
             f"block ({rate:.3g} now) crosses 1 at {probe.critical:.3g}x the kernels"
         )
     return f"no weight-scale change flattens the gradient: measured, {probe.reason}"
+
+
+def _vanishing_fixes(norm: str | None, residual: bool | None, depth: int | None) -> list[str]:
+    """Structural fixes for a gradient that fades towards the input."""
+    out = []
+    if norm is None:
+        out.append("add normalisation (LayerNorm, or BatchNorm for large batches)")
+    if residual is False:
+        scale = f" scaled by 1/sqrt(depth) = {1 / math.sqrt(depth):.3g}" if depth else ""
+        out.append(f"add residual connections{scale} (or SkipInit/ReZero, gain 0 at init)")
+    if norm is not None and residual:
+        out.append(
+            "the gradient fades towards the input through normalised residual blocks: "
+            "the pattern of post-LN stacks; move the norm before each branch (pre-LN) "
+            "or add a learning-rate warm-up"
+        )
+    return out
+
+
+def _exploding_fixes(
+    clip: str | None, clip_basis: str, norm: str | None, residual: bool | None
+) -> list[str]:
+    """Clipping (from a measurement, if any) and structural fixes for a growing gradient."""
+    if clip is not None:
+        out = [f"clip: optax.clip_by_global_norm({clip}) ({clip_basis})"]
+    else:
+        out = [
+            "the measured gradient norms are themselves the explosion, so no clipping "
+            "threshold is read from them: fix the cause first, then clip at a multiple of "
+            "the fixed model's full-batch global norm (optax.clip_by_global_norm)"
+        ]
+    if residual:
+        out.append("scale the residual branches by 1/sqrt(depth) or use SkipInit")
+    if norm == "batch":
+        out.append(
+            "deep BatchNorm nets explode at init (Yang et al. 2019): use fewer BN layers, "
+            "LayerNorm, or residual blocks"
+        )
+    return out

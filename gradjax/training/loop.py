@@ -465,8 +465,14 @@ def train(
             if progress:
                 jax.block_until_ready(rec.loss)
                 bar.update((s + 1) * seg_len)
-    rec = jax.tree.map(lambda *a: jnp.concatenate(a, axis=2), *records)
     tr, te = eval_all(state.params, state.model_state, data)
+    meta = run_description(model, data, tcfg, seeds=seeds, key=key, hyper=hyper_np)
+    return _result(model, state, records, init_norms, (tr, te), hyper_j, meta)
+
+
+def _result(model, state, records, init_norms, evaluations, hyper, meta) -> TrainResult:
+    """The :class:`TrainResult` of finished segments: histories, final variables, metadata."""
+    rec = jax.tree.map(lambda *a: jnp.concatenate(a, axis=2), *records)
     history = TrainHistory(
         loss=rec.loss,
         grad_norms=rec.grad_norms,
@@ -476,13 +482,12 @@ def train(
         alive=rec.alive,
         first_nonfinite=state.first_nonfinite,
         initial_weight_norms=init_norms,
-        train=tr,
-        test=te,
+        train=evaluations[0],
+        test=evaluations[1],
     )
-    meta = run_description(model, data, tcfg, seeds=seeds, key=key, hyper=hyper_np)
     return TrainResult(
         history=history,
-        hyper=hyper_j,
+        hyper=hyper,
         variables={"params": state.params, "state": state.model_state},
         layers=model.layers,
         meta=files.dumps_json(meta, indent=None),
