@@ -40,8 +40,8 @@ class ResBlock(nn.Module):
 class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
-        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(16, (3, 3))(x)))
-        for i, filters in enumerate((16, 32, 32, 64)):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x)))
+        for i, filters in enumerate((8, 16, 16, 32)):
             x = ResBlock(filters, 2 if i in (1, 3) else 1)(x, train)
         return nn.Dense(10)(x.mean(axis=(1, 2)))
 
@@ -54,7 +54,7 @@ class PlainCNN(nn.Module):
         return nn.Dense(10)(x.mean(axis=(1, 2)))
 
 
-IMAGES = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+IMAGES = jax.random.normal(jax.random.key(0), (8, 8, 8, 3))
 LABELS = jnp.arange(8) % 10
 
 

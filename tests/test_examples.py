@@ -116,7 +116,7 @@ def test_lstm_classifier_time_axis_linen():
 
     from examples.lstm_classifier import LSTMClassifier, make
 
-    model, variables, (tokens, labels), options = make(steps=24, batch=8)
+    model, variables, (tokens, labels), options = make(steps=16, batch=8)
     assert set(options) == {"rngs", "apply_kwargs"}
     p = variables["params"]
     cells = [p["OptimizedLSTMCell_0"], p["OptimizedLSTMCell_1"]]
@@ -135,7 +135,7 @@ def test_lstm_classifier_time_axis_linen():
         logits = seq[-1] @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(labels.shape[0]), labels])
 
-    truth = jax.grad(loss)(jnp.zeros((24, tokens.shape[0], 32)))
+    truth = jax.grad(loss)(jnp.zeros((16, tokens.shape[0], 32)))
     truth = np.sqrt(np.sum(np.asarray(truth, np.float64) ** 2, axis=(1, 2)))
     quiet = LSTMClassifier(dropout=0.0)
     report = gj.diagnose(quiet, variables, (tokens, labels), "xent", **options)

@@ -518,7 +518,7 @@ def test_linen_batchnorm_and_dropout_train_as_a_hand_written_loop():
     # The reference: optax SGD by hand, batch statistics updated every step, a fresh dropout
     # key per step and seed (train()'s convention: fold_in(fold_in(seed key, 3), step)).
     module = _BatchNormDropout.make()
-    steps, lr = 5, 0.1
+    steps, lr = 3, 0.1
     tcfg = TrainConfig(learning_rate=lr, steps=steps, batch_size=32, end_lr_fraction=1.0)
     res = tloop.train(module, DATA, tcfg, seeds=2, key=jax.random.key(7), devices=1)
     assert res.layers == ("Dense_0", "Dense_1")

@@ -78,7 +78,7 @@ def growth_per_step(values, *, tiny: float = 0.0, axis: int = -1) -> np.ndarray:
       The factors, shape ``values.shape`` without ``axis`` (NaN without a usable pair).
 
     Example:
-      >>> float(growth_per_step([8.0, 4.0, 2.0, 0.0]))
+      >>> round(float(growth_per_step([8.0, 4.0, 2.0, 0.0])), 12)
       2.0
     """
     v = np.moveaxis(np.asarray(values, np.float64), axis, -1)
