@@ -157,7 +157,14 @@ class Boundary:
         return tuple(s for s in self.scans(x) if s.axis == "time")
 
     def apply_perturbed(
-        self, params: Any, x: Any, probes: Any, perturbations: Sequence[Any], *, state: Any
+        self,
+        params: Any,
+        x: Any,
+        probes: Any,
+        perturbations: Sequence[Any],
+        *,
+        state: Any,
+        observe: Callable[..., Any] | None = None,
     ) -> Any:
         """:meth:`apply` with ``perturbations[k][j][t]`` added to carry value ``j`` of scan
         ``k`` of :meth:`scans` after step ``t``, so their gradients are ``dL/dh_t`` (works
@@ -169,14 +176,19 @@ class Boundary:
           probes: block probes, as for :meth:`apply`.
           perturbations: for each of :meth:`scans`, its carry perturbations.
           state: the non-differentiable state.
+          observe: passed to :func:`recurrence.perturbed_call` (each scan's step map and
+            trajectory).
 
         Returns:
-          The output.
+          The output; with ``observe``, ``(output, observations)``.
         """
         closed, scans, out_tree, flat, _ = self._traced(params, probes, state, x)
         chosen = [s for s in scans if s.axis == "time" or self._recurrence(x)[3]]
-        outs = perturbed_call(closed, chosen, flat, perturbations)
-        return jax.tree_util.tree_unflatten(out_tree, outs)
+        if observe is None:
+            outs = perturbed_call(closed, chosen, flat, perturbations)
+            return jax.tree_util.tree_unflatten(out_tree, outs)
+        outs, seen = perturbed_call(closed, chosen, flat, perturbations, observe)
+        return jax.tree_util.tree_unflatten(out_tree, outs), seen
 
     def skip_connections(self, x: Any) -> bool | None:
         """Whether the blocks add their input through a shorter path than their branch,

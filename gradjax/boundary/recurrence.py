@@ -22,7 +22,7 @@ one step, not a block of the model's depth.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -234,6 +234,7 @@ def perturbed_call(
     scans: Sequence[Scan],
     args: Sequence[Any],
     perturbations: Sequence[Sequence[Any]],
+    observe: Callable[..., Any] | None = None,
 ) -> list[Any]:
     """Evaluates ``closed`` on ``args`` with ``perturbations[k][j][t]`` added to perturbed
     carry value ``j`` of ``scans[k]`` after step ``t`` (and to the step's output where it is
@@ -247,11 +248,21 @@ def perturbed_call(
       scans: the scans to perturb (from :func:`analyse` of ``closed``).
       args: the flat inputs.
       perturbations: for each scan, one ``(length, *carry_shape)`` array per perturbed value.
+      observe: optional ``observe(scan, step, carries, xs)``, called for each scan with its
+        step map ``step(carry, h, x_t) -> h'`` (the perturbed carry values ``h`` of one
+        step, the rest of ``carry`` held), the carry before every step and the scanned
+        inputs (each with a leading step axis); what it returns is collected.
 
     Returns:
-      The program's flat outputs.
+      The program's flat outputs; with ``observe``, ``(outputs, observations)``.
     """
-    targets = {s.path: (s, list(e)) for s, e in zip(scans, perturbations, strict=True)}
+    targets = {s.path: (s, list(e), observe) for s, e in zip(scans, perturbations, strict=True)}
+    if observe is not None:
+        seen: list[Any] = []
+        targets = {k: (*v, seen) for k, v in targets.items()}
+        on_the_way = {s.path[:k] for s in scans for k in range(1, len(s.path))}
+        outs = _evaluate(closed.jaxpr, closed.consts, args, targets, on_the_way, ())
+        return outs, seen
     on_the_way = {s.path[:k] for s in scans for k in range(1, len(s.path))}
     return _evaluate(closed.jaxpr, closed.consts, args, targets, on_the_way, ())
 
@@ -297,7 +308,14 @@ def _bind(eqn: Any, values: list[Any]) -> list[Any]:
     return outs if eqn.primitive.multiple_results else [outs]
 
 
-def _perturbed_scan(eqn: Any, values: list[Any], scan: Scan, pert: list[Any]) -> list[Any]:
+def _perturbed_scan(
+    eqn: Any,
+    values: list[Any],
+    scan: Scan,
+    pert: list[Any],
+    observe: Callable[..., Any] | None = None,
+    seen: list | None = None,
+) -> list[Any]:
     p = eqn.params
     nc, nk = p["num_consts"], p["num_carry"]
     consts, init, xs = values[:nc], values[nc : nc + nk], values[nc + nk :]
@@ -313,9 +331,10 @@ def _perturbed_scan(eqn: Any, values: list[Any], scan: Scan, pert: list[Any]) ->
         for where, e in zip(positions, e_t, strict=True):
             for j in where:
                 outs[j] = outs[j] + e
-        return outs[:nk], outs[nk:]
+        # With an observer, the carry before the step too (the trajectory it is linearised on).
+        return outs[:nk], (outs[nk:], list(carry) if observe is not None else [])
 
-    carry, ys = jax.lax.scan(
+    carry, (ys, before) = jax.lax.scan(
         step,
         list(init),
         (list(xs), pert),
@@ -323,6 +342,16 @@ def _perturbed_scan(eqn: Any, values: list[Any], scan: Scan, pert: list[Any]) ->
         reverse=bool(p["reverse"]),
         unroll=p.get("unroll", 1),
     )
+    if observe is not None:
+
+        def one_step(carry_t, h, x_t):
+            full = list(carry_t)
+            for pos, value in zip(scan.perturbed, h, strict=True):
+                full[pos] = value
+            outs = step_fn(*consts, *full, *x_t)
+            return [outs[pos] for pos in scan.perturbed]
+
+        seen.append(observe(scan, one_step, before, list(xs)))
     return [*carry, *ys]
 
 

@@ -54,6 +54,7 @@ from gradjax.diagnosis.report import (
     judge,
 )
 from gradjax.measure.gradients import get_loss
+from gradjax.measure.recurrent import step_spectra
 from gradjax.utils.errors import check_choice, check_int, check_real, invalid
 from gradjax.utils.fitting import crossing, no_crossing_reason
 
@@ -85,6 +86,7 @@ def diagnose(
     lr: float | None = None,
     optimizer: str = "adam",
     probe_halvings: int = 5,
+    step_jacobians: bool = False,
 ) -> Report:
     """Diagnoses the gradient flow of a model on one batch: measure, judge, advise, report.
 
@@ -117,6 +119,9 @@ def diagnose(
         at ``lr`` and at ``probe_halvings`` halvings of it is measured (:class:`StepProbe`).
       optimizer: ``"adam"`` or ``"sgd"``, for the first-step probe.
       probe_halvings: how many halved rates the probe tries.
+      step_jacobians: for a model with recurrences over time, also measure the top and mean
+        squared singular values of every step Jacobian ``dh_{t+1}/dh_t``
+        (:func:`gradjax.measure.recurrent.step_spectra`; one more compiled program).
 
     Returns:
       A :class:`Report`.
@@ -155,6 +160,8 @@ def diagnose(
         step_probe = _step_probe(measured, lr, optimizer, probe_halvings, thresholds)
     # Judge, then advise from the measurements.
     judged = judge(flow, thresholds)
+    if step_jacobians and judged.time_axes:
+        judged = _with_step_spectra(judged, step_spectra(boundary, x))
     history, early_spike, warmup_steps = None, None, None
     if norm_history is not None:
         history, early_spike, warmup_steps = _history_stats(norm_history)
@@ -323,6 +330,19 @@ def _scale_probe(measured: Measurement) -> ScaleProbe:
         critical=critical,
         reason="" if critical is not None else no_crossing_reason(_PROBE_SCALES, growth),
     )
+
+
+def _with_step_spectra(judged: Any, spectra: list[dict]) -> Any:
+    """The judgement with each recurrence's step-Jacobian spectra attached (same order)."""
+    axes = tuple(
+        dataclasses.replace(a, step_sigma_max=s["sigma_max"], step_mean_sq=s["mean_sq"])
+        for a, s in zip(judged.time_axes, spectra, strict=True)
+    )
+    # The worst recurrence, found by identity (its arrays make == ambiguous).
+    worst = next(
+        (b for a, b in zip(judged.time_axes, axes, strict=True) if a is judged.time_axis), None
+    )
+    return dataclasses.replace(judged, time_axes=axes, time_axis=worst)
 
 
 def _clip_threshold(

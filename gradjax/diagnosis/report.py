@@ -420,6 +420,18 @@ def _time_lines(report: Report) -> list[str]:
             f"||dL/dh|| first/last step {first:.3g}/{last:.3g}, underflow at {under}: "
             f"{a.verdict}"
         )
+        if a.step_sigma_max is not None:
+            below = bool(np.all(a.step_sigma_max < 1.0))
+            lines.append(
+                f"    step Jacobian dh_t+1/dh_t: sigma_max median {np.median(a.step_sigma_max):.3g}"
+                f" (max {np.max(a.step_sigma_max):.3g}), sqrt(mean sigma^2) median "
+                f"{np.sqrt(np.median(a.step_mean_sq)):.3g}"
+                + (
+                    "; below 1 at every step, so the gradient must vanish (Pascanu et al.)"
+                    if below
+                    else ""
+                )
+            )
     if report.series == "parameters":
         lines.append("  (no repeated stack of blocks: the depth axis is not judged)")
     return lines
@@ -435,6 +447,8 @@ def _time_dict(a: TimeAxis) -> dict[str, Any]:
         "underflow_step": a.underflow_step,
         "regions": [dataclasses.asdict(r) for r in a.regions],
         "verdict": a.verdict,
+        "step_sigma_max": a.step_sigma_max,
+        "step_mean_sq": a.step_mean_sq,
     }
 
 
@@ -615,6 +629,10 @@ class TimeAxis:
         third, middle, latest third against the last step run).
       verdict: the verdict of this recurrence (``"inconclusive"`` when fewer than two steps
         reach the loss).
+      step_sigma_max: the top singular value of the step Jacobian ``dh_{t+1}/dh_t`` at every
+        step, in time order (``step_jacobians=True``; else ``None``).
+      step_mean_sq: its mean squared singular value (the square root is the per-step gain
+        mean-field theory predicts), or ``None``.
     """
 
     name: str
@@ -625,6 +643,8 @@ class TimeAxis:
     underflow_step: int | None
     regions: tuple[Region, ...]
     verdict: str
+    step_sigma_max: np.ndarray | None = None
+    step_mean_sq: np.ndarray | None = None
 
 
 def judge_time(chain: Any, thresholds: Thresholds) -> TimeAxis:
