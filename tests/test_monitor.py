@@ -227,3 +227,61 @@ def test_history_under_nnx_optimizer_holds_each_steps_norms(getkey):
     history = gj.NormHistory.from_states(states)
     np.testing.assert_allclose(np.asarray(history.global_norms()), truth, rtol=1e-5)
     assert len(set(np.round(truth, 3))) == 4  # the steps differ, so a live copy would fail
+
+
+def _quadratic_problem():
+    params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    xs = jax.random.normal(jax.random.key(0), (6, 4, 3))
+    ys = jnp.arange(6.0)[:, None, None] * jnp.ones((6, 4, 2))
+
+    def loss(p, x, y):
+        return jnp.mean((x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"] - y) ** 2)
+
+    def norm(g):  # float64 NumPy, the independent side
+        return float(
+            np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in jax.tree.leaves(g)))
+        )
+
+    return params, xs, ys, loss, norm
+
+
+def test_history_inside_lax_scan_holds_each_steps_norms():
+    params, xs, ys, loss, norm = _quadratic_problem()
+    tx = gj.monitor(optax.sgd(0.05))
+
+    def body(carry, batch):
+        p, s = carry
+        g = jax.grad(loss)(p, *batch)
+        updates, s = tx.update(g, s, p)
+        return (optax.apply_updates(p, updates), s), gj.latest_norms(s)
+
+    _, stacked = jax.lax.scan(body, (params, tx.init(params)), (xs, ys))
+    history = gj.NormHistory.from_stacked(stacked)
+    truth, p = [], params
+    for t in range(6):  # the same steps by hand, in Python
+        g = jax.grad(loss)(p, xs[t], ys[t])
+        truth.append(norm(g))
+        p = jax.tree.map(lambda a, b: a - 0.05 * b, p, g)
+    np.testing.assert_allclose(history.global_norms(), truth, rtol=1e-5)
+
+
+def test_history_under_multisteps_records_the_accumulated_gradient():
+    # optax.MultiSteps(every 2): the monitored inner chain sees the mean of two micro-batch
+    # gradients once per two calls; between, the last full step's norms stay.
+    params, xs, ys, loss, norm = _quadratic_problem()
+    tx = optax.MultiSteps(gj.monitor(optax.sgd(0.05)), every_k_schedule=2)
+    state, p, recorded = tx.init(params), params, []
+    # MultiSteps mixes its int32 step counter with floats: standard promotion, as users run.
+    with jax.numpy_dtype_promotion("standard"):
+        for t in range(6):
+            updates, state = tx.update(jax.grad(loss)(p, xs[t], ys[t]), state, p)
+            p = optax.apply_updates(p, updates)
+            recorded.append(gj.latest_norms(state))
+    truth, q = [], params
+    for t in range(0, 6, 2):
+        g = jax.tree.map(lambda a, b: (a + b) / 2, jax.grad(loss)(q, xs[t], ys[t]),
+                         jax.grad(loss)(q, xs[t + 1], ys[t + 1]))  # fmt: skip
+        truth.append(norm(g))
+        q = jax.tree.map(lambda a, b: a - 0.05 * b, q, g)
+    history = gj.NormHistory.from_states(recorded[1::2])  # after each full step
+    np.testing.assert_allclose(history.global_norms(), truth, rtol=1e-5)

@@ -289,6 +289,7 @@ def test_nnx_scanned_stack_in_a_sweep_probe_equals_the_hand_loop():
     np.testing.assert_allclose(measured, truth, rtol=1e-4)
     result = gj.sweep(net, probe, seeds=2, sigma_w=[0.5, 2.0], progress=False)
     assert result["block_grad_norms"].shape == (2, 2, L)
+    assert result.meta["labels"]["block_grad_norms"] == [f"blocks/{i}" for i in range(L)]
 
 
 # ---------------------------------------------------------------------------- sweeps over time

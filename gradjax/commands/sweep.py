@@ -233,6 +233,7 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
         "out": str(out),
         "model": args.model,
         "blocks": net.cfg.blocks,
+        "block_names": result.meta["labels"].get("block_grad_norms", []),
         "scaled_kernels": list(net.cfg.scaled),
         "sigma_w": [float(v) for v in scales],
     }

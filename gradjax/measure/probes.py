@@ -43,6 +43,9 @@ class Probe(NamedTuple):
         respect to activations, never reading ``W`` itself). The sweep then keeps a seed's
         weights shared across its scale grid: a grid of P scales costs matrix-matrix
         products instead of P rescaled weight copies.
+      labels: names along a result's last axis, as ``((result name, (label, ...)), ...)``
+        (e.g. the block names of ``block_grad_norms``); the sweep records them in its
+        metadata (``result.meta["labels"]``).
 
     Example:
       >>> import gradjax as gj, jax
@@ -57,6 +60,7 @@ class Probe(NamedTuple):
     per_network: Callable[[Params, jax.Array], Any]
     finalize: Callable[[Any], Any] | None = None
     lazy_scales: bool = False
+    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __call__(self, params: Params, key: jax.Array) -> Any:
         out = self.per_network(params, key)
@@ -264,7 +268,8 @@ def block_gradient_probe(net: Sweepable, batch: tuple[Any, Any], loss_fn: Any) -
             )  # (recurrences, steps), running order, NaN past a shorter one's end
         return out
 
-    return Probe(per_network=per_network)
+    labels = (("block_grad_norms", boundary.block_names(x)),)
+    return Probe(per_network=per_network, labels=labels)
 
 
 def _step_norms(scan: Any, grads: list[jax.Array]) -> jax.Array:

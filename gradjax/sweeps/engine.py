@@ -436,6 +436,8 @@ def sweep(
             "chunk": [seed_chunk, scale_chunk],
             "tile": [1, tile],
             "devices": len(device_list),
+            # Names along results' last axes (a probe's labels: block names, ...).
+            "labels": {name: list(values) for name, values in probe.labels},
         }
         result = SweepResult(data=data, axes=grid.axes, coords=grid.coords, meta=meta)
         if store is not None:
