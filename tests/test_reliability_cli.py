@@ -129,3 +129,23 @@ def test_a_verb_reuses_its_own_directory_and_refuses_another_verb_s(empty_cwd, c
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "report.json" in err  # another verb's results, named
     assert (out / "report.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("platform", ["cuda", "bogus"])
+def test_a_backend_the_machine_cannot_start_is_one_line(tmp_path, platform):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": platform}
+    done = subprocess.run(
+        [sys.executable, "-m", "gradjax.commands.cli", "theory", "--activation", "tanh"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2 and "\n" not in err and "Traceback" not in err, err
+    assert f"JAX_PLATFORMS='{platform}' is invalid" in err
+    assert os.listdir(tmp_path) == []

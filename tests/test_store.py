@@ -126,7 +126,9 @@ def test_a_second_writer_waits_then_is_refused_with_one_line(tmp_path, reference
     _same(gj.sweep(NET, _probe, out_dir=out, **KW), reference)  # free again: it runs
 
 
-def test_stale_temporary_files_are_removed_on_open(tmp_path, reference):
+def test_left_over_temporary_files_are_removed_on_open(tmp_path, reference):
+    # The directory's lock is held while they are removed, so no live writer owns any of
+    # them: a temp left by a writer killed a second ago goes as well as an old one.
     out = _finished(tmp_path)
     old, fresh = out / ".manifest.json.x1.tmp", out / "chunks" / ".a.npz.x2.tmp"
     young = out / ".meta.json.x3.tmp"
@@ -134,10 +136,19 @@ def test_stale_temporary_files_are_removed_on_open(tmp_path, reference):
         path.write_text("left by a killed writer")
     past = time.time() - 2 * 3600
     os.utime(old, (past, past))
-    os.utime(fresh, (past, past))
     _same(gj.sweep(NET, _probe, out_dir=out, **KW), reference)
-    assert not old.exists() and not fresh.exists()
-    assert young.exists()  # recent: possibly a live writer's
+    assert not old.exists() and not fresh.exists() and not young.exists()
+
+
+def test_files_get_the_mode_the_umask_gives(tmp_path):
+    from gradjax.utils.files import atomic_write_text
+
+    previous = os.umask(0o027)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
 
 
 def test_manifest_size_does_not_grow_with_seeds_or_grid(tmp_path):

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     try:
+        _check_backend()
         return int(args.run(args) or 0)
     except GradjaxInputError as err:
         print(f"gradjax {args.command}: error: {err}", file=sys.stderr)
@@ -58,6 +59,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return interrupts.exit_code(interrupts.requested() or 2)
+
+
+def _check_backend() -> None:
+    """A ``JAX_PLATFORMS`` this machine cannot start is one line, before any work."""
+    wanted = os.environ.get("JAX_PLATFORMS")
+    if not wanted:
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as err:  # RuntimeError or AssertionError, by JAX version and platform
+        from gradjax.utils.errors import first_line
+
+        raise GradjaxInputError(
+            f"JAX_PLATFORMS={wanted!r} is invalid: expected a backend this machine can start "
+            f"(unset it or name one this machine has; JAX said: {first_line(err)})"
+        ) from None
 
 
 def console() -> None:

@@ -215,8 +215,10 @@ class ChunkStore:
         self.lock.acquire()
         try:
             (self.directory / CHUNKS).mkdir(exist_ok=True)
-            io.remove_stale_temps(self.directory)
-            io.remove_stale_temps(self.directory / CHUNKS)
+            # With the lock held no other writer is at work here: every temp file is a
+            # killed writer's left-over, whatever its age.
+            io.remove_stale_temps(self.directory, older_than=0.0)
+            io.remove_stale_temps(self.directory / CHUNKS, older_than=0.0)
             self._open_locked()
         except BaseException:
             self.lock.release()

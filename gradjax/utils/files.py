@@ -76,12 +76,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: 
             write(f)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the name points at it
+        # mkstemp makes the file 0600; a file gradjax writes gets the mode the user's umask
+        # gives any new file.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read and restored: ``os.umask`` has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
