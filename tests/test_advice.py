@@ -169,3 +169,18 @@ def test_a_normalised_stack_gets_no_weight_scale_advice_and_the_reason():
     assert max(probe.growth) / min(probe.growth) < 1.05  # BatchNorm cancels the scale
     assert "does not depend on the kernel scale" in report.suggestions[0]
     assert math.isnan(report.clip_threshold)  # the norms of an exploding model
+
+
+def test_warm_up_advice_for_sgd_reads_the_measured_sharpness():
+    # Linear regression with gradjax's mse (half the squared error, mean over the batch):
+    # the Hessian in each output column is X^T X / n, so the sharpness is its top eigenvalue.
+    x = jax.random.normal(jax.random.key(0), (32, 6)) * jnp.arange(1.0, 7.0)
+    y = jnp.zeros((32, 2))
+    model = lambda p, x: x @ p["w"]
+    params = {"w": 0.1 * jnp.ones((6, 2))}
+    top = float(np.linalg.eigvalsh(np.asarray(x.T @ x, np.float64) / 32)[-1])
+    safe = gj.diagnose(model, params, (x, y), "mse", lr=1.0 / top, optimizer="sgd")
+    assert safe.step_probe.sharpness == pytest.approx(top, rel=1e-3)
+    assert not any("sharpness at init" in s for s in safe.suggestions)  # lr x sharpness = 1
+    risky = gj.diagnose(model, params, (x, y), "mse", lr=3.0 / top, optimizer="sgd")
+    assert f"lr x sharpness = {3.0:.3g} is above 2" in risky.suggestions[0]

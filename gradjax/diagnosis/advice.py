@@ -186,6 +186,14 @@ def suggest(
             "optax.warmup_cosine_decay_schedule (post-LN Transformers need this; pre-LN "
             "usually does not)",
         )
+    if step_probe is not None and step_probe.lrs[0] * step_probe.sharpness > 2.0:
+        lr, sharp = step_probe.lrs[0], step_probe.sharpness
+        out.insert(
+            0,
+            f"add a learning-rate warm-up or a smaller rate: the sharpness at init is "
+            f"{sharp:.4g}, so lr x sharpness = {lr * sharp:.3g} is above 2, where gradient "
+            f"descent diverges along the sharpest direction (stable below lr = {2 / sharp:.3g})",
+        )
     if early_spike is not None and early_spike > thresholds.warmup_spike:
         steps = f" over the first {warmup_steps} steps" if warmup_steps else ""
         out.append(

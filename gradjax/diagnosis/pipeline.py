@@ -54,6 +54,7 @@ from gradjax.diagnosis.report import (
     judge,
 )
 from gradjax.measure.gradients import get_loss
+from gradjax.measure.hessian import hessian_top_eigenvalue
 from gradjax.measure.recurrent import step_spectra
 from gradjax.utils.errors import check_choice, check_int, check_real, invalid
 from gradjax.utils.fitting import crossing, no_crossing_reason
@@ -302,6 +303,12 @@ def _step_probe(
     best = float(np.max(gains))
     ok = gains >= thresholds.step_gain * best if best > 0 else np.zeros_like(gains, bool)
     safe = float(lrs[np.argmax(ok)]) if ok.any() else math.nan
+    sharpness = math.nan
+    if optimizer == "sgd":  # gradient descent's stability limit: lr x sharpness < 2
+        top = hessian_top_eigenvalue(
+            lambda p: objective(p, pert, x, y), params, jax.random.key(0), steps=20
+        )
+        sharpness = float(top.value)
     return StepProbe(
         optimizer=optimizer,
         lrs=tuple(float(v) for v in lrs),
@@ -309,6 +316,7 @@ def _step_probe(
         loss0=loss0,
         unstable=bool(not ok[0]),
         safe_lr=safe,
+        sharpness=sharpness,
     )
 
 

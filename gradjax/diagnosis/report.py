@@ -145,6 +145,9 @@ class StepProbe:
       unstable: the planned step gains less than ``Thresholds.step_gain`` of the best
         decrease among the rates (or raises the loss).
       safe_lr: the largest probed rate whose decrease is at least that fraction of the best.
+      sharpness: for SGD, the largest Hessian eigenvalue of the loss at the parameters
+        (Lanczos); gradient descent is stable only where ``lr * sharpness < 2``. ``nan``
+        for Adam, whose stability the one-step probe measures instead.
     """
 
     optimizer: str
@@ -153,6 +156,7 @@ class StepProbe:
     loss0: float
     unstable: bool
     safe_lr: float
+    sharpness: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +306,11 @@ class Report:
                 f"  planned lr {sp.lrs[0]:.3g} is {'UNSTABLE' if sp.unstable else 'stable'}; "
                 f"largest stable probed lr {sp.safe_lr:.3g}",
             ]
+            if math.isfinite(sp.sharpness):
+                lines.append(
+                    f"  sharpness at init {sp.sharpness:.4g}: lr x sharpness = "
+                    f"{sp.lrs[0] * sp.sharpness:.3g} (gradient descent is stable below 2)"
+                )
         if self.microbatch_global_norms.size:
             lines += [
                 "",
