@@ -148,7 +148,7 @@ def test_deleted_chunk_is_recomputed(setup, tmp_path):
     again = gj.sweep(net, probe, out_dir=tmp_path, **RESUMABLE)
     assert chunks[-1].exists()
     with np.load(chunks[0]) as npz:
-        assert set(npz.files) == {*full.names(), "__fingerprint__", "__layout__"}
+        assert set(npz.files) == {*full.names(), "__fingerprint__", "__layout__", "__bounds__"}
     _assert_same(full, again, exact=True)
 
 
