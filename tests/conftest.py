@@ -19,6 +19,9 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+# The tests check numbers, not speed: XLA's cheapest compilation (most passes off) compiles
+# the suite's many small programs several times faster. Benchmarks run fully optimised.
+jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture
