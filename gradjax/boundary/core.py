@@ -37,6 +37,7 @@ import numpy as np
 
 from gradjax.boundary.recurrence import Scan, analyse, kernel_depths, perturbed_call
 from gradjax.utils.caching import BoundedCache
+from gradjax.utils.errors import invalid
 from gradjax.utils.tree_paths import module_parts
 
 # Name of the probe variable a Linen submodule gets in its own "params" scope.
@@ -97,11 +98,17 @@ class Boundary:
     state: Any
     key: Hashable
     module: Any
-    _apply: Callable[[Any, Any, Any, Any], Any]
+    _apply: Callable[..., Any]
     _discover: Callable[[Any], tuple[list[Site], dict[str, Any]]]
 
     def apply(
-        self, params: Any, x: Any, probes: Mapping[str, Any] | None = None, *, state: Any = None
+        self,
+        params: Any,
+        x: Any,
+        probes: Mapping[str, Any] | None = None,
+        *,
+        state: Any = None,
+        edit: Callable[[str, Any], Any] | None = None,
     ) -> Any:
         """The model's output, ``probes[site]`` added to each probed site's output.
 
@@ -110,11 +117,24 @@ class Boundary:
           x: the inputs.
           probes: zero probes by site (see :meth:`zero_probes`), or ``None``.
           state: the non-differentiable state (default: this model's :attr:`state`).
+          edit: optional ``edit(site, output) -> output``, called on the output of every
+            site run at the forward pass's own level (not inside a scan), after its probe:
+            it may record the output or replace it. Linen and NNX models only.
 
         Returns:
           The output.
         """
-        return self._apply(params, self.state if state is None else state, x, probes)
+        state = self.state if state is None else state
+        if edit is None:
+            return self._apply(params, state, x, probes)
+        if self.kind == "function":
+            raise invalid(
+                "model",
+                "a pure function",
+                "a Linen or NNX model (its blocks are "
+                "perturbations, whose values gradjax cannot see)",
+            )
+        return self._apply(params, state, x, probes, edit)
 
     def cache_key(self, *trees: Any) -> Hashable:
         """:attr:`key` with the shapes and dtypes of the parameters, state and ``trees``."""
@@ -189,6 +209,28 @@ class Boundary:
             return jax.tree_util.tree_unflatten(out_tree, outs)
         outs, seen = perturbed_call(closed, chosen, flat, perturbations, observe)
         return jax.tree_util.tree_unflatten(out_tree, outs), seen
+
+    def observe_layers(
+        self, params: Any, x: Any, observe: Callable[..., Any], *, state: Any
+    ) -> tuple[tuple[Scan, ...], list[Any]]:
+        """Every scan over layers of the forward pass (also a Linen ``nn.scan`` stack, which
+        the probes reach layer by layer), each shown to ``observe`` as
+        :func:`recurrence.perturbed_call` shows it (its step map, the carry before every
+        step and the scanned inputs); works under ``jit``.
+
+        Args:
+          params: parameters.
+          x: the inputs.
+          observe: ``observe(scan, step, carries, xs)``.
+          state: the non-differentiable state.
+
+        Returns:
+          ``(scans, observations)``, in execution order.
+        """
+        closed, scans, _, flat, _ = self._traced(params, None, state, x)
+        chosen = [s for s in scans if s.axis == "layers"]
+        zeros = [[jnp.zeros(c.shape, c.dtype) for c in s.shapes] for s in chosen]
+        return tuple(chosen), perturbed_call(closed, chosen, flat, zeros, observe)[1]
 
     def skip_connections(self, x: Any) -> bool | None:
         """Whether the blocks add their input through a shorter path than their branch,

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import get_opaque_trace_state
 
 from gradjax.boundary.core import (
     PROBE,
@@ -75,18 +76,27 @@ def linen_boundary(
             _create_probe(ctx.module, out)
         return out
 
-    def apply(params, state, x, probes):
-        if not probes:
+    def apply(params, state, x, probes, edit=None):
+        if not probes and edit is None:
             return call(params, state, x, lambda f, a, k, c: f(*a, **k))[0]
-        wanted = {tuple(n.split("/")) for n in probes}
+        wanted = {tuple(n.split("/")) for n in probes or ()}
+        level = get_opaque_trace_state() if edit is not None else None
 
         def adding(next_fun, args, kw, ctx):
             out = next_fun(*args, **kw)
-            if ctx.method_name == "__call__" and tuple(ctx.module.path) in wanted:
+            if ctx.method_name != "__call__":
+                return out
+            path = tuple(ctx.module.path)
+            if path in wanted:
                 out = add_probe(out, ctx.module.get_variable("params", PROBE))
+            # Edits act at the forward pass's own level only: a value inside a scan's body
+            # belongs to another trace.
+            if edit is not None and path and get_opaque_trace_state() == level:
+                if float_leaves_only(out):
+                    out = edit("/".join(path), out)
             return out
 
-        return call(_insert_probes(params, probes), state, x, adding)[0]
+        return call(_insert_probes(params, probes or {}), state, x, adding)[0]
 
     def discover(x):
         calls.clear()

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import get_opaque_trace_state
 
 from gradjax.boundary.core import (
     Boundary,
@@ -27,7 +28,13 @@ class _NnxPatch:
     that copy (by identity) are probed; the original classes are restored on exit.
     """
 
-    def __init__(self, root: Any, probes: Mapping[str, Any] | None, record: dict | None):
+    def __init__(
+        self,
+        root: Any,
+        probes: Mapping[str, Any] | None,
+        record: dict | None,
+        edit: Callable[[str, Any], Any] | None = None,
+    ):
         from flax import nnx
 
         self.names: dict[int, str] = {}
@@ -39,6 +46,9 @@ class _NnxPatch:
         self.classes = list(classes)
         self.probes = probes or {}
         self.record = record
+        self.edit = edit
+        # Edits act at the level the copy is run at only (not inside an nnx.scan's body).
+        self.level = get_opaque_trace_state() if edit is not None else None
         self.saved: list[tuple[type, Any]] = []
 
     def __enter__(self) -> _NnxPatch:
@@ -69,6 +79,8 @@ class _NnxPatch:
                 patch.record[name] = (type(module).__name__, out)
             if name in patch.probes:
                 out = add_probe(out, patch.probes[name])
+            if patch.edit is not None and get_opaque_trace_state() == patch.level:
+                out = patch.edit(name, out)
             return out
 
         return __call__
@@ -91,11 +103,11 @@ def nnx_boundary(model: Any, *, apply_kwargs: Mapping[str, Any]) -> Boundary:
         call = lambda m, x: m(x, **kwargs, **arrays)
         return nnx.capture(call, nnx.Perturbation)(copy, x)[0]
 
-    def apply(p, state, x, probes):
+    def apply(p, state, x, probes, edit=None):
         copy = fresh(p, state)
-        if not probes:
+        if not probes and edit is None:
             return run_model(copy, x, state[1])
-        with _NnxPatch(copy, probes, None):
+        with _NnxPatch(copy, probes, None, edit):
             return run_model(copy, x, state[1])
 
     def discover(x):

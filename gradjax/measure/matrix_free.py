@@ -109,7 +109,9 @@ def hutchinson_trace(
     an independent unbiased estimate, so their spread gives the standard error.
 
     Args:
-      quadratic: ``v -> v^T A v`` for one ``v`` of shape ``in_shape`` (it is vmapped).
+      quadratic: ``v -> v^T A v`` for one ``v`` of shape ``in_shape`` (it is vmapped); it
+        may return an array (one quadratic form per diagonal block of ``A``), each then
+        estimated on its own.
       key: PRNG key for the Rademacher probes.
       in_shape: the shape of A's input.
       dtype: floating dtype of the probes.
@@ -121,8 +123,8 @@ def hutchinson_trace(
     check_int("probes", probes, minimum=2)
     v = _rademacher(key, (probes, *in_shape), dtype)
     per_probe = jax.vmap(quadratic)(v)
-    value = jnp.mean(per_probe)
-    stderr = jnp.std(per_probe, ddof=1) / math.sqrt(probes)
+    value = jnp.mean(per_probe, axis=0)
+    stderr = jnp.std(per_probe, axis=0, ddof=1) / math.sqrt(probes)
     return TraceEstimate(value=value, stderr=stderr, probes=probes)
 
 
@@ -195,53 +197,71 @@ class KrylovBasis:
 
 
 def lanczos_basis(
-    operator: MatVec, key: jax.Array, *, size: int, dtype=jnp.float32, steps: int = 32
+    operator: MatVec,
+    key: jax.Array,
+    *,
+    size: int,
+    dtype=jnp.float32,
+    steps: int = 32,
+    groups: int | None = None,
 ) -> KrylovBasis:
     """Lanczos with full reorthogonalisation: the Krylov basis, without the eigenproblem.
 
     Kept apart from :func:`ritz_top_eigenvalue` so that several bases (of different sizes,
     e.g. a network's input layer and its hidden layers) can share one small eigensolver call.
 
+    With ``groups``, the operator is block-diagonal over a leading group axis (a batch whose
+    examples do not mix): ``groups`` independent recurrences run in one, each applying the
+    operator once per step between them.
+
     Args:
-      operator: ``v -> A v`` on flat vectors of length ``size``; ``A`` symmetric.
+      operator: ``v -> A v`` on flat vectors of length ``size`` (with ``groups``: on
+        ``(groups, size)`` arrays, each row mapped by its own block); ``A`` symmetric.
       key: PRNG key for the start vector.
-      size: the dimension of A.
+      size: the dimension of A (of one block, with ``groups``).
       dtype: floating dtype.
       steps: Lanczos steps (capped at ``size``).
+      groups: the number of diagonal blocks, or ``None`` for one operator.
 
     Returns:
-      A :class:`KrylovBasis`.
+      A :class:`KrylovBasis` (with ``groups``, each array has the group axis first).
     """
     check_int("steps", steps, minimum=1)
     check_int("size", size, minimum=1)
-    n = int(size)
+    if groups is not None:
+        check_int("groups", groups, minimum=1)
+    n, g = int(size), 1 if groups is None else int(groups)
     m = min(steps, n)
-    v0 = jax.random.normal(key, (n,), dtype)
-    v0 = v0 / jnp.linalg.norm(v0)
+    v0 = jax.random.normal(key, (g, n), dtype)
+    v0 = v0 / jnp.linalg.norm(v0, axis=1, keepdims=True)
     eps = jnp.finfo(dtype).eps
+    apply = (lambda v: operator(v[0])[None]) if groups is None else operator
 
     def step(j, carry):
-        basis, images, scale = carry
+        basis, images, scale = carry  # (m + 1, g, n), (m, g, n), (g,)
         v = basis[j]
-        w = operator(v)
+        w = apply(v)
         images = images.at[j].set(w)
-        alpha = jnp.vdot(v, w)
+        alpha = jnp.sum(v * w, axis=1)
         scale = jnp.maximum(scale, jnp.abs(alpha))
         # Two passes of Gram-Schmidt against the whole basis (rows beyond j are zero): plain
         # three-term Lanczos loses orthogonality once a Ritz value converges.
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
+        for _ in range(2):
+            w = w - jnp.einsum("mgn,mg->gn", basis, jnp.einsum("mgn,gn->mg", basis, w))
+        beta = jnp.linalg.norm(w, axis=1)
         # An exhausted Krylov space (beta at round-off level) leaves the remaining rows zero;
         # ritz_top_eigenvalue keeps their spurious Ritz values below the spectrum.
         ok = beta > 1e3 * eps * scale
-        nxt = jnp.where(ok, w / jnp.where(ok, beta, 1.0), 0.0)
+        nxt = jnp.where(ok[:, None], w / jnp.where(ok, beta, 1.0)[:, None], 0.0)
         return basis.at[j + 1].set(nxt), images, scale
 
-    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
-    images = jnp.zeros((m, n), dtype)
-    basis, images, _ = jax.lax.fori_loop(0, m, step, (basis, images, jnp.zeros((), dtype)))
-    return KrylovBasis(basis=basis[:m], images=images)
+    basis = jnp.zeros((m + 1, g, n), dtype).at[0].set(v0)
+    images = jnp.zeros((m, g, n), dtype)
+    basis, images, _ = jax.lax.fori_loop(0, m, step, (basis, images, jnp.zeros((g,), dtype)))
+    basis, images = jnp.swapaxes(basis[:m], 0, 1), jnp.swapaxes(images, 0, 1)
+    if groups is None:
+        return KrylovBasis(basis=basis[0], images=images[0])
+    return KrylovBasis(basis=basis, images=images)
 
 
 def _rayleigh_matrix(krylov: KrylovBasis) -> jax.Array:

@@ -272,6 +272,54 @@ def block_gradient_probe(net: Sweepable, batch: tuple[Any, Any], loss_fn: Any) -
     return Probe(per_network=per_network, labels=labels)
 
 
+def block_spectra_probe(
+    net: Sweepable, x: Any, *, lanczos_steps: int = 32, probes: int = 32
+) -> Probe:
+    """A sweep probe: the block-to-block Jacobian spectra of a :class:`Sweepable` model.
+
+    The matrix-free measurement of :func:`gradjax.measure.block_spectra.block_spectra` for
+    every network of the sweep, so dynamical isometry (``sigma_max`` and mean ``sigma^2``
+    near 1 for every block) can be read over seeds x kernel scale.
+
+    Args:
+      net: the model (see :func:`gradjax.boundary.sweepable`).
+      x: the inputs (the same for every network of the sweep).
+      lanczos_steps: Lanczos steps per map.
+      probes: Hutchinson probes per map.
+
+    Returns:
+      A :class:`Probe` whose results are ``{"block_sigma_max": (maps,), "block_mean_sq":
+      (maps,), "io_sigma_max": (), "io_mean_sq": ()}``, each the mean over the examples
+      (over the whole batch where examples mix, as at the model's own parameters); maps are
+      named by the block each produces (the second block onwards).
+    """
+    from gradjax.boundary.scaling import Sweepable
+    from gradjax.measure import block_spectra as bs
+
+    if not isinstance(net, Sweepable):
+        raise invalid(
+            "net", type(net).__name__, "a gradjax.boundary.Sweepable (gj.boundary.sweepable(...))"
+        )
+    found = bs.block_spectra(net.boundary, x, lanczos_steps=lanczos_steps, probes=probes)
+    names, build = bs.block_maps(net.boundary, x)
+    batch = found.sigma_max_examples.shape[1] if not found.coupled else 1
+    options = (lanczos_steps, probes, 0, 0, found.coupled, batch)
+
+    def per_network(params, key):
+        del key  # deterministic: the batch and the start vectors are fixed
+        got = bs.measure_maps(build(params, net.boundary.state), *options)
+        sigma, mean_sq = got["sigma_max"].mean(axis=1), got["mean_sq"].mean(axis=1)
+        return {
+            "block_sigma_max": sigma[:-1],
+            "block_mean_sq": mean_sq[:-1],
+            "io_sigma_max": sigma[-1],
+            "io_mean_sq": mean_sq[-1],
+        }
+
+    labels = (("block_sigma_max", names[1:]), ("block_mean_sq", names[1:]))
+    return Probe(per_network=per_network, labels=labels)
+
+
 def _step_norms(scan: Any, grads: list[jax.Array]) -> jax.Array:
     """``||dL/dh_t||`` per step of a perturbed scan, in running order."""
     hidden = scan.hidden if any(scan.hidden) else (True,) * len(scan.hidden)
