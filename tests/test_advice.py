@@ -184,3 +184,25 @@ def test_warm_up_advice_for_sgd_reads_the_measured_sharpness():
     assert not any("sharpness at init" in s for s in safe.suggestions)  # lr x sharpness = 1
     risky = gj.diagnose(model, params, (x, y), "mse", lr=3.0 / top, optimizer="sgd")
     assert f"lr x sharpness = {3.0:.3g} is above 2" in risky.suggestions[0]
+
+
+def test_warm_up_advice_for_adam_reads_the_preconditioned_sharpness():
+    # The same regression: Adam's first-step preconditioner is P = |g| + eps, and its
+    # stability reads lr x top eigenvalue of P^-1/2 H P^-1/2 against 38 (beta1 = 0.9).
+    x = jax.random.normal(jax.random.key(0), (32, 6)) * jnp.arange(1.0, 7.0)
+    y = jax.random.normal(jax.random.key(3), (32, 2))
+    model = lambda p, x: x @ p["w"]
+    params = {"w": 0.1 * jnp.ones((6, 2))}
+    xs, ys, w = (np.asarray(v, np.float64) for v in (x, y, params["w"]))
+    gram = xs.T @ xs / 32
+    grad = xs.T @ (xs @ w - ys) / 32  # (6, 2), row-major like the flattened kernel
+    hessian = np.kron(gram, np.eye(2))  # entry ((i, c), (j, d)) = gram[i, j] * [c == d]
+    d = 1.0 / np.sqrt(np.abs(grad).ravel() + 1e-8)
+    top = float(np.linalg.eigvalsh(d[:, None] * hessian * d[None, :])[-1])
+    safe = gj.diagnose(model, params, (x, y), "mse", lr=10.0 / top, optimizer="adam")
+    assert safe.step_probe.sharpness == pytest.approx(top, rel=1e-3)
+    assert safe.step_probe.stability_limit == 38.0
+    assert not any("preconditioned sharpness at init" in s for s in safe.suggestions)
+    risky = gj.diagnose(model, params, (x, y), "mse", lr=60.0 / top, optimizer="adam")
+    assert any(f"lr x preconditioned sharpness = {60.0:.3g} is above 38" in s
+               for s in risky.suggestions)  # fmt: skip

@@ -12,7 +12,8 @@ from flax import nnx
 
 import gradjax as gj
 from gradjax.diagnosis.advice import critical_sigma_w2
-from gradjax.diagnosis.report import Thresholds, classify, regions
+from gradjax.diagnosis.report import Thresholds
+from gradjax.diagnosis.verdicts import classify, regions
 from gradjax.utils.fitting import growth_rate
 
 WIDTH = 32

@@ -131,7 +131,7 @@ def suggest(
       scale_probe: the measured growth against kernel scale
         (:class:`gradjax.diagnosis.report.ScaleProbe`), if measured.
       time_axis: the recurrence over time the verdict is about
-        (:class:`gradjax.diagnosis.report.TimeAxis`), when the verdict comes from the time
+        (:class:`gradjax.diagnosis.verdicts.TimeAxis`), when the verdict comes from the time
         axis; the depth-axis fixes then do not apply.
 
     Returns:
@@ -186,13 +186,17 @@ def suggest(
             "optax.warmup_cosine_decay_schedule (post-LN Transformers need this; pre-LN "
             "usually does not)",
         )
-    if step_probe is not None and step_probe.lrs[0] * step_probe.sharpness > 2.0:
+    if step_probe is not None and step_probe.lrs[0] * step_probe.sharpness > (
+        limit := step_probe.stability_limit
+    ):
         lr, sharp = step_probe.lrs[0], step_probe.sharpness
+        kind = "preconditioned sharpness" if step_probe.optimizer == "adam" else "sharpness"
         out.insert(
             0,
-            f"add a learning-rate warm-up or a smaller rate: the sharpness at init is "
-            f"{sharp:.4g}, so lr x sharpness = {lr * sharp:.3g} is above 2, where gradient "
-            f"descent diverges along the sharpest direction (stable below lr = {2 / sharp:.3g})",
+            f"add a learning-rate warm-up or a smaller rate: the {kind} at init is "
+            f"{sharp:.4g}, so lr x {kind} = {lr * sharp:.3g} is above {limit:g}, where "
+            f"{step_probe.optimizer} diverges along the sharpest direction (stable below "
+            f"lr = {limit / sharp:.3g})",
         )
     if early_spike is not None and early_spike > thresholds.warmup_spike:
         steps = f" over the first {warmup_steps} steps" if warmup_steps else ""

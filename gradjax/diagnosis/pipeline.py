@@ -45,14 +45,8 @@ import numpy as np
 from gradjax.boundary import wrap
 from gradjax.diagnosis.advice import ModelHints, activation_name, suggest
 from gradjax.diagnosis.measurement import Measurement, check_params_finite
-from gradjax.diagnosis.report import (
-    LayerSpectrum,
-    Report,
-    ScaleProbe,
-    StepProbe,
-    Thresholds,
-    judge,
-)
+from gradjax.diagnosis.report import LayerSpectrum, Report, ScaleProbe, StepProbe, Thresholds
+from gradjax.diagnosis.verdicts import judge
 from gradjax.measure.gradients import get_loss
 from gradjax.measure.hessian import hessian_top_eigenvalue
 from gradjax.measure.recurrent import step_spectra
@@ -88,6 +82,7 @@ def diagnose(
     optimizer: str = "adam",
     probe_halvings: int = 5,
     step_jacobians: bool = False,
+    spectra: bool = False,
 ) -> Report:
     """Diagnoses the gradient flow of a model on one batch: measure, judge, advise, report.
 
@@ -123,6 +118,10 @@ def diagnose(
       step_jacobians: for a model with recurrences over time, also measure the top and mean
         squared singular values of every step Jacobian ``dh_{t+1}/dh_t``
         (:func:`gradjax.measure.recurrent.step_spectra`; one more compiled program).
+      spectra: measure the Jacobian of every block-to-block map ``a_{l-1} -> a_l`` of a
+        Linen or NNX model, and of the map from the first block to the last
+        (:func:`gradjax.measure.block_spectra.block_spectra`: matrix-free, exact where one
+        example's Jacobian has at most 65536 entries); not with ``layers``.
 
     Returns:
       A :class:`Report`.
@@ -155,7 +154,14 @@ def diagnose(
     # Measure (shapes are checked first, so a wrong batch or loss is refused before any run).
     measured = Measurement(boundary, get_loss(loss_fn), x, y)
     flow = measured.flow(microbatches)
-    spectra = _spectra(layers, layer_names, x, max_jacobian_size)
+    _check_single_example_batchnorm(flow, x)
+    if spectra and layers is not None:
+        raise invalid("spectra", True, "False when layers are given (one source of spectra)")
+    io_spectrum = None
+    if spectra:
+        layer_spectra, io_spectrum = _block_spectra(boundary, x)
+    else:
+        layer_spectra = _spectra(layers, layer_names, x, max_jacobian_size)
     step_probe = None
     if lr is not None:
         step_probe = _step_probe(measured, lr, optimizer, probe_halvings, thresholds)
@@ -202,7 +208,10 @@ def diagnose(
     )
     clipping = (clip, clip_basis)
     probes = (step_probe, scale_probe)
-    return _report(flow, judged, clipping, spectra, probes, suggestions, thresholds, context)
+    report = _report(
+        flow, judged, clipping, layer_spectra, probes, suggestions, thresholds, context
+    )
+    return dataclasses.replace(report, io_spectrum=io_spectrum) if io_spectrum else report
 
 
 def _checked_options(
@@ -229,6 +238,22 @@ def _checked_hints(hints: Any) -> ModelHints:
             raise invalid("hints", unknown[0], "fields of ModelHints: " + ", ".join(sorted(fields)))
         return ModelHints(**hints)
     raise invalid("hints", type(hints).__name__, "a gradjax.diagnosis.advice.ModelHints or a dict")
+
+
+def _check_single_example_batchnorm(flow: Any, x: Any) -> None:
+    """Refuses one example through a BatchNorm that normalises over the batch: each feature
+    is then its own mean, the output a constant, and the gradient below exactly zero, which
+    would read as vanishing. Seen in the measurement (a group with exactly zero gradient),
+    so a BatchNorm in eval mode (running averages) passes."""
+    size = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
+    if size == 1 and "batch" in flow.norms_found and np.any(flow.group_grad_norms == 0):
+        raise invalid(
+            "batch inputs",
+            "1 example",
+            "at least 2 examples for a model whose BatchNorm normalises over the batch (with "
+            "one, each feature is its own mean: the output is constant and no gradient "
+            "reaches the layers below), or the model in eval mode",
+        )
 
 
 def _checked_batch(batch: Any) -> tuple[Any, Any]:
@@ -303,12 +328,20 @@ def _step_probe(
     best = float(np.max(gains))
     ok = gains >= thresholds.step_gain * best if best > 0 else np.zeros_like(gains, bool)
     safe = float(lrs[np.argmax(ok)]) if ok.any() else math.nan
-    sharpness = math.nan
     if optimizer == "sgd":  # gradient descent's stability limit: lr x sharpness < 2
-        top = hessian_top_eigenvalue(
-            lambda p: objective(p, pert, x, y), params, jax.random.key(0), steps=20
+        loss_at = lambda p: objective(p, pert, x, y)
+        start, limit = params, 2.0
+    else:
+        # Adam is stable while lr x the sharpness of its preconditioned loss stays below
+        # (2 + 2 beta1) / (1 - beta1) = 38 (Cohen et al. 2022). At its first step the
+        # preconditioner is P = |g| + eps; the Hessian of L(theta + P^(-1/2) u) at u = 0 is
+        # P^(-1/2) H P^(-1/2), whose eigenvalues are those of P^(-1) H.
+        scale = jax.tree.map(lambda g: jax.lax.rsqrt(jnp.abs(g) + ADAM_EPS), grads)
+        loss_at = lambda u: objective(
+            jax.tree.map(lambda p, d, v: p + d * v, params, scale, u), pert, x, y
         )
-        sharpness = float(top.value)
+        start, limit = jax.tree.map(jnp.zeros_like, params), ADAM_STABILITY_LIMIT
+    top = hessian_top_eigenvalue(loss_at, start, jax.random.key(0), steps=20)
     return StepProbe(
         optimizer=optimizer,
         lrs=tuple(float(v) for v in lrs),
@@ -316,9 +349,15 @@ def _step_probe(
         loss0=loss0,
         unstable=bool(not ok[0]),
         safe_lr=safe,
-        sharpness=sharpness,
+        sharpness=float(top.value),
+        stability_limit=limit,
     )
 
+
+# Adam's defaults (optax.adam): eps, and the stability limit of lr x preconditioned sharpness
+# for beta1 = 0.9, (2 + 2 beta1) / (1 - beta1).
+ADAM_EPS = 1e-8
+ADAM_STABILITY_LIMIT = 38.0
 
 # Kernel multipliers of the scale probe: 1/4x to 4x in half-octave steps.
 _PROBE_SCALES = 2.0 ** np.linspace(-2.0, 2.0, 9)
@@ -376,6 +415,8 @@ def _clip_threshold(
         return math.nan, "the recorded history explodes from its first step: no threshold"
     if verdict in ("exploding", "non-finite") or not math.isfinite(global_norm):
         return math.nan, "the global norm of an exploding model is the explosion: no threshold"
+    if global_norm == 0:
+        return math.nan, "the gradient is exactly zero: nothing to clip"
     value = thresholds.clip_multiple * global_norm
     return value, (
         f"{thresholds.clip_multiple:g} x the full-batch global gradient norm {global_norm:.3g}, "
@@ -407,6 +448,49 @@ def _history_stats(history: Any) -> tuple[np.ndarray, float | None, int | None]:
             peak = np.nanmax(np.where(np.isfinite(early), early, np.inf))
         spike = float(peak / np.median(late))
     return norms, spike, n_early
+
+
+# Block maps whose per-example Jacobian has at most this many entries are also formed and
+# decomposed (every singular value); larger ones are measured matrix-free only.
+EXACT_BLOCK_JACOBIAN_ENTRIES = 1 << 16
+
+
+def _block_spectra(boundary: Any, x: Any) -> tuple[tuple[LayerSpectrum, ...], LayerSpectrum]:
+    """The block-to-block spectra as report entries, and the first-to-last block's."""
+    from gradjax.measure.block_spectra import block_spectra
+
+    found = block_spectra(boundary, x, exact_max_entries=EXACT_BLOCK_JACOBIAN_ENTRIES)
+    examples = found.sigma_max_examples.shape[1]
+    out = []
+    for i, (name, source) in enumerate(zip(found.names, found.sources, strict=True)):
+        exact = found.exact[i]
+        if exact is None:
+            values = (found.mean_sq[i], found.sigma_max[i], math.nan, math.nan, "matrix-free")
+        else:
+            smin = exact[:, -1]
+            cond = np.where(smin > 0, exact[:, 0] / np.where(smin > 0, smin, 1.0), np.inf)
+            values = (
+                np.mean(exact**2, axis=1).mean(), exact[:, 0].mean(), smin.mean(), cond.mean(),
+                "exact",
+            )  # fmt: skip
+        out.append(
+            LayerSpectrum(
+                layer=name,
+                mean_sq=float(values[0]),
+                sigma_max=float(values[1]),
+                sigma_min=float(values[2]),
+                condition=float(values[3]),
+                source=source,
+                examples=examples,
+                method=values[4],
+            )  # fmt: skip
+        )
+    io = LayerSpectrum(
+        layer=found.names[-1], mean_sq=found.io_mean_sq, sigma_max=found.io_sigma_max,
+        sigma_min=math.nan, condition=math.nan, source=found.sources[0], examples=examples,
+        method="matrix-free",
+    )  # fmt: skip
+    return tuple(out), io
 
 
 def _spectra(

@@ -1,15 +1,8 @@
 """The gradient-flow report: thresholds, verdicts, regions and their text and JSON forms.
 
-A per-layer series ``||dL/da_l||`` (input side first) is split into at most three contiguous
-regions (input, middle, output); each region's geometric-mean norm is divided by the norm at
-the output-most layer, where the gradient enters:
-
-* ``vanishing`` if that ratio is below ``Thresholds.vanishing`` (default 0.1),
-* ``exploding`` if it is above ``Thresholds.exploding`` (default 10),
-* ``healthy`` otherwise, and ``non-finite`` if any gradient is NaN or infinite.
-
-:func:`gradjax.diagnose` fills a :class:`Report`; :meth:`Report.compare` sets two side by
-side (:class:`Comparison`).
+The verdicts themselves are read by :mod:`gradjax.diagnosis.verdicts` (thresholds on the
+per-layer series, regions, the time axis); :func:`gradjax.diagnose` fills a :class:`Report`;
+:meth:`Report.compare` sets two side by side (:class:`Comparison`).
 """
 
 from __future__ import annotations
@@ -17,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradjax.utils.errors import check_real, invalid
 from gradjax.utils.files import json_safe
-from gradjax.utils.fitting import growth_per_step, growth_rate
+
+if TYPE_CHECKING:
+    from gradjax.diagnosis.verdicts import TimeAxis
 
 VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "inconclusive", "no gradient")
 
@@ -36,13 +31,6 @@ __all__ = [
     "ScaleProbe",
     "StepProbe",
     "Thresholds",
-    "TimeAxis",
-    "classify",
-    "judge",
-    "judge_time",
-    "overall_verdict",
-    "regions",
-    "steps_beyond",
 ]
 
 
@@ -119,13 +107,29 @@ class Region:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpectrum:
-    """Singular-value summary of one layer's Jacobian ``da_l/da_{l-1}`` (one example)."""
+    """Singular-value summary of one layer's Jacobian ``da_l/da_{l-1}``.
+
+    Attributes:
+      layer: the block (or layer) whose output the map produces.
+      mean_sq: mean squared singular value.
+      sigma_max: largest singular value.
+      sigma_min: smallest singular value (``nan`` where only estimated).
+      condition: ``sigma_max / sigma_min`` (``nan`` where only estimated).
+      source: the block whose output the map reads (``""`` for ``layers=`` maps).
+      examples: how many examples the values are the mean over (1 when the map couples the
+        batch, e.g. BatchNorm in train mode: then one Jacobian over the whole batch).
+      method: ``"exact"`` (the Jacobian formed and decomposed) or ``"matrix-free"``
+        (Lanczos and Hutchinson, :mod:`gradjax.measure.block_spectra`).
+    """
 
     layer: str
     mean_sq: float
     sigma_max: float
     sigma_min: float
     condition: float
+    source: str = ""
+    examples: int = 1
+    method: str = "exact"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +149,11 @@ class StepProbe:
       unstable: the planned step gains less than ``Thresholds.step_gain`` of the best
         decrease among the rates (or raises the loss).
       safe_lr: the largest probed rate whose decrease is at least that fraction of the best.
-      sharpness: for SGD, the largest Hessian eigenvalue of the loss at the parameters
-        (Lanczos); gradient descent is stable only where ``lr * sharpness < 2``. ``nan``
-        for Adam, whose stability the one-step probe measures instead.
+      sharpness: the largest Hessian eigenvalue at the parameters (Lanczos): of the loss
+        for SGD, of the loss preconditioned by Adam's first-step ``P = |g| + eps``
+        (``P^-1 H``) for Adam.
+      stability_limit: where ``lr * sharpness`` stops being stable: 2 for gradient descent,
+        ``(2 + 2 beta1) / (1 - beta1) = 38`` for Adam (Cohen et al. 2022).
     """
 
     optimizer: str
@@ -157,6 +163,7 @@ class StepProbe:
     unstable: bool
     safe_lr: float
     sharpness: float = math.nan
+    stability_limit: float = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +212,11 @@ class Report:
       clip_threshold: the suggested ``clip_by_global_norm`` threshold (see ``clip_basis``), or
         ``nan`` when no measurement supports one (an exploding model without a history).
       clip_basis: the measurement the threshold comes from, in words.
-      spectra: per-layer Jacobian summaries (empty unless ``layers`` was given).
+      spectra: per-block Jacobian summaries (``spectra=True``: the maps between consecutive
+        block outputs, named by the block each produces; or the ``layers`` given); empty
+        otherwise.
+      io_spectrum: the map from the first block's output to the last one's
+        (``spectra=True``), else ``None``.
       step_probe: the first-step probe (``None`` unless ``lr`` was given).
       suggestions: concrete changes, most important first.
       thresholds: the :class:`Thresholds` used.
@@ -248,8 +259,16 @@ class Report:
     axis_verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     clip_basis: str = ""
     scale_probe: ScaleProbe | None = None
+    io_spectrum: LayerSpectrum | None = None
 
     # -------------------------------------------------------------- views
+
+    def to_dataframe(self) -> Any:
+        """A ``pandas.DataFrame`` with a row per block: gradient norm, region, verdict and
+        spectrum (:func:`gradjax.utils.labelled.report_dataframe`)."""
+        from gradjax.utils.labelled import report_dataframe
+
+        return report_dataframe(self)
 
     def summary(self) -> str:
         """A readable text report: verdicts, the per-layer table and the suggestions."""
@@ -291,11 +310,14 @@ class Report:
             rel = gn / pn if pn > 0 else math.inf
             lines.append(f"  {g:<{width}} {gn:>10.3g} {pn:>10.3g} {rel:>10.3g}")
         if self.spectra:
-            lines += ["", "layer Jacobians (first example):"]
-            lines.append(f"  {'layer':<8} {'mean s^2':>10} {'s_max':>10} {'s_min':>10}")
-            for s in self.spectra:
+            lines += ["", _spectra_heading(self.spectra)]
+            width = max([len(s.layer) for s in self.spectra] + [8])
+            lines.append(f"  {'layer':<{width}} {'mean s^2':>10} {'s_max':>10} {'s_min':>10}")
+            for s in (*self.spectra, *((self.io_spectrum,) if self.io_spectrum else ())):
+                name = s.layer if s is not self.io_spectrum else f"{s.source}->{s.layer}"
                 lines.append(
-                    f"  {s.layer:<8} {s.mean_sq:>10.3g} {s.sigma_max:>10.3g} {s.sigma_min:>10.3g}"
+                    f"  {name:<{width}} {s.mean_sq:>10.3g} {s.sigma_max:>10.3g}"
+                    f" {s.sigma_min:>10.3g}"
                 )
         if self.step_probe is not None:
             sp = self.step_probe
@@ -307,9 +329,11 @@ class Report:
                 f"largest stable probed lr {sp.safe_lr:.3g}",
             ]
             if math.isfinite(sp.sharpness):
+                kind = "preconditioned sharpness" if sp.optimizer == "adam" else "sharpness"
                 lines.append(
-                    f"  sharpness at init {sp.sharpness:.4g}: lr x sharpness = "
-                    f"{sp.lrs[0] * sp.sharpness:.3g} (gradient descent is stable below 2)"
+                    f"  {kind} at init {sp.sharpness:.4g}: lr x {kind} = "
+                    f"{sp.lrs[0] * sp.sharpness:.3g} ({sp.optimizer} is stable below "
+                    f"{sp.stability_limit:g})"
                 )
         if self.microbatch_global_norms.size:
             lines += [
@@ -372,6 +396,9 @@ class Report:
                 ),
                 "microbatch_global_norms": self.microbatch_global_norms,
                 "spectra": [dataclasses.asdict(s) for s in self.spectra],
+                "io_spectrum": None
+                if self.io_spectrum is None
+                else dataclasses.asdict(self.io_spectrum),
                 "step_probe": None
                 if self.step_probe is None
                 else dataclasses.asdict(self.step_probe),
@@ -513,261 +540,13 @@ class Comparison:
         return json_safe(dataclasses.asdict(self))
 
 
-# ---------------------------------------------------------------------------- verdicts
-
-
-def classify(ratio: float, thresholds: Thresholds) -> str:
-    """The verdict for a region whose gradient is ``ratio`` times the output layer's."""
-    if not math.isfinite(ratio):
-        return "non-finite"
-    if ratio < thresholds.vanishing:
-        return "vanishing"
-    if ratio > thresholds.exploding:
-        return "exploding"
-    return "healthy"
-
-
-def regions(names: Sequence[str], values: np.ndarray, thresholds: Thresholds) -> tuple[Region, ...]:
-    """Splits a per-layer series into input/middle/output regions and judges each one.
-
-    Args:
-      names: layer names, input side first.
-      values: gradient norms, same order.
-      thresholds: the :class:`Thresholds`.
-
-    Returns:
-      The regions (one ``"all"`` region for fewer than three layers).
-    """
-    values = np.asarray(values, np.float64)
-    n = len(values)
-    if n == 0:
-        return ()
-    ref = values[-1]
-    parts = (
-        [("all", np.arange(n))]
-        if n < 3
-        else list(zip(("input", "middle", "output"), np.array_split(np.arange(n), 3), strict=True))
+def _spectra_heading(spectra: Sequence[LayerSpectrum]) -> str:
+    first = spectra[0]
+    if not first.source:
+        return "layer Jacobians (first example):"
+    over = (
+        "the whole batch (its examples mix)"
+        if first.examples == 1
+        else (f"mean over {first.examples} examples")
     )
-    out = []
-    for label, idx in parts:
-        v = values[idx]
-        if not (np.all(np.isfinite(v)) and np.isfinite(ref)):
-            ratio = math.nan
-        elif ref <= 0 or np.any(v <= 0):
-            ratio = 0.0 if ref > 0 else math.inf
-        else:
-            ratio = float(np.exp(np.mean(np.log(v)) - np.log(ref)))
-        out.append(
-            Region(
-                name=label,
-                layers=tuple(names[i] for i in idx),
-                ratio=ratio,
-                growth_per_layer=growth_rate(v),
-                verdict=classify(ratio, thresholds),
-            )
-        )
-    return tuple(out)
-
-
-def steps_beyond(
-    names: Sequence[str], values: np.ndarray, thresholds: Thresholds
-) -> tuple[Region, ...]:
-    """Single steps between neighbouring layers whose ratio alone passes a threshold.
-
-    A region's geometric mean can hide one sharp drop (a 39x fall between two blocks of an
-    otherwise flat stack); each such step is a region of its own, named ``"a -> b"``, whose
-    ratio is ``||g_a|| / ||g_b||`` (input side over output side).
-
-    Args:
-      names: layer names, input side first.
-      values: gradient norms, same order.
-      thresholds: the thresholds.
-
-    Returns:
-      One region per step beyond ``vanishing`` or ``exploding``.
-    """
-    v = np.asarray(values, np.float64)
-    out = []
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for k in range(len(v) - 1):
-            if not (np.isfinite(v[k]) and np.isfinite(v[k + 1]) and v[k + 1] > 0):
-                continue
-            ratio = float(v[k] / v[k + 1])
-            verdict = classify(ratio, thresholds)
-            if verdict in ("vanishing", "exploding"):
-                pair = (names[k], names[k + 1])
-                out.append(Region(f"{pair[0]} -> {pair[1]}", pair, ratio, ratio, verdict))
-    return tuple(out)
-
-
-def overall_verdict(regs: Sequence[Region]) -> str:
-    """The verdict of a whole series: the worst of its regions.
-
-    Args:
-      regs: the regions (:func:`regions`).
-
-    Returns:
-      ``"non-finite"`` if any region is, else the verdict of the region whose ratio is
-      furthest from 1 in log scale (``"healthy"`` for no regions).
-    """
-    if not regs:
-        return "healthy"
-    if any(r.verdict == "non-finite" for r in regs):
-        return "non-finite"
-    worst = max(regs, key=lambda r: abs(math.log(r.ratio)) if r.ratio > 0 else math.inf)
-    return worst.verdict
-
-
-@dataclasses.dataclass(frozen=True)
-class TimeAxis:
-    """The gradient over time of one recurrence, and its verdict.
-
-    Attributes:
-      name: where the recurrence runs (its module's path, or ``scan_<i>``).
-      steps: time indices in the order the recurrence runs them, up to the last one whose
-        hidden state reaches the loss.
-      norms: ``||dL/dh_t||`` at each (the hidden state; see
-        :class:`gradjax.diagnosis.measurement.TimeChain`).
-      state_norms: ``||dL/dc_t||`` of the other carry values (an LSTM's cell), or ``None``.
-      growth_per_step: the geometric mean of ``||dL/dh_t|| / ||dL/dh_{t+1}||`` (in running
-        order) over the pairs where neither has underflowed: the factor by which the
-        gradient grows per step on its way back (``nan`` without such a pair).
-      underflow_step: the first step the backward pass reaches (walking back from the last
-        step run) whose gradient has underflowed to zero or a subnormal, or ``None``.
-      regions: the :class:`Region` verdicts of the steps, judged like layers (earliest
-        third, middle, latest third against the last step run).
-      verdict: the verdict of this recurrence (``"inconclusive"`` when fewer than two steps
-        reach the loss).
-      step_sigma_max: the top singular value of the step Jacobian ``dh_{t+1}/dh_t`` at every
-        step, in time order (``step_jacobians=True``; else ``None``).
-      step_mean_sq: its mean squared singular value (the square root is the per-step gain
-        mean-field theory predicts), or ``None``.
-    """
-
-    name: str
-    steps: np.ndarray
-    norms: np.ndarray
-    state_norms: np.ndarray | None
-    growth_per_step: float
-    underflow_step: int | None
-    regions: tuple[Region, ...]
-    verdict: str
-    step_sigma_max: np.ndarray | None = None
-    step_mean_sq: np.ndarray | None = None
-
-
-def judge_time(chain: Any, thresholds: Thresholds) -> TimeAxis:
-    """Judges one recurrence's per-step gradients like a stack of layers, earliest step first.
-
-    Args:
-      chain: a :class:`gradjax.diagnosis.measurement.TimeChain`.
-      thresholds: the verdict thresholds.
-
-    Returns:
-      The :class:`TimeAxis`.
-    """
-    v = np.asarray(chain.norms, np.float64)
-    # Steps run after the last one whose state reaches the loss (a backward direction read
-    # at one end) carry no gradient at all: they are not part of the chain judged.
-    reached = np.flatnonzero(~(v == 0))
-    v = v[: reached[-1] + 1] if reached.size else v[:0]
-    steps = np.asarray(chain.steps)[: len(v)]
-    if len(v) < 2:
-        return TimeAxis(chain.name, steps, v, chain.state_norms, math.nan, None, (), "inconclusive")
-    growth = float(growth_per_step(v, tiny=chain.tiny))
-    dead = [k for k in range(len(v) - 1, -1, -1) if np.isfinite(v[k]) and v[k] <= chain.tiny]
-    regs = regions([f"t={int(t)}" for t in steps], v, thresholds)
-    return TimeAxis(
-        name=chain.name,
-        steps=steps,
-        norms=v,
-        state_norms=chain.state_norms,
-        growth_per_step=growth,
-        underflow_step=int(steps[dead[0]]) if dead else None,
-        regions=regs,
-        verdict=overall_verdict(regs),
-    )
-
-
-def _distance(regs: Sequence[Region]) -> float:
-    """How far the worst region is from a ratio of 1, in log scale."""
-    return max(
-        (abs(math.log(r.ratio)) if r.ratio > 0 else math.inf for r in regs if r.ratio == r.ratio),
-        default=0.0,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Judgement:
-    """The verdict on one measured flow.
-
-    Attributes:
-      series: ``"activations"`` (``||dL/da_l||`` of the blocks) or ``"parameters"`` (weight
-        gradients, when there are fewer than two blocks: no gradient-flow verdict then).
-      names: the series' entries, input side first.
-      values: their norms.
-      regions: the :class:`Region` verdicts.
-      verdict: the overall verdict: the worse of the axes judged.
-      growth_per_layer: the backward growth factor per block (``nan`` for parameters).
-      time_axes: one :class:`TimeAxis` per recurrence over time.
-      time_axis: the one furthest from healthy (non-finite first), or ``None``.
-      axis_verdicts: the verdict of each axis judged, ``{"depth": ..., "time": ...}``.
-    """
-
-    series: str
-    names: tuple[str, ...]
-    values: np.ndarray
-    regions: tuple[Region, ...]
-    verdict: str
-    growth_per_layer: float
-    time_axes: tuple[TimeAxis, ...] = ()
-    time_axis: TimeAxis | None = None
-    axis_verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-def judge(flow: Any, thresholds: Thresholds) -> Judgement:
-    """Judges a measured flow region by region (:func:`regions`, :func:`overall_verdict`).
-
-    The depth axis reads ``||dL/da_l||`` of the blocks; each recurrence over time reads
-    ``||dL/dh_t||`` of its steps (:func:`judge_time`). A model with a recurrence has its
-    depth judged only when its blocks are a repeated stack (two or more of one class); the
-    overall verdict is that of the axis furthest from healthy.
-
-    Args:
-      flow: a :class:`gradjax.diagnosis.measurement.Flow`.
-      thresholds: the verdict thresholds.
-
-    Returns:
-      The :class:`Judgement`; ``"non-finite"`` whenever a parameter gradient is.
-    """
-    times = tuple(judge_time(c, thresholds) for c in flow.time_chains)
-    stack = len(flow.block_names) >= 2 and (not times or flow.blocks_repeat)
-    if stack:
-        names, values = flow.block_names, np.asarray(flow.block_grad_norms, np.float64)
-        regs = regions(names, values, thresholds) + steps_beyond(names, values, thresholds)
-        series, verdict, rate = "activations", overall_verdict(regs), growth_rate(values)
-    else:
-        keep = [j for j, has in enumerate(flow.group_has_matrices) if has]
-        names = tuple(flow.groups[j] for j in keep)
-        values = np.asarray(flow.group_weight_grad_norms, np.float64)[keep]
-        series, regs, verdict, rate = "parameters", (), "inconclusive", math.nan
-    axes = {"depth": verdict} if stack or not times else {}
-    worst = None
-    judged = [a for a in times if a.verdict != "inconclusive"]
-    if judged:
-        worst = max(judged, key=lambda a: (a.verdict == "non-finite", _distance(a.regions)))
-        axes["time"] = worst.verdict
-        if (
-            not stack
-            or worst.verdict == "non-finite"
-            or (verdict != "non-finite" and _distance(worst.regions) > _distance(regs))
-        ):
-            verdict = worst.verdict
-    if not np.all(np.isfinite(flow.leaf_grad_norms)):
-        verdict = "non-finite"
-    elif flow.leaf_grad_norms.size and not np.any(flow.leaf_grad_norms):
-        # A constant loss, a non-differentiable step (round, argmax, an integer cast) or a
-        # stop_gradient: no gradient reaches any parameter, which is neither flow nor NaN.
-        verdict = "no gradient"
-        axes = {k: "no gradient" for k in axes} or {"depth": "no gradient"}
-    return Judgement(series, tuple(names), values, regs, verdict, rate, times, worst, axes)
+    return f"block-to-block Jacobians da_l/da_(l-1) ({first.method}, {over}):"

@@ -22,6 +22,7 @@ _VERDICT_COLORS = {
     "exploding": "#D55E00",
     "non-finite": "#000000",
     "inconclusive": "#999999",
+    "no gradient": "#CC79A7",
 }
 
 
@@ -138,12 +139,15 @@ def _third_panel(ax: Any, report: Report) -> None:
             label=r"$\sigma_{max}^2$",
         )
         ax.axhline(1.0, color="0.4", linestyle=":", linewidth=0.8)
+        blocks = bool(report.spectra[0].source)  # maps between the model's own blocks
         ax.set(
             yscale="log",
-            xlabel="layer $l$",
+            xlabel=r"block $l$ (map $a_{l-1} \to a_l$)" if blocks else "layer $l$",
             ylabel=r"singular values$^2$ of $J_l$",
-            title="layer Jacobian spectra",
+            title="block Jacobian spectra" if blocks else "layer Jacobian spectra",
         )
+        if len(li) <= 12:
+            ax.set_xticks(li, [s.layer[-12:] for s in report.spectra], rotation=45, fontsize=6)
         ax.legend()
     elif report.time_axes:
         for color, axis in zip(PALETTE, report.time_axes, strict=False):

@@ -117,6 +117,8 @@ def crossing(scales, growth) -> float | None:
 def no_crossing_reason(scales, growth) -> str:
     """Why :func:`crossing` found no scale: where the growth stays over the scales tried."""
     g = np.asarray(growth, np.float64)
+    if not np.any(np.isfinite(g)):
+        return "the growth is undefined at every scale tried (the gradient is zero or non-finite)"
     lo, hi = float(np.nanmin(g)), float(np.nanmax(g))
     span = (
         f"growth stays between {lo:.3g} and {hi:.3g} from scale {scales[0]:.3g} to {scales[-1]:.3g}"

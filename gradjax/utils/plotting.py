@@ -230,7 +230,7 @@ def _guard_log_axes(fig) -> None:
             minpos = ax.dataLim.minposy if name == "y" else ax.dataLim.minposx
             if not np.isfinite(minpos):
                 getattr(ax, f"set_{name}scale")("linear")
-                note_panel(ax, f"nothing to draw on a log {name} axis (no positive finite values)")
+                note_panel(ax, f"nothing to draw on a log {name} axis\n(no positive finite values)")
 
 
 def save_figure(
