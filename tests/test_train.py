@@ -621,3 +621,76 @@ def test_an_nnx_module_instance_is_every_seed_s_starting_point():
     # The seeds differ in their minibatches only, so their first losses differ.
     assert res.history.loss[0, 0, 0] != res.history.loss[0, 1, 0]
     assert json.loads(res.meta)["net"]["initial_params"] == "the module's own"
+
+
+def test_training_records_as_labelled_data(result, monkeypatch):
+    data = result.to_xarray()
+    assert data["grad_norm"].dims == ("hyper", "seed", "step", "layer")
+    assert list(data["layer"].values) == list(result.layers)
+    np.testing.assert_array_equal(data["learning_rate"].values, result.history.learning_rate)
+    np.testing.assert_array_equal(data["hyper_clip"].values, result.hyper["clip"])
+    np.testing.assert_array_equal(data["test_accuracy"].values, result.history.test.accuracy)
+    frame = result.to_dataframe()
+    assert len(frame) == np.asarray(result.history.grad_norms).size
+    row = frame[(frame.hyper == 2) & (frame.seed == 1) & (frame.step == 7)]
+    np.testing.assert_array_equal(row["grad_norm"], result.history.grad_norms[2, 1, 7])
+    assert set(row["loss"]) == {float(result.history.loss[2, 1, 7])}
+    assert list(row["layer"]) == list(result.layers)
+    # Without the optional extra: one line saying what to install.
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(
+        builtins,
+        "__import__",
+        lambda name, *a, **k: (
+            (_ for _ in ()).throw(ImportError(name)) if name == "xarray" else real(name, *a, **k)
+        ),
+    )
+    with pytest.raises(GradjaxInputError, match=r"pip install 'gradjax\[labelled\]'"):
+        result.to_xarray()
+
+
+def test_training_resumes_after_an_interrupt_with_identical_histories(tmp_path, monkeypatch):
+    tcfg = dataclasses.replace(TCFG, steps=40)
+    kwargs = {"seeds": 2, "key": 3, "segments": 4}
+    whole = tloop.train(NET, DATA, tcfg, **kwargs)
+    calls = {"n": 0}
+    real_check = tloop.interrupts.check
+
+    def stop_before_the_third_segment():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_check()
+
+    monkeypatch.setattr(tloop.interrupts, "check", stop_before_the_third_segment)
+    with pytest.raises(KeyboardInterrupt):
+        tloop.train(NET, DATA, tcfg, out=tmp_path, **kwargs)
+    saved = sorted(p.name.split("-")[0] for p in (tmp_path / "segments").iterdir())
+    assert saved == ["records", "records", "state"]  # two segments, the latest state only
+    # A damaged copy of a later segment's file is ignored (its hash does not match).
+    (tmp_path / "segments" / f"records-000002-{'0' * 64}.npz").write_bytes(b"damaged")
+    monkeypatch.setattr(tloop.interrupts, "check", real_check)
+    computed = []
+    real_segment = tloop._compiled
+
+    def counting(*args, **kw):
+        init_all, segment_all, eval_all = real_segment(*args, **kw)
+        def run(*a):  # counts runs, not the shape evaluation that checks saved records
+            computed.append(not isinstance(a[1], jax.core.Tracer))
+            return segment_all(*a)
+
+        return init_all, run, eval_all
+
+    monkeypatch.setattr(tloop, "_compiled", counting)
+    resumed = tloop.train(NET, DATA, tcfg, out=tmp_path, **kwargs)
+    assert sum(computed) == 2  # only the two missing segments ran
+    for a, b in zip(jax.tree.leaves(whole.history), jax.tree.leaves(resumed.history), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(whole.variables), jax.tree.leaves(resumed.variables)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The finished result is saved and the segment files are gone.
+    assert not (tmp_path / "segments").exists()
+    with np.load(tmp_path / "history.npz") as saved_history:
+        np.testing.assert_array_equal(saved_history["loss"], np.asarray(whole.history.loss))

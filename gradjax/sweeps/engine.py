@@ -66,6 +66,14 @@ class SweepResult:
         """The leaf names."""
         return tuple(self.data)
 
+    def to_xarray(self) -> Any:
+        """The result as an ``xarray.Dataset`` (dims ``seed``, ``sigma_w``, ..., ``block``
+        with block names; the config in ``attrs``): :func:`gradjax.utils.labelled.sweep_dataset`.
+        """
+        from gradjax.utils.labelled import sweep_dataset
+
+        return sweep_dataset(self)
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Writes ``arrays.npz`` and ``meta.json`` (no pickle) atomically into ``directory``.
 

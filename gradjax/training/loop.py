@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -36,6 +38,8 @@ from gradjax.boundary.trainable import Trainable, net_trainable, user_trainable
 from gradjax.measure.gradients import get_loss
 from gradjax.nets.models import Net, Params
 from gradjax.sweeps import devices as devices_lib
+from gradjax.sweeps.store import DirectoryLock
+from gradjax.training.checkpoints import SegmentStore, run_fingerprint
 from gradjax.training.config import INIT_HYPERPARAMS, TrainConfig, check_hyper
 from gradjax.training.data import Dataset
 from gradjax.training.estimate import check_fits
@@ -327,6 +331,7 @@ def train(
     progress: bool | Callable[[int, int], None] | None = None,
     segments: int | None = None,
     devices: int | Sequence[Any] | None = None,
+    out: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Trains ``seeds`` copies of a model for each hyper-parameter setting, in one program.
 
@@ -366,7 +371,7 @@ def train(
       progress: True for a progress bar, a callable ``progress(done_steps, total_steps)``, or
         None/False for silence.
       segments: number of compiled calls the steps are split into (default: 1 without
-        progress, about 10 with it); each segment is one ``lax.scan``.
+        progress or ``out``, about 10 with either); each segment is one ``lax.scan``.
       devices: ``None`` for every device of a single-process run (one device across
         processes), an int ``n`` for the first ``n``, or a list of devices. The seed axis is
         split over them (``shard_map``; seeds are independent, so there is no
@@ -374,6 +379,10 @@ def train(
         ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (set before JAX starts)
         makes one device per core: each trains its share of seeds on its own core (XLA runs
         small batched matmuls on about one core per device).
+      out: optional directory: every finished segment is saved there as it finishes
+        (:mod:`gradjax.training.checkpoints`), a rerun of the same run continues after the
+        last saved segment with bit-identical histories, and the finished result is saved
+        there (:meth:`TrainResult.save`). The directory's lock is held while it is written.
 
     Returns:
       A :class:`TrainResult` with axes ``("hyper", "seed")``.
@@ -428,7 +437,7 @@ def train(
     check_fits(net, data, tcfg, seeds=seeds, n_hyper=n_hyper)
     steps = tcfg.steps
     if segments is None:
-        segments = 10 if progress else 1
+        segments = 10 if progress or out is not None else 1
     if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
         raise invalid("segments", segments, "an integer >= 1")
     # Equal segments keep one compiled scan: use the largest divisor of steps <= segments.
@@ -443,31 +452,63 @@ def train(
     root = key if is_key(key) else jax.random.key(int(key))
     keys = jax.random.split(root, seeds)
     hyper_j = {k: jnp.asarray(v, model.dtype) for k, v in hyper_np.items()}
-    state, init_norms, indices = init_all(keys, hyper_j, params, data)
-    if len(device_list) > 1:
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
-
-        # The runs' state and minibatch order are split over the seed mesh, the data is on
-        # every device (the layout the sharded segment function expects).
-        mesh = devices_lib.mesh(device_list, "seed")
-        state = jax.device_put(state, NamedSharding(mesh, P(None, "seed")))
-        indices = jax.device_put(indices, NamedSharding(mesh, P("seed")))
-        data = jax.device_put(data, NamedSharding(mesh, P()))
-
-    records = []
-    with devices_lib.Progress(progress or False, steps, desc="train", unit="step") as bar:
-        for s in range(segments):
-            interrupts.check()  # between segments: a safe point to stop at
-            seg_idx = indices[:, s * seg_len : (s + 1) * seg_len]
-            state, rec = segment_all(state, seg_idx, data)
-            records.append(rec)
-            if progress:
-                jax.block_until_ready(rec.loss)
-                bar.update((s + 1) * seg_len)
-    tr, te = eval_all(state.params, state.model_state, data)
     meta = run_description(model, data, tcfg, seeds=seeds, key=key, hyper=hyper_np)
-    return _result(model, state, records, init_norms, (tr, te), hyper_j, meta)
+    lock, store = _segment_store(out, meta, segments, params)
+    try:
+        state, init_norms, indices = init_all(keys, hyper_j, params, data)
+        records: list[Any] = []
+        start = 0
+        if store is not None:
+            shapes = jax.eval_shape(segment_all, state, indices[:, :seg_len], data)[1]
+            state, records, start = store.resume(state, shapes)
+        state, indices, data = _placed(device_list, state, indices, data)
+        with devices_lib.Progress(progress or False, steps, desc="train", unit="step") as bar:
+            if start:
+                bar.update(start * seg_len)
+            for s in range(start, segments):
+                interrupts.check()  # between segments: a safe point to stop at
+                seg_idx = indices[:, s * seg_len : (s + 1) * seg_len]
+                state, rec = segment_all(state, seg_idx, data)
+                records.append(rec)
+                if store is not None:
+                    store.save(s, state, rec)
+                if progress:
+                    jax.block_until_ready(rec.loss)
+                    bar.update((s + 1) * seg_len)
+        tr, te = eval_all(state.params, state.model_state, data)
+        result = _result(model, state, records, init_norms, (tr, te), hyper_j, meta)
+        if store is not None:
+            result.save(store.directory.parent)
+            store.clear()
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _segment_store(out: Any, meta: dict, segments: int, params: Any) -> tuple:
+    """The locked output directory's segment store, or ``(None, None)`` without ``out``."""
+    if out is None:
+        return None, None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(out)
+    lock.acquire("out")
+    return lock, SegmentStore(out, run_fingerprint(meta, segments, params))
+
+
+def _placed(device_list: Sequence[Any], state: Any, indices: Any, data: Any) -> tuple:
+    """The runs' state and minibatch order split over the seed mesh, the data on every
+    device (the layout the sharded segment function expects); as they are on one device."""
+    if len(device_list) <= 1:
+        return state, indices, data
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = devices_lib.mesh(device_list, "seed")
+    state = jax.device_put(state, NamedSharding(mesh, P(None, "seed")))
+    indices = jax.device_put(indices, NamedSharding(mesh, P("seed")))
+    return state, indices, jax.device_put(data, NamedSharding(mesh, P()))
 
 
 def _result(model, state, records, init_norms, evaluations, hyper, meta) -> TrainResult:

@@ -122,6 +122,20 @@ class TrainResult:
     axes: tuple[str, ...] = static_field(default=("hyper", "seed"))
     meta: str = static_field(default="{}")
 
+    def to_xarray(self) -> Any:
+        """The histories as an ``xarray.Dataset`` over ``hyper``, ``seed``, ``step``,
+        ``layer``: :func:`gradjax.utils.labelled.train_dataset`."""
+        from gradjax.utils.labelled import train_dataset
+
+        return train_dataset(self)
+
+    def to_dataframe(self) -> Any:
+        """The per-layer records as a long ``pandas.DataFrame`` (a row per hyper, seed, step
+        and layer): :func:`gradjax.utils.labelled.train_dataframe`."""
+        from gradjax.utils.labelled import train_dataframe
+
+        return train_dataframe(self)
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Writes ``history.npz`` (flat arrays, no pickle), ``variables.npz`` (the final
         parameters and state of every run, keys by path) and ``meta.json``; returns the dir.
