@@ -19,8 +19,12 @@ whose final ``arrays.npz`` is not bit for bit the reference's (or that ended wit
 Every sweep process spends some twenty seconds of CPU compiling, so the trials are about
 a dozen processes, two at a time.
 
+Then the trial families of :mod:`gradjax.benchmarks.reliability_trials` (interrupts during
+compilation, swapped chunks, concurrent verbs, foreign files, damaged directories, full disk,
+environment, degenerate inputs), each counted on its own in the JSON (``families``).
+
 ``--quick`` runs every fourth bad-input case, one kill, two kinds of damage (truncated chunk,
-garbled manifest) and the concurrent trial.
+garbled manifest), the concurrent trial and every fourth case of each family.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from gradjax.benchmarks import harness
+from gradjax.benchmarks import harness, reliability_trials
 
 NAME = "reliability"
 
@@ -307,10 +311,20 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gj-rel-trials-") as root:
         trial = trials(Path(root), quick=quick, timeout_s=600.0)
     t_trials = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gj-rel-families-") as root:
+        families = reliability_trials.run_families(Path(root), quick=quick, timeout_s=300.0)
+    t_families = time.perf_counter() - t0
+    totals = families.get("totals", {})
     ratios = {
-        "tried": len(cases),
+        "tried": len(cases) + families.get("cases", 0),
+        "bad_inputs": len(cases),
+        "family_cases": families.get("cases", 0),
         **counts,
-        "differing_results": trial["differing_results"],
+        "tracebacks": counts["tracebacks"] + totals.get("tracebacks", 0),
+        "crashes": counts["aborts"] + totals.get("crashes", 0),
+        "differing_results": (trial["differing_results"] or 0) + totals.get("differing_results", 0),
+        "overwritten_or_lost": totals.get("overwritten_or_lost", 0),
     }
     return harness.record(
         NAME,
@@ -318,15 +332,18 @@ def run(quick: bool = False) -> dict[str, Any]:
         timings={
             "bad_inputs": {"median": t_inputs, "min": t_inputs, "max": t_inputs, "repeats": 1},
             "trials": {"median": t_trials, "min": t_trials, "max": t_trials, "repeats": 1},
+            "families": {"median": t_families, "min": t_families, "max": t_families, "repeats": 1},
         },
         ratios=ratios,
         targets={
             "tracebacks": "<= 0",
-            "aborts": "<= 0",
+            "crashes": "<= 0",
             "differing_results": "<= 0",
-            "tried": ">= 150" if not quick else "report",
+            "overwritten_or_lost": "<= 0",
+            "tried": ">= 300" if not quick else "report",
+            "family_cases": ">= 100" if not quick else "report",
         },
-        extra={"not_refused_cleanly": failures, "trials": trial},
+        extra={"not_refused_cleanly": failures, "trials": trial, "families": families},
     )
 
 

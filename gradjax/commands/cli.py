@@ -15,6 +15,8 @@ import sys
 from gradjax.utils.errors import GradjaxInputError
 
 COMMANDS = ("figures", "sweep", "theory", "train", "bench", "diagnose")
+# The verbs that draw figures: their matplotlib backend is checked before any work.
+DRAWING = ("figures", "sweep", "train", "diagnose")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,10 +48,22 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     try:
         _check_backend()
+        if args.command in DRAWING:
+            _check_plot_backend()
         return int(args.run(args) or 0)
     except GradjaxInputError as err:
         print(f"gradjax {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A full disk, a quota, a path the filesystem refuses: one line naming it. Every
+        # file gradjax writes is written atomically, so what finished is still on disk.
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(
+            f"gradjax {args.command}: error: {err.strerror or type(err).__name__}{where} "
+            "(finished pieces are saved; fix this and rerun the same command to continue)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         from gradjax.utils import interrupts
 
@@ -59,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return interrupts.exit_code(interrupts.requested() or 2)
+    finally:
+        from gradjax.commands.common import remove_unused_dirs
+
+        remove_unused_dirs()
 
 
 def _check_backend() -> None:
@@ -76,6 +94,25 @@ def _check_backend() -> None:
         raise GradjaxInputError(
             f"JAX_PLATFORMS={wanted!r} is invalid: expected a backend this machine can start "
             f"(unset it or name one this machine has; JAX said: {first_line(err)})"
+        ) from None
+
+
+def _check_plot_backend() -> None:
+    """An ``MPLBACKEND`` matplotlib cannot use is one line, before any work (not after a
+    long computation, when the first figure is drawn)."""
+    wanted = os.environ.get("MPLBACKEND")
+    if not wanted:
+        return
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.close(plt.figure())
+    except Exception as err:  # ValueError (unknown name) or ImportError (missing toolkit)
+        from gradjax.utils.errors import first_line
+
+        raise GradjaxInputError(
+            f"MPLBACKEND={wanted!r} is invalid: expected a matplotlib backend this machine can "
+            f"use, e.g. Agg (unset it or name another; matplotlib said: {first_line(err)})"
         ) from None
 
 

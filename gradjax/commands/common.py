@@ -271,16 +271,76 @@ def writable_dir(path: str | os.PathLike, field: str = "--out") -> Path:
             f"{field}={str(path)!r} is invalid: expected a non-empty directory path"
         )
     directory = Path(path)
+    _check_path_room(directory, field)
+    new = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        if new:
+            _CREATED.append(directory)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".gradjax-write-test"):
             pass
     except (OSError, ValueError) as err:
         reason = getattr(err, "strerror", None) or type(err).__name__
         raise GradjaxInputError(
-            f"{field}={str(path)!r} is invalid: expected a writable directory ({reason})"
+            f"{field}={_short(path)!r} is invalid: expected a writable directory ({reason})"
         ) from None
     return directory
+
+
+# Output directories this process created: removed at exit while they hold no result.
+_CREATED: list[Path] = []
+
+
+def remove_unused_dirs() -> None:
+    """Removes the output directories this run created that hold nothing but gradjax's
+    bookkeeping (its owner mark, its lock): a run refused or interrupted before its first
+    result leaves no empty directory behind."""
+    from gradjax.sweeps.store import LOCK
+    from gradjax.utils.files import OWNER_MARK
+
+    while _CREATED:
+        directory = _CREATED.pop()
+        try:
+            entries = list(directory.iterdir())
+            if all(e.name in (OWNER_MARK, LOCK) and e.is_file() for e in entries):
+                for entry in entries:
+                    entry.unlink()
+                directory.rmdir()
+        except OSError:
+            pass  # gone already, or not ours to clean: leave it
+
+
+# Room the deepest file a verb writes needs below its output directory (a sweep's chunk
+# "chunks/seed..-.._scale..-..-<sha256>.npz" and its temporary name).
+_ROOM_BELOW = 200
+
+
+def _check_path_room(directory: Path, field: str) -> None:
+    """Refuses, before any work, a directory whose files' paths the filesystem would refuse."""
+    full = os.fsencode(os.path.abspath(directory))
+    try:
+        limit = os.pathconf(_existing_parent(directory), "PC_PATH_MAX")
+    except (OSError, ValueError):
+        limit = 4096
+    if len(full) + _ROOM_BELOW > limit:
+        raise GradjaxInputError(
+            f"{field}={_short(directory)!r} is invalid: expected a path the filesystem can hold "
+            f"files under ({len(full)} bytes; at most {limit - _ROOM_BELOW} leave room for "
+            f"the {limit}-byte path limit)"
+        )
+
+
+def _existing_parent(directory: Path) -> Path:
+    for parent in (directory, *directory.absolute().parents):
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
+def _short(path: object) -> str:
+    """A path for a one-line message: long ones shortened in the middle."""
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:50]}...{text[-50:]}"
 
 
 def renamed_field(err: GradjaxInputError, names: dict[str, str]) -> GradjaxInputError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from gradjax.commands.common import (
     choice,
@@ -141,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
         from gradjax.commands.factory import load_factory
 
         loaded = load_factory(args.model)  # before --out is made: a refusal leaves nothing
-    created = not Path(args.out).exists()
     out = writable_dir(args.out)
 
     from gradjax.measure import probes
@@ -149,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from gradjax.utils import plotting
 
     if loaded is not None:
-        return _sweep_model(args, loaded, sigma_w, sigma_b, out, created)
+        return _sweep_model(args, loaded, sigma_w, sigma_b, out)
     net = models.build(cfg)
     probe = probes.layer_gradient_and_spectrum_probe(net, batch=args.batch)
     result = _run_sweep(
@@ -160,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
         sigma_w,
         sigma_b,
         out,
-        created,
     )
     import jax
 
@@ -178,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
+def _sweep_model(args, loaded, sigma_w, sigma_b, out) -> int:
     """``--model``: per-block ``||dL/da_l||`` (and per-step ``||dL/dh_t||``) over seeds x
     kernel scale of the user's model; the summary gives the scale where growth crosses 1."""
     import numpy as np
@@ -198,8 +195,6 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
     try:
         net = sweepable(loaded.model, loaded.params, x, kernels=args.kernels, **loaded.options)
     except GradjaxInputError as err:
-        if created and not any(out.iterdir()):
-            out.rmdir()
         raise renamed_field(err, {**FLAGS, "kernels": "--kernels"}) from None
     probe = block_gradient_probe(net, (x, y), args.loss)
     result = _run_sweep(
@@ -210,7 +205,6 @@ def _sweep_model(args, loaded, sigma_w, sigma_b, out, created) -> int:
         sigma_w,
         sigma_b,
         out,
-        created,
     )
     scales = np.asarray(result.coords["sigma_w"], np.float64)
 
@@ -265,7 +259,7 @@ def _median(values):
     return np.median(values.reshape(values.shape[0], values.shape[1], -1)[..., 0], axis=0)
 
 
-def _run_sweep(args, net, probe, probe_name, sigma_w, sigma_b, out, created):
+def _run_sweep(args, net, probe, probe_name, sigma_w, sigma_b, out):
     """The library sweep with the command's settings; refusals name the flags, leave nothing."""
     from gradjax.sweeps.engine import sweep as _sweep
     from gradjax.utils.errors import GradjaxInputError
@@ -284,7 +278,6 @@ def _run_sweep(args, net, probe, probe_name, sigma_w, sigma_b, out, created):
             out_dir=out,
         )
     except GradjaxInputError as err:
-        if created and not any(out.iterdir()):
-            out.rmdir()  # refused before any work (e.g. a size that cannot fit): leave nothing
+        # A refusal before any work leaves no directory (commands.common.remove_unused_dirs).
         # The library names its arguments (out_dir, sigma_w); the error names the flags.
         raise renamed_field(err, FLAGS) from None

@@ -190,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
         def progress(done: int, total: int) -> None:
             print(f"gradjax train: step {done}/{total}", file=sys.stderr, flush=True)
 
-    result = train(net, data, tcfg, seeds=args.seeds, key=args.seed, progress=progress)
-    result.save(out)
+    # Saved segment by segment: an interrupted or failed run continues where it stopped.
+    result = train(net, data, tcfg, seeds=args.seeds, key=args.seed, progress=progress, out=out)
     plotting.save_figure(plot_training(result), out / "curves")
     h = result.history
     acc = seed_quantiles(np.asarray(h.test.accuracy))
