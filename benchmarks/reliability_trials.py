@@ -340,7 +340,7 @@ def swapped_chunks(root: Path, timeout_s: float, reference: Path) -> list[Callab
 
     def swap(i: int, j: int) -> Callable[[list[Path]], None]:
         def damage(chunks: list[Path]) -> None:
-            a, b = chunks[i], chunks[j]
+            a, b = chunks[i % len(chunks)], chunks[j % len(chunks)]
             tmp = a.with_suffix(".swap")
             a.rename(tmp)
             b.rename(a)
@@ -349,10 +349,10 @@ def swapped_chunks(root: Path, timeout_s: float, reference: Path) -> list[Callab
         return damage
 
     def copy(i: int, j: int) -> Callable[[list[Path]], None]:
-        return lambda chunks: shutil.copyfile(chunks[i], chunks[j])
+        return lambda chunks: shutil.copyfile(chunks[i % len(chunks)], chunks[j % len(chunks)])
 
-    damages = {"swap01": swap(0, 1), "swap0last": swap(0, -1), "swap23": swap(2, 3),
-               "copy0to4": copy(0, 4), "copy1to0": copy(1, 0)}  # fmt: skip
+    damages = {"swap01": swap(0, 1), "swap0last": swap(0, -1), "swap12": swap(1, 2),
+               "copy0to3": copy(0, 3), "copy1to0": copy(1, 0)}  # fmt: skip
     cases = []
     for name, damage in damages.items():
 
@@ -522,13 +522,15 @@ def run_families(root: Path, *, quick: bool, timeout_s: float) -> dict[str, Any]
             return family, i, case()
         except subprocess.TimeoutExpired:
             return family, i, "other"
+        except Exception as err:  # a fault of the trial itself: counted, the others go on
+            return family, i, f"other ({type(err).__name__}: {err})"
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(attempt, jobs))
     per_family = {f: dict.fromkeys(OUTCOMES, 0) for f in families}
     failures = []
     for family, i, outcome in outcomes:
-        per_family[family][outcome] += 1
+        per_family[family][outcome.split(" ")[0]] += 1
         if outcome != "ok":
             failures.append({"family": family, "case": i, "outcome": outcome})
     totals = {o: sum(c[o] for c in per_family.values()) for o in OUTCOMES}

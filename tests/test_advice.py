@@ -206,3 +206,63 @@ def test_warm_up_advice_for_adam_reads_the_preconditioned_sharpness():
     risky = gj.diagnose(model, params, (x, y), "mse", lr=60.0 / top, optimizer="adam")
     assert any(f"lr x preconditioned sharpness = {60.0:.3g} is above 38" in s
                for s in risky.suggestions)  # fmt: skip
+
+
+class TinyBlock(nn.Module):
+    norm: bool
+    gain: float
+
+    @nn.compact
+    def __call__(self, h):
+        init = nn.initializers.variance_scaling(self.gain**2, "fan_in", "normal")
+        y = nn.LayerNorm()(h) if self.norm else h
+        h = h + nn.MultiHeadDotProductAttention(num_heads=2, kernel_init=init)(y, y)
+        y = nn.LayerNorm()(h) if self.norm else h
+        y = nn.Dense(32, kernel_init=init)(y)
+        return h + nn.Dense(16, kernel_init=init)(nn.gelu(y))
+
+
+class TinyLM(nn.Module):
+    norm: bool
+    gain: float
+
+    @nn.compact
+    def __call__(self, tokens):
+        h = nn.Embed(32, 16)(tokens)
+        for _ in range(4):
+            h = TinyBlock(self.norm, self.gain)(h)
+        return nn.Dense(32)(h)
+
+
+def _token_xent(logits, y):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[..., None], -1))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_transformer_scale_advice_against_a_sweep_of_the_same_model(norm):
+    tokens = jax.random.randint(jax.random.key(0), (8, 6), 0, 32)
+    y = jax.random.randint(jax.random.key(2), (8, 6), 0, 32)
+    model = TinyLM(norm, 30.0 if norm else 3.0)
+    variables = model.init(jax.random.key(1), tokens)
+    report = gj.diagnose(model, variables, (tokens, y), _token_xent)
+    assert report.verdict == "exploding"
+    net = gj.boundary.sweepable(model, variables, tokens)
+    scales = np.asarray(report.scale_probe.scales)
+    probe = gj.probes.block_gradient_probe(net, (tokens, y), _token_xent)
+    result = gj.sweep(net, probe, seeds=2, sigma_w=scales, progress=False)
+    growth = np.nanmean(growth_per_layer(np.asarray(result["block_grad_norms"]), axis=-1), 0)
+    # Residual paths keep the growth above 1: neither the probe nor the sweep crosses it.
+    assert report.scale_probe.critical is None and crossing(scales, growth) is None
+    bound = 10.0 ** (1 / 3)  # growth^(blocks - 1) inside the exploding threshold, 4 blocks
+    if not norm:
+        # Without LayerNorm the growth falls with the kernels towards 1: the suggested
+        # multiplier is the one nearest 1x where the sweep, too, is within the thresholds.
+        within = report.scale_probe.within
+        assert f"multiply every kernel by {within:.3g}" in report.suggestions[0]
+        i = int(np.argmin(np.abs(scales - within)))
+        assert growth[i] <= bound < growth[i + 1]
+    else:
+        # With LayerNorm the growth does not follow the kernel scale: no scale advice.
+        assert report.scale_probe.within is None
+        assert "does not change one way with the kernel scale" in report.suggestions[0]
+        assert np.any(np.diff(np.log(growth)) < -0.05) and np.any(np.diff(np.log(growth)) > 0.05)

@@ -149,3 +149,36 @@ def test_a_backend_the_machine_cannot_start_is_one_line(tmp_path, platform):
     assert done.returncode == 2 and "\n" not in err and "Traceback" not in err, err
     assert f"JAX_PLATFORMS='{platform}' is invalid" in err
     assert os.listdir(tmp_path) == []
+
+
+def test_an_output_path_the_filesystem_cannot_hold_is_refused_before_any_work(empty_cwd, capsys):
+    deep = "/".join(["d" * 200] * 20)  # 4,019 characters: its files would pass PATH_MAX
+    _refused(capsys, ["train", "--steps", "5", "--out", deep], "--out=")
+    assert os.listdir(empty_cwd) == []
+
+
+def test_an_unknown_matplotlib_backend_is_refused_before_any_work(empty_cwd, capsys, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "no_such_backend")
+    code = main(["figures", "--quick", "--only", "activations", "--out", OUT])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "MPLBACKEND='no_such_backend' is invalid" in err
+    assert os.listdir(empty_cwd) == []
+
+
+def test_a_full_disk_is_one_line_and_an_unused_new_directory_is_removed(
+    empty_cwd, capsys, monkeypatch
+):
+    import errno
+
+    from gradjax.utils import files
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(files, "atomic_write", full)
+    code = main(["diagnose", "--depth", "3", "--width", "8", "--batch", "4", "--out", OUT])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and "Traceback" not in err, err
+    assert "No space left on device" in err and "rerun the same command" in err
+    # The directory this run created holds nothing it finished: it is not left behind.
+    assert os.listdir(empty_cwd) == []

@@ -677,6 +677,7 @@ def test_training_resumes_after_an_interrupt_with_identical_histories(tmp_path, 
 
     def counting(*args, **kw):
         init_all, segment_all, eval_all = real_segment(*args, **kw)
+
         def run(*a):  # counts runs, not the shape evaluation that checks saved records
             computed.append(not isinstance(a[1], jax.core.Tracer))
             return segment_all(*a)
@@ -686,11 +687,55 @@ def test_training_resumes_after_an_interrupt_with_identical_histories(tmp_path, 
     monkeypatch.setattr(tloop, "_compiled", counting)
     resumed = tloop.train(NET, DATA, tcfg, out=tmp_path, **kwargs)
     assert sum(computed) == 2  # only the two missing segments ran
-    for a, b in zip(jax.tree.leaves(whole.history), jax.tree.leaves(resumed.history), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for a, b in zip(jax.tree.leaves(whole.variables), jax.tree.leaves(resumed.variables)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    pairs = [(whole.history, resumed.history), (whole.variables, resumed.variables)]
+    for first, second in pairs:
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The finished result is saved and the segment files are gone.
     assert not (tmp_path / "segments").exists()
     with np.load(tmp_path / "history.npz") as saved_history:
         np.testing.assert_array_equal(saved_history["loss"], np.asarray(whole.history.loss))
+
+
+def test_an_nnx_scanned_stack_trains_with_its_own_state_per_layer_and_seed():
+    from flax import nnx
+
+    layers, width = 3, 16
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(width, width, rngs=rngs)
+            self.norm = nnx.BatchNorm(width, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(nnx.tanh(self.norm(self.linear(x))))
+
+    class ScanMLP(nnx.Module):  # Flax's scan-over-layers pattern: nnx.vmap, then nnx.scan
+        def __init__(self, rngs):
+            self.stem = nnx.Linear(64, width, rngs=rngs)
+
+            @nnx.split_rngs(splits=layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def create(rngs):
+                return Block(rngs)
+
+            self.blocks = create(rngs)
+            self.head = nnx.Linear(width, 10, rngs=rngs)
+
+        def __call__(self, x):
+            @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+            def forward(block, x):
+                return block(x)
+
+            return self.head(forward(self.blocks, self.stem(x)))
+
+    tcfg = TrainConfig(learning_rate=0.05, steps=30, batch_size=32)
+    res = tloop.train(ScanMLP, DATA, tcfg, seeds=2, key=0)
+    assert res.layers == ("stem", "blocks/0/linear", "blocks/1/linear", "blocks/2/linear", "head")
+    mean = np.asarray(res.variables["state"]["blocks"]["norm"]["mean"][...])
+    assert mean.shape == (1, 2, layers, width)  # (hyper, seed, layer, feature)
+    assert np.all(np.abs(mean).max(axis=-1) > 0)  # every layer's statistics were updated
+    assert not np.allclose(mean[0, 0], mean[0, 1])  # each seed its own
+    loss = np.asarray(res.history.loss)
+    assert np.all(loss[..., -5:].mean(-1) < loss[..., :5].mean(-1))

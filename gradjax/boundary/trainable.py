@@ -229,10 +229,11 @@ def _nnx_functions(model: Any, kind: str, name: str) -> tuple:
         own_state = lambda key: nnx.split(nnx_from_factory(model, key), nnx.Param, ...)[2]
 
     def init_state(key):
-        # Each seed's dropout streams start from its own key (an instance's would be shared).
+        # Each seed's dropout streams start from its own key (an instance's would be shared);
+        # a stack built with nnx.vmap holds one key per layer: each gets its own.
         leaves, treedef = jax.tree_util.tree_flatten(own_state(key))
         fresh = [
-            jax.random.fold_in(key, 2 + i)
+            _fresh_keys(jax.random.fold_in(key, 2 + i), v.shape)
             if jnp.issubdtype(getattr(v, "dtype", None), jax.dtypes.prng_key)
             else v
             for i, v in enumerate(leaves)
@@ -252,3 +253,10 @@ def _nnx_functions(model: Any, kind: str, name: str) -> tuple:
         return out, (nnx.split(module, nnx.Param, ...)[2] if train else state)
 
     return describe, init_fn, init_state, apply
+
+
+def _fresh_keys(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``key`` itself for a scalar key leaf, else independent keys of ``shape`` from it."""
+    if not shape:
+        return key
+    return jax.random.split(key, math.prod(shape)).reshape(shape)

@@ -104,6 +104,9 @@ def _check_plot_backend() -> None:
     if not wanted:
         return
     try:
+        import matplotlib.rcsetup
+
+        matplotlib.rcsetup.validate_backend(wanted)  # an unknown name, whatever is loaded
         import matplotlib.pyplot as plt
 
         plt.close(plt.figure())

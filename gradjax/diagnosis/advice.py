@@ -257,6 +257,13 @@ def _scale_advice(probe: Any, rate: float) -> str:
             f"multiply every kernel by {probe.critical:.3g}: measured, the gradient's growth per "
             f"block ({rate:.3g} now) crosses 1 at {probe.critical:.3g}x the kernels"
         )
+    if probe.within is not None:
+        at = probe.growth[probe.scales.index(probe.within)]
+        return (
+            f"multiply every kernel by {probe.within:.3g}: measured, the gradient's growth per "
+            f"block ({rate:.3g} now) is {at:.3g} there, within the verdict's thresholds over "
+            f"the stack; it never crosses 1 ({probe.reason})"
+        )
     return f"no weight-scale change flattens the gradient: measured, {probe.reason}"
 
 

@@ -179,7 +179,7 @@ def diagnose(
         and (hints.activation is None or hints.sigma_w is None)
         and judged.series == "activations"
     ):
-        scale_probe = _scale_probe(measured)
+        scale_probe = _scale_probe(measured, len(flow.block_names), thresholds)
     blocks = len(flow.block_names)
     context = {
         "activation": activation_name(hints.activation),
@@ -363,19 +363,40 @@ ADAM_STABILITY_LIMIT = 38.0
 _PROBE_SCALES = 2.0 ** np.linspace(-2.0, 2.0, 9)
 
 
-def _scale_probe(measured: Measurement) -> ScaleProbe:
-    """Growth per block against a kernel multiplier, and where it crosses 1."""
+def _scale_probe(measured: Measurement, blocks: int, thresholds: Thresholds) -> ScaleProbe:
+    """Growth per block against a kernel multiplier, where it crosses 1 and, where it never
+    does, the scale nearest 1 whose growth keeps the whole stack within the thresholds."""
     growth = measured.kernel_scale_growth(_PROBE_SCALES)
     critical = crossing(_PROBE_SCALES, growth)
     # Going down: a model that explodes at 1x crosses from above, at a smaller scale.
     if critical is None:
         flipped = crossing(_PROBE_SCALES, 1.0 / np.where(growth > 0, growth, np.nan))
         critical = flipped
+    within = None
+    logs = np.log(np.where(growth > 0, growth, np.nan))
+    steps = np.diff(logs)
+    # Only a growth that moves one way with the scale (within 5% per step) says which way
+    # to go; a normalised stack's growth wanders with the draw instead.
+    monotonic = np.all(np.isfinite(steps)) and (np.all(steps > -0.05) or np.all(steps < 0.05))
+    if critical is None and monotonic and blocks > 1:
+        # The stack's output-to-input ratio is about growth^(blocks - 1): inside the
+        # verdict's thresholds, the depth verdict reads healthy.
+        bound = math.log(thresholds.exploding) / (blocks - 1)
+        floor = math.log(thresholds.vanishing) / (blocks - 1)
+        ok = [i for i, v in enumerate(logs) if floor <= v <= bound]
+        if ok:
+            within = float(_PROBE_SCALES[min(ok, key=lambda i: abs(math.log(_PROBE_SCALES[i])))])
+    reason = ""
+    if critical is None:
+        reason = no_crossing_reason(_PROBE_SCALES, growth)
+        if not monotonic and "does not depend" not in reason:
+            reason += "; it does not change one way with the kernel scale (normalised layers)"
     return ScaleProbe(
         scales=tuple(float(v) for v in _PROBE_SCALES),
         growth=tuple(float(v) for v in growth),
         critical=critical,
-        reason="" if critical is not None else no_crossing_reason(_PROBE_SCALES, growth),
+        reason=reason,
+        within=within,
     )
 
 

@@ -175,12 +175,17 @@ class ScaleProbe:
       growth: the growth per block at each.
       critical: the multiplier where growth crosses 1, or ``None``.
       reason: why there is none (the range the growth stays in), else ``""``.
+      within: without a crossing, the probed multiplier nearest 1x whose growth keeps the
+        stack's output-to-input ratio (``growth^(blocks - 1)``) inside the verdict's
+        thresholds, where the growth moves one way with the scale (a residual stack's
+        growth approaches 1 from above but never crosses it); else ``None``.
     """
 
     scales: tuple[float, ...]
     growth: tuple[float, ...]
     critical: float | None
     reason: str
+    within: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

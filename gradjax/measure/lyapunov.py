@@ -159,9 +159,9 @@ def lyapunov_spectrum(
 
     Example:
       >>> import jax, jax.numpy as jnp, gradjax as gj
-      >>> net = gj.build(gj.NetConfig(depth=1000, width=256, activation="linear",
+      >>> net = gj.build(gj.NetConfig(depth=200, width=64, activation="linear",
       ...                             init="orthogonal", sigma_w=1.1))
-      >>> spec = gj.lyapunov_spectrum(net, net.init(jax.random.key(0)), jnp.ones(256), k=8)
+      >>> spec = gj.lyapunov_spectrum(net, net.init(jax.random.key(0)), jnp.ones(64), k=8)
       >>> bool(jnp.allclose(spec.exponents, jnp.log(1.1), atol=1e-4))
       True
 
