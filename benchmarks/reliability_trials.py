@@ -152,20 +152,25 @@ def run(argv: list[str], *, cwd: Path, timeout_s: float, **kw: Any) -> subproces
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, **kw)
 
 
-def judged(done: subprocess.CompletedProcess, *, refused: bool | None = True) -> str:
+def judged(
+    done: subprocess.CompletedProcess, *, refused: bool | None = True, codes: tuple = (2,)
+) -> str:
     """``ok`` when the process neither crashed nor printed a traceback and, with
-    ``refused``, gave exactly one line with exit 2 (``None``: refused or succeeded)."""
+    ``refused``, gave exactly one line with an exit status in ``codes`` (2: bad input; 1: a
+    filesystem problem); ``None``: refused or succeeded. Anything else carries the last
+    line of its standard error."""
+    last = (done.stderr.strip().splitlines() or [""])[-1][-160:]
     if "Traceback (most recent call last)" in done.stderr:
-        return "tracebacks"
+        return f"tracebacks: {last}"
     if done.returncode < 0 or done.returncode >= 128:
-        return "crashes"
+        return f"crashes: exit {done.returncode}: {last}"
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    clean_refusal = done.returncode == 2 and len(lines) == 1
+    clean_refusal = done.returncode in codes and len(lines) == 1
     if refused is True:
-        return "ok" if clean_refusal else "other"
+        return "ok" if clean_refusal else f"other: exit {done.returncode}: {last}"
     if refused is None and (clean_refusal or done.returncode == 0):
         return "ok"
-    return "ok" if done.returncode == 0 else "other"
+    return "ok" if done.returncode == 0 else f"other: exit {done.returncode}: {last}"
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -270,7 +275,7 @@ def degenerate_inputs(root: Path, timeout_s: float) -> list[Callable[[], str]]:
                 done = run(argv, cwd=root, timeout_s=timeout_s,
                            env=env(PYTHONPATH=str(root)))  # fmt: skip
                 verdict = judged(done, refused=None)
-                if verdict == "ok" and done.returncode == 0:
+                if verdict == "ok" and done.returncode == 0 and verb == "sweep":
                     try:
                         json.loads(done.stdout)
                     except ValueError:
@@ -417,7 +422,9 @@ def damaged_dirs(root: Path, timeout_s: float, reference: Path) -> list[Callable
                        timeout_s=timeout_s, env=env())  # fmt: skip
             if done.returncode == 0:
                 return "ok" if arrays(out) == arrays(reference) else "differing_results"
-            return judged(done)
+            if not (out / "chunks").exists() and not (out / "manifest.json").exists():
+                return "overwritten_or_lost"  # refused, but the finished sweep is gone
+            return judged(done, codes=(1, 2))  # the folder's damage named in one line
 
         cases.append(case)
     return cases
@@ -481,9 +488,9 @@ def full_disk(root: Path, timeout_s: float, reference: Path) -> list[Callable[[]
             argv = cli(verb, *flags, "--out", str(out))
             done = run(argv, cwd=root, timeout_s=timeout_s, env=env(), preexec_fn=capped(limit))
             if "Traceback (most recent call last)" in done.stderr:
-                return "tracebacks"
+                return judged(done)
             if done.returncode not in (0, 1):
-                return "crashes" if done.returncode < 0 or done.returncode >= 128 else "other"
+                return judged(done, codes=(1,))
             again = run(argv, cwd=root, timeout_s=timeout_s, env=env())
             if again.returncode != 0:
                 return judged(again, refused=False)
@@ -530,7 +537,7 @@ def run_families(root: Path, *, quick: bool, timeout_s: float) -> dict[str, Any]
     per_family = {f: dict.fromkeys(OUTCOMES, 0) for f in families}
     failures = []
     for family, i, outcome in outcomes:
-        per_family[family][outcome.split(" ")[0]] += 1
+        per_family[family][outcome.split(":")[0].split(" ")[0]] += 1
         if outcome != "ok":
             failures.append({"family": family, "case": i, "outcome": outcome})
     totals = {o: sum(c[o] for c in per_family.values()) for o in OUTCOMES}

@@ -182,6 +182,8 @@ def run_figures(
             }
             atomic_write_text(done, json.dumps(record, indent=2))
             write(f"[{name}] done in {seconds:.1f} s")
+        except OSError:
+            raise  # a full disk or an unwritable folder stops the run: no figure can be saved
         except Exception as err:  # one failed figure must not hide the others
             failures[name] = "".join(traceback.format_exception_only(type(err), err)).strip()
             write(f"[{name}] FAILED: {failures[name]}")

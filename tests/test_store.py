@@ -167,6 +167,14 @@ def test_directories_holding_something_else_are_refused(tmp_path):
     with pytest.raises(gj.GradjaxInputError, match="out_dir=.*holds other files"):
         gj.sweep(NET, _probe, out_dir=other, **KW)
     assert sorted(p.name for p in other.iterdir()) == ["history.npz"]
+    # A user's file with a name a sweep writes, in a directory that is not a sweep's.
+    for name in ("arrays.npz", "sweep.png", "manifest.json"):
+        users = tmp_path / f"users-{name}"
+        users.mkdir()
+        (users / name).write_bytes(b"a user's own file")
+        with pytest.raises(gj.GradjaxInputError, match=f"holds other files \\({name}"):
+            gj.sweep(NET, _probe, out_dir=users, **KW)
+        assert (users / name).read_bytes() == b"a user's own file"
     for bad in (other, tmp_path / "missing"):
         with pytest.raises(gj.GradjaxInputError, match="directory=.*saved sweep result") as err:
             gj.SweepResult.load(bad)

@@ -13,7 +13,7 @@ import numpy as np
 
 from gradjax.boundary.core import Boundary
 from gradjax.boundary.kinds import wrap
-from gradjax.utils.errors import invalid
+from gradjax.utils.errors import GradjaxInputError, first_line, invalid
 from gradjax.utils.tree_paths import leaf_names, module_parts
 
 
@@ -198,10 +198,20 @@ def sweepable(
     name = getattr(model, "__name__", None) or type(model).__name__
     shape = jax.tree.map(lambda v: list(np.shape(v)), example_input)
     scaled = chosen_kernels(boundary.params, kernels)
+    try:
+        blocks = len(boundary.block_names(example_input))
+    except GradjaxInputError:
+        raise
+    except Exception as err:  # the user's model failed on the example: its fault, named
+        raise invalid(
+            "model",
+            str(name),
+            f"a model that runs on inputs of shape {shape} (it failed with: {first_line(err)})",
+        ) from None
     cfg = ModelConfig(
         model=str(name),
         kind=boundary.kind,
-        blocks=len(boundary.block_names(example_input)),
+        blocks=blocks,
         inputs=str(shape),
         kernels=kernels or "",
         scaled=tuple(

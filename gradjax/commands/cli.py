@@ -55,12 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradjax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        # A full disk, a quota, a path the filesystem refuses: one line naming it. Every
-        # file gradjax writes is written atomically, so what finished is still on disk.
-        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        # A full disk, a quota, a damaged output folder: one line naming it. Every file
+        # gradjax writes is written atomically, so what finished is still on disk.
         print(
-            f"gradjax {args.command}: error: {err.strerror or type(err).__name__}{where} "
-            "(finished pieces are saved; fix this and rerun the same command to continue)",
+            f"gradjax {args.command}: error: {_os_problem(err)} (finished pieces are saved; "
+            "fix this and rerun the same command to continue)",
             file=sys.stderr,
         )
         return 1
@@ -77,6 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         from gradjax.commands.common import remove_unused_dirs
 
         remove_unused_dirs()
+
+
+def _os_problem(err: OSError) -> str:
+    """What the filesystem refused, in words, naming the path gradjax meant (the target of
+    an atomic replace, not its temporary file)."""
+    import errno
+
+    path = getattr(err, "filename2", None) or getattr(err, "filename", None)
+    if path is None:
+        return err.strerror or type(err).__name__
+    if err.errno == errno.EISDIR:
+        return f"{path} is a folder where gradjax writes a file"
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{path} is a file where gradjax keeps a folder"
+    return f"{err.strerror or type(err).__name__}: {path}"
 
 
 def _check_backend() -> None:

@@ -271,7 +271,7 @@ def writable_dir(path: str | os.PathLike, field: str = "--out") -> Path:
             f"{field}={str(path)!r} is invalid: expected a non-empty directory path"
         )
     directory = Path(path)
-    _check_path_room(directory, field)
+    check_path_room(directory, field)
     new = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -315,7 +315,7 @@ def remove_unused_dirs() -> None:
 _ROOM_BELOW = 200
 
 
-def _check_path_room(directory: Path, field: str) -> None:
+def check_path_room(directory: Path, field: str) -> None:
     """Refuses, before any work, a directory whose files' paths the filesystem would refuse."""
     full = os.fsencode(os.path.abspath(directory))
     try:

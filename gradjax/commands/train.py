@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gradjax.commands.common import (
+    check_path_room,
     flags,
     library_choice,
     nonnegative_int,
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         # holds other results.
         estimate = check_fits(net, data, tcfg, seeds=args.seeds)
         meta = run_meta(net, data, tcfg, seeds=args.seeds, key=args.seed)
+        check_path_room(Path(args.out), "--out")  # before the directory is looked into
         check_output_dir(args.out, meta)
     except GradjaxInputError as err:
         raise renamed_field(err, FLAGS) from None

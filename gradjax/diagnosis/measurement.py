@@ -22,7 +22,7 @@ import numpy as np
 
 from gradjax.boundary.core import Boundary
 from gradjax.boundary.function import first_use
-from gradjax.measure.gradients import LOSSES, cross_entropy_loss
+from gradjax.measure.fit_checks import checked_output, output_shape
 from gradjax.utils.caching import BoundedCache
 from gradjax.utils.errors import GradjaxInputError, first_line, invalid
 from gradjax.utils.tree_paths import layer_slices, module_parts, natural_key
@@ -31,7 +31,6 @@ from gradjax.utils.tree_paths import layer_slices, module_parts, natural_key
 _PROGRAMS: BoundedCache = BoundedCache(32)
 # Whether a model's blocks are residual, and its output shapes, by (structure, shapes).
 _RESIDUAL: BoundedCache = BoundedCache(32)
-_OUTPUTS: BoundedCache = BoundedCache(32)
 
 __all__ = [
     "Flow",
@@ -43,7 +42,6 @@ __all__ = [
     "combine_norms",
     "gradient_program",
     "leaf_norms",
-    "output_shape",
     "param_order",
     "residual_test",
     "slice_norms",
@@ -62,8 +60,9 @@ def clear_caches() -> None:
     The next measurement of any model then compiles again (a cold start, as in a new process).
     """
     from gradjax.boundary.core import clear_discovered
+    from gradjax.measure import fit_checks
 
-    for cache in (_PROGRAMS, _RESIDUAL, _OUTPUTS):
+    for cache in (_PROGRAMS, _RESIDUAL, fit_checks._OUTPUTS):
         cache.clear()
     clear_discovered()
 
@@ -175,20 +174,6 @@ def _kernel_mask(boundary: Boundary, x: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, kernel)
 
 
-def _check_labels(loss: Callable[..., Any], out_shape: Any, y: Any) -> None:
-    """Cross-entropy labels must name classes the model outputs (else the loss is NaN)."""
-    if loss is not cross_entropy_loss or isinstance(y, jax.core.Tracer):
-        return
-    labels = np.asarray(y)
-    classes = int(out_shape.shape[-1])
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise invalid(
-            "batch targets",
-            f"labels from {labels.min()} to {labels.max()}",
-            f"class labels in [0, {classes}) for a model with {classes} outputs",
-        )
-
-
 def _every_block_has_kernels(boundary: Boundary, x: Any, mask: Any) -> bool:
     """Whether every block owns a kernel that :func:`residual_test` zeroes."""
     paths = jax.tree_util.tree_flatten_with_path(boundary.params)[0]
@@ -238,16 +223,6 @@ def gradient_program(
     program = jax.jit(measure)
     _PROGRAMS[key] = program
     return program
-
-
-def output_shape(boundary: Boundary, x: Any, probes: Any) -> Any:
-    """The model's output shapes (traced once per structure and shapes)."""
-    key = boundary.cache_key(x, probes)
-    if key not in _OUTPUTS:
-        _OUTPUTS[key] = jax.eval_shape(
-            lambda p, e: boundary.apply(p, x, e), boundary.params, probes
-        )
-    return _OUTPUTS[key]
 
 
 def slice_norms(
@@ -469,38 +444,15 @@ class Measurement:
         self.boundary, self.loss, self.x, self.y = boundary, loss, x, y
         try:
             self.probes = boundary.zero_probes(x)
-            out_shape = output_shape(boundary, x, self.probes)
         except GradjaxInputError:
             raise
-        except Exception as err:  # the model's own shape error, whatever its type
+        except Exception as err:  # the model failed while its blocks were found
             raise invalid(
                 "batch inputs shape",
                 jax.tree.map(np.shape, x),
                 f"inputs the model accepts (it failed with: {first_line(err)})",
             ) from None
-        if loss in LOSSES.values() and not hasattr(out_shape, "shape"):
-            raise invalid(
-                "model output",
-                type(out_shape).__name__,
-                "one array for the built-in losses (the model returns a "
-                f"{type(out_shape).__name__}; pass a loss_fn that takes it)",
-            )
-        try:
-            loss_shape = jax.eval_shape(loss, out_shape, y)
-        except Exception as err:
-            raise invalid(
-                "batch targets shape",
-                jax.tree.map(np.shape, y),
-                f"targets the loss accepts for outputs {jax.tree.map(np.shape, out_shape)} "
-                f"(it failed with: {first_line(err)})",
-            ) from None
-        if not hasattr(loss_shape, "shape") or loss_shape.shape != ():
-            raise invalid(
-                "loss_fn output shape",
-                getattr(loss_shape, "shape", type(loss_shape).__name__),
-                "a scalar () (reduce over the batch, e.g. with jnp.mean)",
-            )
-        _check_labels(loss, out_shape, y)
+        checked_output(boundary, loss, x, y, self.probes)
         self.program = gradient_program(boundary, loss, x, y, self.probes)
         self.size = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
         self.param_grads: Any = None

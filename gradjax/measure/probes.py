@@ -228,10 +228,13 @@ def block_gradient_probe(net: Sweepable, batch: tuple[Any, Any], loss_fn: Any) -
         raise invalid(
             "net", type(net).__name__, "a gradjax.boundary.Sweepable (gj.boundary.sweepable(...))"
         )
+    from gradjax.measure.fit_checks import checked_output
+
     x, y = batch
     loss = get_loss(loss_fn)
     boundary = net.boundary
     probes = boundary.zero_probes(x)
+    checked_output(boundary, loss, x, y, probes)  # one line for a batch that does not fit
     blocks = boundary.blocks(x)
     scans = boundary.scans(x)
     stacks = [k for k, s in enumerate(scans) if s.axis == "layers"]

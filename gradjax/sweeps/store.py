@@ -43,9 +43,6 @@ FORMAT = "gradjax-sweep/2"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
 LOCK = ".lock"
-# Names a sweep directory may hold besides temporary files; any other entry means the
-# directory belongs to something else (a training run, a user's files) and is refused.
-OWN_NAMES = frozenset({MANIFEST, CHUNKS, LOCK, "arrays.npz", "meta.json", "sweep.png", "sweep.pdf"})
 # How long a second writer waits for the lock before giving up.
 LOCK_TIMEOUT_S = 60.0
 _FINGERPRINT_KEY = "__fingerprint__"
@@ -255,13 +252,17 @@ class ChunkStore:
             self._write_manifest()
 
     def _refuse_foreign(self) -> None:
-        """Refuses a directory without a manifest that holds files a sweep does not write."""
-        if not self.directory.is_dir() or (self.directory / MANIFEST).exists():
+        """Refuses a directory that is not a sweep's (no chunk folder, no readable manifest)
+        and holds anything but a lock: a user's ``arrays.npz`` or ``sweep.png`` there would
+        be overwritten, their ``manifest.json`` replaced."""
+        if not self.directory.is_dir():
             return
+        if (self.directory / CHUNKS).is_dir() or self._read_manifest() is not None:
+            return  # a sweep's directory: resumed, its damage repaired
         foreign = sorted(
             p.name
             for p in self.directory.iterdir()
-            if p.name not in OWN_NAMES and not p.name.endswith(".tmp")
+            if p.name != LOCK and not p.name.endswith(".tmp")
         )
         if foreign:
             raise invalid(

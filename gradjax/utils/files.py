@@ -138,6 +138,16 @@ def remove_stale_temps(directory: str | Path, *, older_than: float = STALE_TEMP_
 OWNER_MARK = ".gradjax-owner"
 
 
+# What each verb's directory holds from its first moments, marked or not: a directory with
+# another verb's signs is that verb's (a sweep still being written has no mark and no result
+# yet, only its manifest and chunk folder).
+VERB_SIGNS = {
+    "sweep": ("manifest.json", "chunks"),
+    "train": ("segments", "history.npz"),
+    "figures": (".cache",),
+}
+
+
 def claim_output_dir(
     directory: str | Path,
     verb: str,
@@ -177,6 +187,9 @@ def claim_output_dir(
             owner = json.loads(mark.read_text()).get("verb")
         except (OSError, ValueError, AttributeError):
             owner = None
+    if owner is None:
+        signs = [v for v, names in VERB_SIGNS.items() if any((out / n).exists() for n in names)]
+        owner = next((v for v in signs if v != verb), None)
     if owner is not None and owner != verb and not overwrite:
         raise invalid(
             "--out",
