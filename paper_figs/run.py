@@ -180,6 +180,7 @@ def run_figures(
                 "seconds": round(seconds, 2),
                 "npz_sha256": npz_sha256,
             }
+            record["record_sha256"] = _record_digest(record)
             atomic_write_text(done, json.dumps(record, indent=2))
             write(f"[{name}] done in {seconds:.1f} s")
         except OSError:
@@ -197,6 +198,12 @@ def run_figures(
     return numbers
 
 
+def _record_digest(record: dict[str, Any]) -> str:
+    """The SHA-256 of a cache record's canonical JSON, its own digest left out."""
+    kept = {k: v for k, v in record.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -205,8 +212,9 @@ def read_cached(stem: Path, key: str) -> dict[str, Any] | None:
     """The cached record ``stem.json`` of a finished figure, or None if it cannot be trusted.
 
     A record is trusted only if it parses as the record of this config (``hash == key``,
-    with its numbers and config) and the ``.npz`` beside it has the SHA-256 the record
-    holds and loads; a garbled, truncated or foreign file means the figure is recomputed.
+    with its numbers and config), its own SHA-256 matches its content (numbers edited by
+    hand do not), and the ``.npz`` beside it has the SHA-256 the record holds and loads; a
+    garbled, truncated, edited or foreign file means the figure is recomputed.
 
     Args:
       stem: the cache path without suffix (``.cache/<name>-<key>``).
@@ -221,6 +229,8 @@ def read_cached(stem: Path, key: str) -> dict[str, Any] | None:
             return None
         if not isinstance(record.get("numbers"), dict) or "config" not in record:
             return None
+        if record.get("record_sha256") != _record_digest(record):
+            return None  # edited by hand (or by another version): recomputed, never trusted
         npz = stem.with_suffix(".npz")
         if record.get("npz_sha256") != _sha256(npz):
             return None

@@ -91,3 +91,18 @@ def test_unwritable_out_fails_before_work(tmp_path, capsys):
     blocker.write_text("x")
     code = main(["figures", "--quick", "--out", str(blocker / "sub")])
     assert code == 2 and "--out=" in capsys.readouterr().err
+
+
+def test_a_cache_record_edited_by_hand_is_recomputed_not_trusted(tmp_path):
+    logged = []
+    run_figures(tmp_path, quick=True, only=["activations"], progress=False, log=logged.append)
+    (record,) = (tmp_path / ".cache").glob("activations-*.json")
+    data = json.loads(record.read_text())
+    data["numbers"] = {"edited": 1.0}  # a hand-edited cache: its own digest no longer fits
+    record.write_text(json.dumps(data))
+    logged.clear()
+    numbers = run_figures(
+        tmp_path, quick=True, only=["activations"], progress=False, log=logged.append
+    )
+    assert any("[activations] done" in line for line in logged), logged  # recomputed
+    assert "edited" not in numbers["figures"]["activations"]["numbers"]
