@@ -182,3 +182,11 @@ def test_a_full_disk_is_one_line_and_an_unused_new_directory_is_removed(
     assert "No space left on device" in err and "rerun the same command" in err
     # The directory this run created holds nothing it finished: it is not left behind.
     assert os.listdir(empty_cwd) == []
+
+
+def test_a_folder_where_a_verb_writes_a_file_is_refused_before_any_work(empty_cwd, capsys):
+    (empty_cwd / OUT / "report.txt").mkdir(parents=True)
+    code = main(["diagnose", "--depth", "3", "--width", "8", "--batch", "4", "--out", OUT])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "report.txt is a folder" in err, err
+    assert sorted(os.listdir(empty_cwd / OUT)) == ["report.txt"]

@@ -185,3 +185,14 @@ def test_directories_holding_something_else_are_refused(tmp_path):
     (garbled / "arrays.npz").write_bytes(b"PK")
     with pytest.raises(gj.GradjaxInputError, match="do not read as one"):
         gj.SweepResult.load(garbled)
+
+
+def test_a_folder_where_a_sweep_writes_a_file_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "sweep"
+    gj.sweep(NET, _probe, out_dir=out, **KW)
+    before = sorted(p.name for p in (out / "chunks").iterdir())
+    (out / "arrays.npz").unlink()
+    (out / "arrays.npz").mkdir()  # a folder where the result goes
+    with pytest.raises(gj.GradjaxInputError, match="arrays.npz is a folder"):
+        gj.sweep(NET, _probe, out_dir=out, **KW)
+    assert sorted(p.name for p in (out / "chunks").iterdir()) == before  # nothing lost

@@ -43,6 +43,8 @@ FORMAT = "gradjax-sweep/2"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
 LOCK = ".lock"
+# The files a finished sweep leaves beside its manifest and chunks.
+RESULT_FILES = ("arrays.npz", "meta.json", "sweep.png", "sweep.pdf")
 # How long a second writer waits for the lock before giving up.
 LOCK_TIMEOUT_S = 60.0
 _FINGERPRINT_KEY = "__fingerprint__"
@@ -205,6 +207,7 @@ class ChunkStore:
             self.manifest = self._read_manifest()
             return self
         self._refuse_foreign()  # before anything is created in someone else's directory
+        self._refuse_wrong_kinds()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -270,6 +273,26 @@ class ChunkStore:
                 str(self.directory),
                 "a new or empty directory, or one holding this same sweep; it holds other "
                 f"files ({', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''})",
+            )
+
+    def _refuse_wrong_kinds(self) -> None:
+        """Refuses, before any work, a folder where the sweep writes a file (its manifest,
+        lock, result or a chunk) or a file where it keeps its chunk folder: nothing of the
+        user's is deleted to make room, and no run fails after its compute."""
+        d = self.directory
+        files = [d / n for n in (MANIFEST, LOCK, *RESULT_FILES)]
+        if (d / CHUNKS).is_dir():
+            files += list((d / CHUNKS).iterdir())
+        wrong = [p for p in files if p.is_dir()]
+        wrong += [d / CHUNKS] if (d / CHUNKS).exists() and not (d / CHUNKS).is_dir() else []
+        if wrong:
+            name = str(wrong[0].relative_to(d))
+            kind = "folder" if wrong[0].is_dir() else "file"
+            raise invalid(
+                "out_dir",
+                str(d),
+                f"a sweep directory whose entries are what the sweep writes ({name} is a "
+                f"{kind}; move it away or use another directory)",
             )
 
     def _read_manifest(self) -> dict[str, Any] | None:

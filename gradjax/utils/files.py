@@ -197,6 +197,14 @@ def claim_output_dir(
             f"a directory of `gradjax {verb}` (it holds `gradjax {owner}` "
             "results; use another directory)",
         )
+    folders = sorted(name for name in outputs if (out / name).is_dir())
+    if folders:  # refused before any work: the run would fail when it writes its result
+        raise invalid(
+            "--out",
+            str(out),
+            f"a directory where `gradjax {verb}` can write its files ({', '.join(folders)} "
+            "is a folder; move it away or use another directory)",
+        )
     if owner is None and not overwrite and not (legacy is not None and legacy(out)):
         clash = sorted(name for name in outputs if (out / name).exists())
         if clash:
