@@ -137,6 +137,12 @@ def add_parser(sub) -> None:
         choices=["adam", "sgd"],
         help="optimiser of the first-step probe",
     )
+    p.add_argument(
+        "--spectra",
+        action="store_true",
+        help="with --model or --example: also measure the Jacobian spectrum of every "
+        "block-to-block map (matrix-free; gradjax's MLP always has its layer spectra)",
+    )
     p.add_argument("--out", type=out_dir, required=True, help="output directory")
     p.add_argument(
         "--overwrite",
@@ -217,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
             loaded.batch,
             args.loss,
             hints={"activation": activation},
+            spectra=args.spectra,
             **loaded.options,
             **(probe if args.lr is not None else {}),
         )
@@ -227,8 +234,9 @@ def run(args: argparse.Namespace) -> int:
         if args.lr is not None:
             options.update(probe)
         report = diagnose(
-            problem["apply_fn"], problem["params"], problem["batch"], problem["loss_fn"], **options
-        )
+            problem["apply_fn"], problem["params"], problem["batch"], problem["loss_fn"],
+            spectra=args.spectra, **options,
+        )  # fmt: skip
         title = f"example {args.example}: {report.verdict}"
     else:
         from gradjax.nets import models
