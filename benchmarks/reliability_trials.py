@@ -120,6 +120,11 @@ class Norm(nn.Module):
         h = nn.BatchNorm(use_running_average=False)(h)
         return nn.Dense(3)(nn.tanh(h))
 
+def nan_params():
+    model, variables, batch = _made(_mlp(), _batch())
+    variables = jax.tree.map(lambda v: v.at[(0,) * v.ndim].set(jnp.nan), variables)
+    return model, variables, batch
+
 def batchnorm_batch_1():
     model = Norm()
     x, y = _batch(n=1)
@@ -127,7 +132,7 @@ def batchnorm_batch_1():
 """
 DEGENERATE = (
     "labels_out_of_range", "negative_labels", "empty_batch", "returns_tuple", "model_raises",
-    "exits_0", "exits_3", "prints", "zero_gradient", "batchnorm_batch_1",
+    "exits_0", "exits_3", "prints", "zero_gradient", "nan_params", "batchnorm_batch_1",
 )  # fmt: skip
 
 SWEEP_SMALL = ["--depth", "4", "--width", "8", "--seeds", "4", "--batch", "4"]
@@ -196,10 +201,16 @@ def arrays(out: Path) -> dict[str, bytes] | None:
 def foreign_files(root: Path, timeout_s: float) -> list[Callable[[], str]]:
     """A user's file with a name the verb writes, in the output directory."""
     names = {
-        "figures": (["REPORT.md", "numbers.json", "activations.png"], FIGURE),
+        "figures": (["REPORT.md", "numbers.json", "activations.png", "activations.pdf"], FIGURE),
         "diagnose": (["report.txt", "report.json", "report.png", "report.pdf"], DIAGNOSE_SMALL),
-        "train": (["history.npz", "variables.npz", "curves.png", "curves.pdf"], TRAIN_SMALL),
-        "sweep": (["arrays.npz", "sweep.png", "notes.txt", "manifest.json"], SWEEP_SMALL),
+        "train": (
+            ["history.npz", "variables.npz", "meta.json", "curves.png", "curves.pdf"],
+            TRAIN_SMALL,
+        ),
+        "sweep": (
+            ["arrays.npz", "meta.json", "sweep.png", "sweep.pdf", "notes.txt", "manifest.json"],
+            SWEEP_SMALL,
+        ),
     }
     cases = []
     for verb, (files, flags) in names.items():
@@ -232,7 +243,7 @@ def environment(root: Path, timeout_s: float) -> list[Callable[[], str]]:
     }
     cases = []
     for verb, flags in verbs.items():
-        for platform in ("cuda", "tpu", "bogus"):
+        for platform in ("cuda", "tpu", "rocm", "bogus"):
             cases.append(_refused_case(root, verb, flags, timeout_s, JAX_PLATFORMS=platform))
         if verb in ("figures", "sweep", "train", "diagnose"):
             cases.append(_refused_case(root, verb, flags, timeout_s, MPLBACKEND="no_such_gui"))
