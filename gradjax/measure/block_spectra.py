@@ -9,9 +9,12 @@ the boundary (:class:`gradjax.boundary.Boundary`), with no hand-written layer ma
   :meth:`~gradjax.boundary.Boundary.apply` with an edit that *replaces* block ``l-1``'s
   output by the map's argument and *captures* block ``l``'s output. The blocks before ``l-1``
   and after ``l`` are then dead code, which XLA removes;
-* blocks that are layers of a scanned stack (Linen ``nn.scan``, ``nnx.scan``, a function's
-  ``lax.scan`` over stacked weights): the map is one step of the scan, along its own
-  trajectory (:meth:`~gradjax.boundary.Boundary.observe_layers`).
+* blocks that are layers of a scanned stack (Linen ``nn.scan``, ``nnx.vmap`` + ``nnx.scan``):
+  the map is one step of the scan, along its own trajectory
+  (:meth:`~gradjax.boundary.Boundary.observe_layers`).
+
+A pure function's blocks are perturbations whose values gradjax cannot see: it is refused
+(its layers can be given to :func:`gradjax.diagnose` as ``layers=``).
 
 Per map, through ``jvp``/``vjp`` only (:mod:`gradjax.measure.matrix_free`):
 
