@@ -42,9 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gradjax.benchmarks import harness, reliability_trials
+from gradjax.benchmarks.reliability_trials import SWEEP_SMALL, arrays, env
 
 NAME = "reliability"
 
@@ -52,7 +51,6 @@ INTS = ["0", "-1", "1.5", "abc", "", "99999999999999999999"]
 SEEDS = ["-1", "1.5", "abc", "", "99999999999999999999", str(2**63)]  # 0 is a valid seed
 REALS = ["nan", "inf", "-1", "x"]
 GRIDS = ["-1,1", "nan", "inf", "1:2", "0:1:100000000", "a,b", "", "1:2:0", "1:2:x"]
-SWEEP_SMALL = ["--depth", "4", "--width", "8", "--seeds", "4", "--batch", "4"]
 # A bad input is refused in about a second; a case running longer than this is not refused
 # (a huge sweep runs with progress until killed here: waiting longer would tell no more).
 CASE_TIMEOUT_S = 30.0
@@ -133,13 +131,6 @@ def bad_inputs() -> list[tuple[str, list[str]]]:
     return cases
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("MPLBACKEND", "Agg")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def classify(verb: str, args: list[str], *, timeout_s: float) -> str:
     """Runs one bad command line in an empty directory; returns its class (see module doc)."""
     with tempfile.TemporaryDirectory(prefix="gj-rel-") as cwd:
@@ -151,7 +142,12 @@ def classify(verb: str, args: list[str], *, timeout_s: float) -> str:
             argv += ["--out", "out"]
         try:
             run = subprocess.run(
-                argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout_s
+                argv,
+                cwd=cwd,
+                env=env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
             )
         except subprocess.TimeoutExpired:
             return "timeouts"
@@ -187,20 +183,12 @@ def _sweep_argv(out: Path, extra: list[str] = ()) -> list[str]:
 
 
 def _sweep(out: Path, timeout_s: float) -> int:
-    run = subprocess.run(_sweep_argv(out), env=_env(), capture_output=True, timeout=timeout_s)
+    run = subprocess.run(_sweep_argv(out), env=env(), capture_output=True, timeout=timeout_s)
     return run.returncode
 
 
-def _arrays(out: Path) -> dict[str, bytes] | None:
-    try:
-        with np.load(out / "arrays.npz", allow_pickle=False) as npz:
-            return {k: npz[k].tobytes() + str(npz[k].dtype).encode() for k in npz.files}
-    except Exception:
-        return None
-
-
 def _differs(out: Path, reference: dict[str, bytes]) -> int:
-    got = _arrays(out)
+    got = arrays(out)
     return int(got != reference)
 
 
@@ -216,15 +204,18 @@ def trials(root: Path, *, quick: bool, timeout_s: float) -> dict[str, Any]:
     of the same command writes), and independent trials run two at a time.
     """
     ref_dir = root / "reference"
-    if _sweep(ref_dir, timeout_s) != 0 or _arrays(ref_dir) is None:
+    if _sweep(ref_dir, timeout_s) != 0 or arrays(ref_dir) is None:
         return {"error": "the reference sweep failed", "differing_results": None}
-    reference = _arrays(ref_dir)
+    reference = arrays(ref_dir)
 
     def kill(i: int) -> int:
         """SIGKILL once the first chunk is on disk (later for later ``i``), then resume."""
         out = root / f"kill{i}"
         proc = subprocess.Popen(
-            _sweep_argv(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            _sweep_argv(out),
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and not _chunks(out) and time.monotonic() < deadline:
@@ -254,7 +245,10 @@ def trials(root: Path, *, quick: bool, timeout_s: float) -> dict[str, Any]:
             with open(log, "wb") as f:
                 procs.append(
                     subprocess.Popen(
-                        _sweep_argv(out), env=_env(), stdout=subprocess.DEVNULL, stderr=f
+                        _sweep_argv(out),
+                        env=env(),
+                        stdout=subprocess.DEVNULL,
+                        stderr=f,
                     )
                 )
         codes = [p.wait(timeout=timeout_s) for p in procs]
